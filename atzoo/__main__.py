@@ -1,0 +1,5 @@
+"""``python -m atzoo`` runs the CLI."""
+
+from atzoo.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""The ``atzoo`` command line: thin typer commands over library calls.
+
+Conventions every command follows:
+
+* A user error (:class:`~atzoo.errors.AtzooError`, or a usage error such as an unknown
+  option) prints one line to stderr, ``atzoo: error: ...``, and exits with code 2,
+  without a traceback. ``ATZOO_DEBUG=1`` re-raises so the traceback shows.
+* Commands live in ``atzoo/commands/<name>.py``, each exposing ``register(app)``;
+  :data:`COMMAND_MODULES` lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atzoo import __version__
+from atzoo.errors import AtzooError
+
+app = typer.Typer(
+    name="atzoo",
+    help="atzoo: an adversarial-training zoo (AT, TRADES, MART, LBGAT, ARREST, AR-AT, Asym-TRADES).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: Modules that add commands to ``app`` through their ``register(app)`` function.
+COMMAND_MODULES: list[str] = []
+
+console = Console()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"atzoo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """atzoo: train, evaluate and compare adversarially robust classifiers."""
+
+
+@app.command("list")
+def list_entries(kind: str = typer.Argument(..., help="methods | models | datasets | attacks")) -> None:
+    """List the registered methods, models, datasets or attacks."""
+    from atzoo.registry import get_registry, load_builtins
+
+    registry = get_registry(kind)
+    load_builtins()
+    table = Table(title=f"atzoo {kind}", show_lines=False)
+    table.add_column("name", style="bold cyan")
+    table.add_column("description")
+    for name, obj in registry.items():
+        table.add_row(name, describe_entry(kind, name, obj))
+    for prefix, help_text in registry.prefixes().items():
+        table.add_row(f"{prefix}:...", help_text)
+    console.print(table)
+
+
+def describe_entry(kind: str, name: str, obj: object) -> str:
+    """One line for ``atzoo list``: an entry's ``summary`` or its docstring's first line."""
+    if kind == "models":
+        from atzoo.models import describe_model
+
+        return describe_model(name)
+    summary = getattr(obj, "summary", "") or (obj.__doc__ or "").strip().splitlines()[0:1]
+    return summary if isinstance(summary, str) else (summary[0] if summary else "")
+
+
+def _click_exceptions(name: str) -> tuple[type[BaseException], ...]:
+    """``name`` from click and from the click copy that newer typer versions vendor."""
+    classes: list[type[BaseException]] = [getattr(click.exceptions, name)]
+    try:
+        vendored = importlib.import_module("typer._click.exceptions")
+        classes.append(getattr(vendored, name))
+    except (ImportError, AttributeError):
+        pass
+    if name == "Exit":
+        classes.append(typer.Exit)
+    return tuple(dict.fromkeys(classes))
+
+
+USAGE_ERRORS = _click_exceptions("UsageError")
+EXITS = _click_exceptions("Exit")
+ABORTS = _click_exceptions("Abort")
+
+
+def _register_commands() -> None:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(app)
+
+
+def _fail(message: str) -> int:
+    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"atzoo: error: {first_line}", file=sys.stderr)
+    return 2
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Runs the CLI on ``argv``; returns the exit code instead of exiting."""
+    _register_commands()
+    command = typer.main.get_command(app)
+    debug = os.environ.get("ATZOO_DEBUG", "") not in ("", "0")
+    try:
+        result = command.main(args=argv, prog_name="atzoo", standalone_mode=False)
+    except AtzooError as exc:
+        if debug:
+            raise
+        return _fail(str(exc))
+    except USAGE_ERRORS as exc:  # type: ignore[misc]
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see 'atzoo {ctx.info_name} --help')" if ctx is not None and ctx.parent else " (see 'atzoo --help')"
+        return _fail(exc.format_message() + hint)
+    except EXITS as exc:  # type: ignore[misc]
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except ABORTS:  # type: ignore[misc]
+        print("atzoo: aborted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    """Console entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""Typed run configuration: dataclass sections, YAML recipes and ``a.b=value`` overrides.
+
+A :class:`RunConfig` nests one dataclass per section (``data``, ``model``, ``attack``,
+``optim``, ``method``, ``eval``, ``run``, ``averaging``, ``diagnostics``). A YAML recipe
+maps one to one onto it; unknown keys and values of the wrong type are
+:class:`~atzoo.errors.ConfigError` naming the key and the expected type.
+
+The ``method`` section is special: its schema is the frozen config dataclass that the
+selected method declares (``Method.config_class``), so ``method.gamma`` exists for AR-AT
+but is an unknown key for AT. ``method.name`` selects it.
+
+Resolution order (later wins): dataclass defaults -> method-specific defaults for the
+training attack -> recipe file -> command-line flags -> ``section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from atzoo.errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Dataset and loader settings."""
+
+    name: str = "digits"
+    root: Optional[str] = None  # folder holding downloaded data; env ATZOO_DATA otherwise
+    download: bool = True  # torchvision download when the files are missing
+    batch_size: int = 128  # global batch (split across processes)
+    eval_batch_size: int = 256
+    augment: bool = True  # random crop (pad 4) + horizontal flip, as in the papers
+    num_workers: int = 2  # only for datasets too large to hold in memory
+    train_subset: Optional[int] = None  # first N training images (debugging, demo)
+    test_subset: Optional[int] = None  # first N test images
+
+
+@dataclass
+class ModelConfig:
+    """Architecture settings; ``num_classes`` and ``in_channels`` default to the dataset's."""
+
+    name: str = "small_cnn"
+    num_classes: Optional[int] = None
+    in_channels: Optional[int] = None
+    normalize: bool = False  # mean/std layer inside the model (off, as in the official code)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the training forward
+
+
+@dataclass
+class AttackConfig:
+    """The *training* attack. ``None`` fields take the method's default (see its card)."""
+
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    random_start: Optional[Literal["uniform", "normal", "none"]] = None
+    start_std: float = 0.001  # std of the normal start (TRADES, MART)
+    bn_mode: Optional[Literal["eval", "train"]] = None  # model mode during the attack
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (SGD, as every paper here uses)."""
+
+    epochs: int = 100
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["piecewise", "cosine", "onecycle", "constant"] = "piecewise"
+    milestones: list[int] = field(default_factory=lambda: [75, 90])
+    lr_decay: float = 0.1
+    warmup_epochs: int = 1  # piecewise: epochs run at warmup_lr before lr
+    warmup_lr: Optional[float] = 0.02  # None: no warm-up
+    grad_clip: Optional[float] = None
+    grad_accum: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation at the end of training and by ``atzoo eval``."""
+
+    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd20", "aa"])
+    norm: Optional[Literal["linf", "l2"]] = None  # None: the training attack's
+    eps: Optional[float] = None  # None: the training attack's
+    pgd_step_size: Optional[float] = None  # None: 2/255 for L-inf, eps/4 for L2
+    n_ex: Optional[int] = 1000  # AutoAttack subset; None = the whole test set
+    aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    batch_size: int = 256
+    invariance: bool = True  # mean cos(clean, PGD-20) penultimate features
+
+
+@dataclass
+class AveragingConfig:
+    """Weight averaging with ``torch.optim.swa_utils`` (AR-AT+SWA)."""
+
+    swa: bool = False
+    swa_start_epoch: int = 76
+    swa_every_steps: int = 500
+    ema: bool = False
+    ema_decay: float = 0.999
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Opt-in diagnostics of the AR-AT paper (gradient similarity, drift, BN variance)."""
+
+    every: int = 0  # steps between measurements; 0 = off
+
+
+@dataclass
+class RunSection:
+    """Run-level settings: where, seed, precision, logging, checkpoints."""
+
+    name: Optional[str] = None  # runs/<name>; default <method>-<model>-<dataset>-s<seed>
+    out: Optional[str] = None  # explicit run directory (overrides name)
+    seed: int = 0
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    deterministic: bool = False  # torch deterministic algorithms (bit-exact resume tests)
+    log_every: int = 50  # steps between metrics.jsonl rows
+    checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_every_steps: int = 0  # also every N steps (0 = off)
+    keep_checkpoints: int = 2  # keep the last K
+    max_steps: Optional[int] = None  # stop early (smoke tests, benchmarks)
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    evaluate: bool = True  # run the evaluator at the end and write eval.json
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's frozen config dataclass; ``name`` selects the method."""
+
+    name: str = "standard"
+
+    def resolve(self, run: "RunConfig") -> "MethodConfig":
+        """Fills defaults that depend on the rest of the run (e.g. gamma per model)."""
+        return self
+
+    def validate(self) -> None:
+        """Raises ConfigError for out-of-range values (override in subclasses)."""
+
+
+@dataclass
+class RunConfig:
+    """The whole configuration of one training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+
+SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
+
+# --------------------------------------------------------------------------- typing
+
+
+def _type_name(tp: Any) -> str:
+    """A readable name for a type annotation (``int``, ``list[int]``, ``one of a, b``)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks ``value`` against annotation ``tp``; returns it (ints become floats).
+
+    Strings like ``8/255`` are accepted where a float is expected.
+
+    Raises:
+        ConfigError: naming ``key``, the expected type, and the value given.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise _type_error(key, tp, value)
+    if origin is Literal:
+        if value in args:
+            return value
+        raise _type_error(key, tp, value)
+    if origin in (list, tuple):
+        if isinstance(value, str) and args and args[0] is str:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, tp, value)
+        return [coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is float:
+        return _coerce_float(value, key, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, tp, value)
+    if tp is Any:
+        return value
+    raise _type_error(key, tp, value)
+
+
+def _coerce_float(value: Any, key: str, tp: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        result = float(value)
+    elif isinstance(value, str) and (match := _FRACTION.match(value)):
+        try:
+            result = float(match.group(1)) / float(match.group(2))
+        except (ValueError, ZeroDivisionError):
+            raise _type_error(key, tp, value) from None
+    else:
+        raise _type_error(key, tp, value)
+    if not math.isfinite(result):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return result
+
+
+def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
+    return ConfigError(f"{key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """Instantiates dataclass ``cls`` from ``values``, rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{section}' must be a mapping, got {type(values).__name__}")
+    hints = _hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(_unknown_key_message(f"{section}.{unknown[0]}", section, sorted(fields)))
+    kwargs = {k: coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, section: str | None, valid: list[str]) -> str:
+    """One line: the unknown key, the closest valid one, all valid keys of its section.
+
+    ``section`` None means ``key`` is itself a section name.
+    """
+    import difflib
+
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+    prefix = f"{section}." if section else ""
+    hint = f" Did you mean '{prefix}{close[0]}'?" if close else ""
+    where = f"Valid keys in '{section}'" if section else "Valid sections"
+    return f"unknown config key '{key}'.{hint} {where}: {', '.join(valid)}"
+
+
+# --------------------------------------------------------------------------- method section
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The frozen config dataclass declared by the method registered as ``name``."""
+    from atzoo.registry import METHODS, load_builtins
+
+    load_builtins()
+    return METHODS.get(name).config_class
+
+
+def build_method_config(values: dict[str, Any]) -> MethodConfig:
+    """Builds the ``method`` section: ``values['name']`` picks the dataclass."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section 'method' must be a mapping, got {type(values).__name__}")
+    name = values.get("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name expects str, got {name!r}")
+    cls = method_config_class(name)
+    return _build_section(cls, {**values, "name": name}, "method")
+
+
+# --------------------------------------------------------------------------- dict <-> config
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """Builds a RunConfig from a nested mapping (a parsed recipe)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"a recipe must be a mapping of sections, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(_unknown_key_message(unknown[0], None, list(SECTIONS)))
+    sections: dict[str, Any] = {}
+    for f in dataclasses.fields(RunConfig):
+        given = values.get(f.name, {}) or {}
+        if f.name == "method":
+            sections[f.name] = build_method_config(given)
+        else:
+            sections[f.name] = _build_section(_hints(RunConfig)[f.name], given, f.name)
+    return RunConfig(**sections)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (YAML-safe) of every field, including defaults."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The config as YAML; :func:`from_yaml` of it gives an equal config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def from_yaml(text: str, source: str = "<string>") -> RunConfig:
+    """Parses a YAML recipe."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML: {first}") from None
+    return config_from_dict(values)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Reads a recipe file into a nested dict (validated later by config_from_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections")
+    return values
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Splits ``section.key=value`` into (section, key, YAML-parsed value)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or "." not in key:
+        raise ConfigError(f"override '{text}' must look like section.key=value (sections: {', '.join(SECTIONS)})")
+    section, _, leaf = key.partition(".")
+    if section not in SECTIONS:
+        raise ConfigError(_unknown_key_message(section, None, list(SECTIONS)))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return section, leaf, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Returns a copy of the nested dict ``values`` with each override set."""
+    merged = {k: dict(v or {}) for k, v in (values or {}).items()}
+    for text in overrides:
+        section, leaf, value = parse_override(text)
+        merged.setdefault(section, {})[leaf] = value
+    return merged
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Section-wise merge of two nested dicts (``update`` wins)."""
+    merged = {k: dict(v or {}) for k, v in (base or {}).items()}
+    for section, values in (update or {}).items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def build_config(
+    recipe: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **flags: dict[str, Any],
+) -> RunConfig:
+    """Recipe, then flag sections (``method={"name": "at"}``), then overrides -> RunConfig.
+
+    The method's training-attack defaults are applied to unset (``None``) attack fields
+    and model-dependent method defaults are filled by ``MethodConfig.resolve``.
+    """
+    values = load_recipe(recipe) if recipe else {}
+    for section, given in flags.items():
+        values = merge(values, {section: {k: v for k, v in given.items() if v is not None}})
+    values = apply_overrides(values, overrides or [])
+    cfg = config_from_dict(values)
+    return resolve(cfg)
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fills method-dependent defaults (training-attack mode/start, gamma per model)."""
+    from atzoo.registry import METHODS
+
+    method_cls = METHODS.get(cfg.method.name)
+    attack_defaults: dict[str, Any] = dict(getattr(method_cls, "attack_defaults", {}))
+    for key, value in attack_defaults.items():
+        if getattr(cfg.attack, key) is None:
+            setattr(cfg.attack, key, value)
+    if cfg.attack.random_start is None:
+        cfg.attack.random_start = "uniform"
+    if cfg.attack.bn_mode is None:
+        cfg.attack.bn_mode = "eval"
+    cfg.method = cfg.method.resolve(cfg)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Range checks that types alone cannot express; raises ConfigError."""
+    checks: list[tuple[bool, str]] = [
+        (0 < cfg.attack.eps <= 1, f"attack.eps must be in (0, 1], got {cfg.attack.eps}"),
+        (cfg.attack.step_size > 0, f"attack.step_size must be > 0, got {cfg.attack.step_size}"),
+        (cfg.attack.steps >= 1, f"attack.steps must be >= 1, got {cfg.attack.steps}"),
+        (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
+        (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
+        (cfg.optim.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}"),
+        (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
+        (cfg.data.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {cfg.data.eval_batch_size}"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
+        (cfg.eval.eps is None or 0 < cfg.eval.eps <= 1, f"eval.eps must be in (0, 1], got {cfg.eval.eps}"),
+        (cfg.eval.n_ex is None or cfg.eval.n_ex >= 1, f"eval.n_ex must be >= 1, got {cfg.eval.n_ex}"),
+        (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints must be >= 1, got {cfg.run.keep_checkpoints}"),
+        (cfg.run.log_every >= 1, f"run.log_every must be >= 1, got {cfg.run.log_every}"),
+        (cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}"),
+        (0 < cfg.averaging.ema_decay < 1, f"averaging.ema_decay must be in (0, 1), got {cfg.averaging.ema_decay}"),
+        (cfg.averaging.swa_every_steps >= 1,
+         f"averaging.swa_every_steps must be >= 1, got {cfg.averaging.swa_every_steps}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    cfg.method.validate()

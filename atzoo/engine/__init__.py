@@ -1,0 +1,1 @@
+"""atzoo.engine."""

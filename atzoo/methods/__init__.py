@@ -1,0 +1,9 @@
+"""Adversarial-training methods, one file each, registered in ``METHODS``.
+
+Importing this package registers every built-in method.
+"""
+
+from atzoo.methods import at, standard  # noqa: F401  (registration side effects)
+from atzoo.methods.base import EpochContext, LossOutput, Method, create_method
+
+__all__ = ["EpochContext", "LossOutput", "Method", "create_method"]
