@@ -1,0 +1,83 @@
+"""Small building blocks shared by the atzoo architectures.
+
+Images enter every atzoo model in [0, 1] (see ``docs/architecture.md``). Normalisation,
+when wanted, is the model's first layer, so attacks and the eps-ball live in pixel space
+and an exported model carries its own mean and std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from atzoo.errors import ConfigError
+
+BuilderT = TypeVar("BuilderT", bound=Callable[..., nn.Module])
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` as a layer.
+
+    The statistics are persistent buffers: a state dict saved with normalisation on does
+    not load strictly into a model built without it, so a mismatch cannot go unnoticed.
+
+    Args:
+        mean: one value per input channel.
+        std: one value per input channel, all positive.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"channels={self.mean.shape[1]}"
+
+
+def make_normalize(
+    in_channels: int, normalize: bool, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> nn.Module:
+    """The model's first layer: :class:`Normalize` when ``normalize`` is on, else identity.
+
+    Raises:
+        ConfigError: normalisation is on but ``mean``/``std`` are missing, have the wrong
+            length for ``in_channels``, or ``std`` has a non-positive entry.
+    """
+    if not normalize:
+        return nn.Identity()
+    if mean is None or std is None:
+        raise ConfigError("normalize=True needs both mean and std (one value per input channel)")
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ConfigError(
+            f"normalize: mean has {len(mean)} and std {len(std)} values, expected {in_channels} "
+            f"(one per input channel)"
+        )
+    if any(float(s) <= 0 for s in std):
+        raise ConfigError(f"normalize: every std must be positive, got {list(std)}")
+    return Normalize(mean, std)
+
+
+def pooling() -> nn.Sequential:
+    """Global average pooling to ``(B, C)``; its output is the penultimate feature vector.
+
+    Adaptive pooling (rather than a fixed 4x4 or 8x8 window as in the CIFAR reference code)
+    gives the same result at 32x32 and lets the same network run on smaller inputs.
+    """
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+
+
+def tap_defaults(*patterns: str) -> Callable[[BuilderT], BuilderT]:
+    """Decorator recording a builder's default AR-AT tap patterns (``builder.default_taps``)."""
+
+    def decorator(builder: BuilderT) -> BuilderT:
+        builder.default_taps = tuple(patterns)  # type: ignore[attr-defined]
+        return builder
+
+    return decorator

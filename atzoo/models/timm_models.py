@@ -1,0 +1,105 @@
+"""Any timm architecture as ``timm:NAME`` (for example ``timm:resnet18`` for Imagenette).
+
+The network is built by ``timm.create_model(NAME, pretrained=False, num_classes=...,
+in_chans=...)``: randomly initialised, never downloaded. It is wrapped in
+:class:`TimmClassifier` so that it keeps the atzoo contract (optional normalisation first
+layer, ``forward_features(x) -> (B, d)``, linear head ``fc``, a ``pool`` module whose
+output is the penultimate feature vector, for taps).
+
+In-place activations are switched off: a tapped activation must keep the value it had when
+its hook ran, and its output may be part of a loss that autograd differentiates.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+from atzoo.errors import RegistryError
+from atzoo.models.layers import make_normalize
+from atzoo.registry import MODELS
+
+
+class TimmClassifier(nn.Module):
+    """A timm network with atzoo's interface.
+
+    ``forward_features`` returns timm's ``forward_head(..., pre_logits=True)`` (pooled
+    features after any head normalisation), and ``fc`` is timm's ``get_classifier()``,
+    so ``fc(forward_features(x))`` equals the timm network's own output.
+
+    Args:
+        net: a timm model (with ``forward_features``, ``forward_head``, ``get_classifier``).
+        normalize: the optional first layer (identity when off).
+    """
+
+    def __init__(self, net: nn.Module, normalize: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(net.get_classifier(), nn.Module):
+            raise RegistryError(
+                f"timm model {type(net).__name__} has more than one classifier head; "
+                f"atzoo needs a single linear head"
+            )
+        self.normalize = normalize
+        self.net = net
+        self.pool = nn.Identity()  # marks the penultimate features for feature taps
+
+    @property
+    def fc(self) -> nn.Module:
+        """The linear classifier (owned by ``net``; not registered twice)."""
+        return self.net.get_classifier()
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``(B, d)``."""
+        features = self.net.forward_features(self.normalize(x))
+        return self.pool(self.net.forward_head(features, pre_logits=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _disable_inplace(net: nn.Module) -> None:
+    for module in net.modules():
+        if getattr(module, "inplace", None) is True:
+            module.inplace = False
+
+
+def build_timm(
+    timm_name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    normalize: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """Builds ``timm:timm_name`` (random initialisation, no download)."""
+    import timm
+
+    net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    _disable_inplace(net)
+    return TimmClassifier(net, make_normalize(in_channels, normalize, mean, std))
+
+
+def resolve_timm(timm_name: str) -> Callable[..., nn.Module]:
+    """The ``timm:`` prefix resolver: a builder with the registered-model signature.
+
+    Raises:
+        RegistryError: timm does not know ``timm_name`` (the message names close matches).
+    """
+    import timm
+
+    if not timm_name or not timm.is_model(timm_name):
+        close = difflib.get_close_matches(timm_name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else ""
+        raise RegistryError(f"unknown timm model '{timm_name}'.{hint} See timm.list_models() for the names.")
+    builder = functools.partial(build_timm, timm_name)
+    builder.__doc__ = f"timm {timm_name} (random initialisation)"  # type: ignore[attr-defined]
+    return builder
+
+
+MODELS.register_prefix(
+    "timm", resolve_timm, help="any timm architecture, e.g. timm:resnet18 (random init, no download)"
+)

@@ -1,0 +1,146 @@
+"""Wide ResNets WRN-34-10 and WRN-28-10.
+
+Zagoruyko and Komodakis, "Wide Residual Networks", BMVC 2016, in the form of the TRADES
+and AR-AT official code: pre-activation blocks, three stages (``block1``-``block3``,
+160/320/640 channels at width 10), a final ``bn1`` + ``relu``, global average pooling and
+``fc``. Module names follow that code, so ``block3.layer.0.relu1`` is the same layer there.
+
+Deviation: the reference defines a fourth stage ``sub_block1`` that its forward pass never
+uses; it is left out here (it would hold parameters that never receive a gradient and
+would not match the stated 46.16 M parameters). Its checkpoints load with ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from atzoo.models.layers import make_normalize, pooling, tap_defaults
+from atzoo.registry import MODELS
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation wide block (TRADES's ``BasicBlock``).
+
+    When the shape changes, the activated input feeds both the residual branch and the
+    1x1 projection shortcut; otherwise the raw input is the shortcut.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = (
+            None if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.relu1(self.bn1(x))
+        out = self.conv2(self.relu2(self.bn2(self.conv1(act))))
+        return out + (x if self.convShortcut is None else self.convShortcut(act))
+
+
+class NetworkBlock(nn.Module):
+    """One stage: ``n`` wide blocks, the first with ``stride`` (TRADES's ``NetworkBlock``)."""
+
+    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(
+            WideBasicBlock(in_planes, out_planes, stride),
+            *[WideBasicBlock(out_planes, out_planes, 1) for _ in range(n - 1)],
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-``depth``-``width`` for CIFAR.
+
+    Args:
+        depth: total depth; ``(depth - 4) / 6`` blocks per stage.
+        width: widening factor.
+        num_classes: outputs of ``fc``.
+        in_channels: input image channels.
+        normalize: the optional first layer (identity when off).
+    """
+
+    def __init__(self, depth: int, width: int, num_classes: int, in_channels: int, normalize: nn.Module) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        channels = [16, 16 * width, 32 * width, 64 * width]
+        self.normalize = normalize
+        self.conv1 = nn.Conv2d(in_channels, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.block1 = NetworkBlock(n, channels[0], channels[1], 1)
+        self.block2 = NetworkBlock(n, channels[1], channels[2], 2)
+        self.block3 = NetworkBlock(n, channels[2], channels[3], 2)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.relu = nn.ReLU()
+        self.pool = pooling()
+        self.fc = nn.Linear(channels[3], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """The reference initialisation: He-normal (fan-out) convs, unit BN, zero biases."""
+        if self.fc.weight.is_meta:  # built only to count parameters: no values to initialise
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``(B, 64 * width)``."""
+        out = self.block3(self.block2(self.block1(self.conv1(self.normalize(x)))))
+        return self.pool(self.relu(self.bn1(out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.forward_features(x))
+
+
+def _wrn(depth: int, width: int, num_classes: int, in_channels: int, normalize: bool,
+         mean: Sequence[float] | None, std: Sequence[float] | None) -> WideResNet:
+    return WideResNet(depth, width, num_classes, in_channels, make_normalize(in_channels, normalize, mean, std))
+
+
+@MODELS.register("wrn34_10")
+@tap_defaults("block3.*relu*", "pool")
+def wrn34_10(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    normalize: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """WRN-34-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
+    return _wrn(34, 10, num_classes, in_channels, normalize, mean, std)
+
+
+@MODELS.register("wrn28_10")
+@tap_defaults("block3.*relu*", "pool")
+def wrn28_10(
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    normalize: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """WRN-28-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
+    return _wrn(28, 10, num_classes, in_channels, normalize, mean, std)
