@@ -1,0 +1,148 @@
+"""``atzoo eval RUN_DIR_OR_CHECKPOINT``: clean / PGD / AutoAttack evaluation into eval.json.
+
+Defaults come from the run's ``config.yaml`` (its ``eval`` section, the training
+attack's norm and eps, the dataset) or, for a bare checkpoint, from ``model_meta.json``.
+Several GPUs share the work under ``accelerate launch``; an interrupted AutoAttack
+resumes from ``autoattack_state.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
+from atzoo.errors import ConfigError, DataError
+
+
+def eval_command(
+    path: Path = typer.Argument(..., help="A run directory, or a .safetensors file with its _meta.json beside it."),
+    attacks: Optional[str] = typer.Option(
+        None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa. Default: the run's eval.attacks."
+    ),
+    n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
+    aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),
+    aa_attacks: Optional[str] = typer.Option(
+        None, "--aa-attacks", help="For --aa-version custom: e.g. apgd-ce,apgd-t."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size per process."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: the run's)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
+    from atzoo.eval import evaluate, load_run_model
+
+    run_dir = path if path.is_dir() else path.parent
+    cfg, has_config = _run_config(run_dir)
+    eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
+                            eps=eps, norm=norm)
+    custom = [a.strip() for a in aa_attacks.split(",") if a.strip()] if aa_attacks else None
+    _check_inputs(eval_cfg, cfg.attack, custom)
+    model, meta = load_run_model(path)
+    name = dataset or meta.get("dataset") or (cfg.data.name if has_config else None)
+    if not name:
+        raise ConfigError(f"no dataset recorded for {path} (no config.yaml, no 'dataset' in the meta); pass --dataset")
+    bundle = _dataset(name, cfg, meta)
+    accelerator = _accelerator()
+    model.to(accelerator.device)
+    payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
+                       progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
+    if accelerator.is_main_process:
+        _print_summary(payload, run_dir)
+
+
+def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:
+    """The run's resolved config (and True), or defaults and False for a bare checkpoint."""
+    config_file = run_dir / "config.yaml"
+    if config_file.is_file():
+        return from_yaml(config_file.read_text(), source=str(config_file)), True
+    return RunConfig(), False
+
+
+def _eval_config(cfg: RunConfig, **flags: Any) -> EvalConfig:
+    """The run's eval section with the command-line flags applied (types checked)."""
+    types = typing.get_type_hints(EvalConfig)
+    values = dataclasses.asdict(cfg.eval)
+    for key, value in flags.items():
+        if key == "eps" and isinstance(value, str):
+            value = _number(value)
+        if value is not None:
+            values[key] = coerce(value, types[key], "--" + key.replace("_", "-"))
+    return EvalConfig(**values)
+
+
+def _number(text: str) -> float | str:
+    """``"0.03"`` -> 0.03; fractions such as ``"8/255"`` are left to :func:`coerce`."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _check_inputs(eval_cfg: EvalConfig, attack_cfg: AttackConfig, custom: list[str] | None) -> None:
+    """Validates everything that can be checked before loading the model."""
+    from atzoo.attacks.autoattack import check_autoattack_args
+    from atzoo.eval.evaluator import ThreatModel, parse_attacks
+
+    attacks = parse_attacks(eval_cfg.attacks)
+    threat = ThreatModel.resolve(eval_cfg, attack_cfg)
+    if eval_cfg.n_ex is not None and eval_cfg.n_ex < 1:
+        raise ConfigError(f"--n-ex must be >= 1, got {eval_cfg.n_ex}")
+    if eval_cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {eval_cfg.batch_size}")
+    if "aa" in attacks:
+        check_autoattack_args(threat.norm, threat.eps, eval_cfg.aa_version, custom)
+
+
+def _dataset(name: str, cfg: RunConfig, meta: dict[str, Any]) -> Any:
+    """The dataset, checked against the model's classes and channels."""
+    from atzoo.data import create_dataset
+
+    bundle = create_dataset(name, root=cfg.data.root, download=cfg.data.download, test_subset=cfg.data.test_subset)
+    for key, have in (("num_classes", bundle.num_classes), ("in_channels", bundle.in_channels)):
+        want = meta.get(key)
+        if want is not None and want != have:
+            raise DataError(f"dataset '{name}' has {key}={have} but the model expects {want}; pass the right --dataset")
+    return bundle
+
+
+def _accelerator() -> Any:
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
+
+
+def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
+    console = Console()
+    console.print(f"[bold]{payload.get('method') or '?'} / {payload.get('model') or '?'} / {payload['dataset']}[/] "
+                  f"({payload['norm']}, eps {payload['eps']:.4g})")
+    table = Table()
+    table.add_column("metric", style="bold cyan")
+    table.add_column("value", justify="right")
+    rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
+    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items() if k.startswith("pgd") and k.endswith("_acc")]
+    rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
+             ("invariance cos", payload.get("invariance_cos"))]
+    for name, value in rows:
+        table.add_row(name, _fmt(value))
+    console.print(table)
+    for message in payload.get("flags", {}).get("messages", []):
+        console.print(f"[bold yellow]warning:[/] {message}")
+    console.print(f"wrote {run_dir / 'eval.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

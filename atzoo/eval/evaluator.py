@@ -1,0 +1,533 @@
+"""The evaluator: clean accuracy, PGD-N, AutoAttack, per-class accuracy, invariance.
+
+What one :func:`evaluate` call measures, with the model in eval mode throughout:
+
+* ``clean``: accuracy on the test set (and per class).
+* ``pgd20`` (any ``pgd<N>``): PGD-N on the cross-entropy from a uniform random start,
+  step 2/255 for L-inf and eps/4 for L2 (the PGD-20 of Madry et al. and of every paper
+  here); accuracy overall and per class. With ``pgd20``, also the representation
+  invariance of the AR-AT paper (Waseda et al., Table 5): the mean cosine similarity
+  between the penultimate features of clean and PGD-20 inputs over the test set, and
+  the step check of the gradient-masking flags (PGD-5/20/50 on the first 500 examples
+  from one random start).
+* ``aa``: the reference AutoAttack on the first ``n_ex`` test examples
+  (:func:`atzoo.attacks.run_autoattack`, sharded over processes, resumable from
+  ``autoattack_state.json`` in the run directory).
+
+Several processes (``accelerate launch``) share the work: each evaluates its shard of the
+test set and the counts are summed; AutoAttack and the step check are split by chunks.
+The payload is the content of ``eval.json`` (see :mod:`atzoo.eval.results`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from atzoo import __version__
+from atzoo.attacks import pgd, run_autoattack, unwrap_model
+from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
+from atzoo.attacks.mode import attack_mode
+from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
+from atzoo.config import AttackConfig, EvalConfig
+from atzoo.errors import CheckpointError, ConfigError
+from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+
+#: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
+STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)
+STEP_CHECK_EXAMPLES = 500
+#: Examples per chunk of the step check (fixed, so the result does not depend on processes).
+STEP_CHECK_CHUNK = 100
+AA_STATE_FILE = "autoattack_state.json"
+_PGD_NAME = re.compile(r"^pgd(\d+)$")
+_ALIASES = {"autoattack": "aa"}
+_VALID = "clean, pgd<N> (e.g. pgd20), aa"
+
+
+# --------------------------------------------------------------------------- attack names
+
+
+def parse_attacks(names: Sequence[str]) -> list[str]:
+    """Normalises evaluation attack names: ``clean``, ``pgd<N>`` (N >= 1), ``aa``.
+
+    ``autoattack`` is accepted for ``aa``; duplicates are dropped; any PGD implies
+    ``clean`` (it is measured in the same pass and needed by the flags).
+
+    Raises:
+        ConfigError: an unknown name (with the closest valid one) or ``pgd0``.
+    """
+    result: list[str] = []
+    for raw in names:
+        name = _ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        match = _PGD_NAME.match(name)
+        if match and int(match.group(1)) < 1:
+            raise ConfigError(f"attack '{raw}' has zero steps; PGD needs at least 1 step (e.g. pgd20)")
+        if name not in ("clean", "aa") and not match:
+            close = difflib.get_close_matches(name, ["clean", "pgd20", "pgd50", "aa", "autoattack"], n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown attack '{raw}'.{hint} Valid choices: {_VALID}")
+        if name not in result:
+            result.append(name)
+    if not result:
+        raise ConfigError(f"no attack given. Valid choices: {_VALID}")
+    if any(_PGD_NAME.match(n) for n in result) and "clean" not in result:
+        result.insert(0, "clean")
+    return result
+
+
+def pgd_steps_of(attacks: Sequence[str]) -> list[int]:
+    """The step counts of the ``pgd<N>`` names in ``attacks``."""
+    return [int(m.group(1)) for n in attacks if (m := _PGD_NAME.match(n))]
+
+
+# --------------------------------------------------------------------------- threat model
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Norm, radius and PGD step size of an evaluation."""
+
+    norm: str
+    eps: float
+    step_size: float
+
+    @classmethod
+    def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig) -> "ThreatModel":
+        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2)."""
+        norm = cfg.norm or attack_cfg.norm
+        eps = cfg.eps if cfg.eps is not None else attack_cfg.eps
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"eval norm must be one of linf, l2, got {norm!r}")
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 < eps <= 1):
+            raise ConfigError(f"eval eps must be in (0, 1], got {eps!r}")
+        step = cfg.pgd_step_size or (2 / 255 if norm == "linf" else eps / 4)
+        if step <= 0:
+            raise ConfigError(f"eval pgd_step_size must be > 0, got {step!r}")
+        return cls(norm, float(eps), float(step))
+
+    def pgd_settings(self, steps: int) -> dict[str, Any]:
+        return {"steps": steps, "step_size": self.step_size, "loss": "ce", "random_start": "uniform",
+                "restarts": 1, "norm": self.norm, "eps": self.eps}
+
+
+# --------------------------------------------------------------------------- process helpers
+
+
+def _all_reduce_sum(t: Tensor, accelerator: Any = None) -> Tensor:
+    """Sums ``t`` over processes (identity with one)."""
+    if accelerator is not None and getattr(accelerator, "num_processes", 1) > 1:
+        return accelerator.reduce(t, reduction="sum")
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _group(accelerator: Any) -> ProcessGroup:
+    if accelerator is not None and getattr(accelerator, "num_processes", 1) > 1:
+        return ProcessGroup(accelerator.process_index, accelerator.num_processes)
+    return ProcessGroup.current()
+
+
+def _device(model: nn.Module, accelerator: Any) -> torch.device:
+    if accelerator is not None:
+        return accelerator.device
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress display on stderr (main process only; disabled on request)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+
+    @contextmanager
+    def show(self) -> Iterator["_Progress"]:
+        if not self.enabled:
+            yield self
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=False) as progress:
+            self._progress = progress
+            yield self
+        self._progress = None
+
+    def task(self, description: str, total: int) -> Any:
+        return self._progress.add_task(description, total=total) if self._progress is not None else None
+
+    def advance(self, task: Any, amount: int = 1) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.advance(task, amount)
+
+    def set_total(self, task: Any, total: int) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, total=total)
+
+
+# --------------------------------------------------------------------------- the passes
+
+
+@dataclass
+class _PassTotals:
+    """Per-class counts summed over batches (and processes)."""
+
+    total: Tensor  # (C,) examples per class
+    correct: dict[str, Tensor]  # name -> (C,) correct per class
+    cos_sum: Tensor  # () sum of clean/PGD-20 feature cosines
+    subset_pgd20: Tensor  # (2,) correct, total among the first n_ex examples
+
+
+def _test_pass(
+    net: nn.Module, bundle: Any, cfg: EvalConfig, threat: ThreatModel, steps_list: list[int], *,
+    device: torch.device, group: ProcessGroup, accelerator: Any, progress: _Progress, seed: int, n_sub: int,
+) -> _PassTotals:
+    """Clean and PGD-N accuracy per class over this process's shard, then summed."""
+    from atzoo.data import make_eval_loader
+
+    loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
+    classes = bundle.num_classes
+    totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
+                         for n in ["clean"] + [f"pgd{s}" for s in steps_list]},
+                         torch.zeros((), device=device), torch.zeros(2, device=device))
+    invariance = cfg.invariance and 20 in steps_list
+    task = progress.task("clean + " + ", ".join(f"PGD-{s}" for s in steps_list) if steps_list else "clean",
+                         len(loader))
+    offset = loader.start
+    for x, y in loader:
+        _evaluate_batch(net, x, y, threat, steps_list, totals, invariance=invariance, seed=seed + offset,
+                        first_index=offset, n_sub=n_sub)
+        offset += x.shape[0]
+        progress.advance(task)
+    totals.total = _all_reduce_sum(totals.total, accelerator)
+    totals.correct = {k: _all_reduce_sum(v, accelerator) for k, v in totals.correct.items()}
+    totals.cos_sum = _all_reduce_sum(totals.cos_sum, accelerator)
+    totals.subset_pgd20 = _all_reduce_sum(totals.subset_pgd20, accelerator)
+    return totals
+
+
+def _evaluate_batch(
+    net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps_list: list[int], totals: _PassTotals, *,
+    invariance: bool, seed: int, first_index: int, n_sub: int,
+) -> None:
+    """Adds one batch's per-class counts (and feature cosines) to ``totals``."""
+    from atzoo.models import classify_features, penultimate_features
+
+    classes = totals.total.shape[0]
+    totals.total += torch.bincount(y, minlength=classes).to(totals.total.dtype)
+    with torch.no_grad():
+        z_clean = penultimate_features(net, x) if invariance else None
+        logits = classify_features(net, z_clean) if z_clean is not None else net(x)
+    _count(totals.correct["clean"], logits, y)
+    in_subset = (first_index + torch.arange(x.shape[0], device=y.device)) < n_sub
+    for steps in steps_list:
+        x_adv = pgd(net, x, y, eps=threat.eps, step_size=threat.step_size, steps=steps, norm=threat.norm,
+                    random_start="uniform", loss="ce", mode="eval", generator=_generator(x.device, seed))
+        with torch.no_grad():
+            z_adv = penultimate_features(net, x_adv) if invariance and steps == 20 else None
+            adv_logits = classify_features(net, z_adv) if z_adv is not None else net(x_adv)
+        correct = _count(totals.correct[f"pgd{steps}"], adv_logits, y)
+        if steps == 20:
+            totals.subset_pgd20 += torch.stack([correct[in_subset].sum(), in_subset.sum()]).to(totals.subset_pgd20)
+        if z_clean is not None and z_adv is not None:
+            totals.cos_sum += F.cosine_similarity(z_clean.float().flatten(1), z_adv.float().flatten(1), dim=1).sum()
+
+
+def _count(per_class: Tensor, logits: Tensor, y: Tensor) -> Tensor:
+    """Adds correct predictions per class to ``per_class``; returns the per-example flags."""
+    correct = logits.argmax(dim=1).eq(y)
+    per_class += torch.bincount(y, weights=correct.to(per_class.dtype), minlength=per_class.shape[0])
+    return correct
+
+
+def _first_examples(bundle: Any, n: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` test examples as CPU tensors (identical on every process)."""
+    from atzoo.data import make_eval_loader
+
+    loader = make_eval_loader(bundle, batch_size, device="cpu", limit=n)
+    xs, ys = zip(*loader)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _step_check(
+    net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, *, device: torch.device, group: ProcessGroup,
+    progress: _Progress, seed: int,
+) -> dict[str, Any]:
+    """PGD-5/20/50 accuracy on ``(x, y)`` from one random start per chunk (same for all steps)."""
+
+    def work(index: int, start: int, stop: int) -> ChunkResult:
+        xb, yb = x[start:stop].to(device), y[start:stop].to(device)
+        out: ChunkResult = {}
+        for steps in STEP_CHECK_STEPS:
+            x_adv = pgd(net, xb, yb, eps=threat.eps, step_size=threat.step_size, steps=steps, norm=threat.norm,
+                        random_start="uniform", mode="eval", generator=_generator(device, seed + index))
+            with torch.no_grad():
+                out[str(steps)] = net(x_adv).argmax(dim=1).eq(yb).cpu().tolist()
+            progress.advance(task)
+        return out
+
+    task = progress.task("PGD step check (5/20/50)", 0)
+    flags = ShardedRun(n=x.shape[0], chunk_size=STEP_CHECK_CHUNK, group=group).run(
+        work, on_plan=lambda mine: progress.set_total(task, len(mine) * len(STEP_CHECK_STEPS)))
+    return {"n_examples": int(x.shape[0]),
+            "acc": {k: 100.0 * sum(v) / len(v) for k, v in flags.items()}}
+
+
+def _autoattack(
+    net: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, threat: ThreatModel, *, group: ProcessGroup,
+    progress: _Progress, seed: int, out: Path | None, aa_attacks: Sequence[str] | None, chunk_size: int,
+) -> Any:
+    task = progress.task(f"AutoAttack ({cfg.aa_version})", 0)
+    return run_autoattack(
+        net, x, y, eps=threat.eps, norm=threat.norm, version=cfg.aa_version, attacks=aa_attacks, seed=seed,
+        chunk_size=chunk_size, state_path=(out / AA_STATE_FILE) if out is not None else None, group=group,
+        on_plan=lambda mine: progress.set_total(task, len(mine)), on_chunk_done=lambda i, r: progress.advance(task),
+    )
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    model: nn.Module,
+    bundle: Any,
+    cfg: EvalConfig,
+    *,
+    attack_cfg: AttackConfig,
+    accelerator: Any = None,
+    progress: bool = True,
+    out: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    seed: int = 0,
+    aa_attacks: Sequence[str] | None = None,
+    aa_chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> dict[str, Any]:
+    """Evaluates ``model`` on ``bundle``'s test split; returns the eval.json payload.
+
+    Every process must call it (with ``accelerator`` or an initialised torch.distributed
+    group); each evaluates its shard and all get the same payload.
+
+    Args:
+        model: the classifier (wrappers removed; eval mode during the evaluation, every
+            submodule's mode restored afterwards).
+        bundle: the dataset (:class:`atzoo.data.DatasetBundle`).
+        cfg: attacks, norm/eps (``None``: the training attack's), ``n_ex``, AutoAttack
+            version, batch size, whether to measure invariance.
+        attack_cfg: the training attack (default norm and eps).
+        accelerator: an ``accelerate.Accelerator`` (device and processes), optional.
+        progress: show rich progress bars (main process only).
+        out: run directory: the merged payload is written to ``out/eval.json`` (main
+            process) and AutoAttack keeps its resumable state there.
+        meta: ``model_meta.json`` of the run (``method`` and ``model`` names).
+        seed: base seed of the PGD random starts and of AutoAttack.
+        aa_attacks: the attack list for ``cfg.aa_version == "custom"``.
+        aa_chunk_size: AutoAttack examples per chunk (the unit of sharding and resuming).
+
+    Returns:
+        The payload (merged with the existing ``eval.json`` when ``out`` is given).
+    """
+    attacks = parse_attacks(cfg.attacks)
+    threat = ThreatModel.resolve(cfg, attack_cfg)
+    if "aa" in attacks:
+        check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
+    n_test = len(bundle.test)
+    n_sub = n_test if cfg.n_ex is None else min(cfg.n_ex, n_test)
+    group = _group(accelerator)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        read_eval_json(out_path / EVAL_FILE)  # a damaged eval.json fails now, not after the attacks
+    device = _device(model, accelerator)
+    results: dict[str, Any] = {}
+    with attack_mode(unwrap_model(model), "eval", None) as net, \
+            _Progress(progress and group.is_main).show() as bars:
+        steps_list = pgd_steps_of(attacks)
+        if "clean" in attacks:
+            totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
+                                accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub)
+            results.update(_pass_results(totals, bundle, steps_list, cfg, threat))
+        m = min(STEP_CHECK_EXAMPLES, n_sub)
+        need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
+        if need:
+            x_sub, y_sub = _first_examples(bundle, need, cfg.batch_size)
+        if 20 in steps_list:
+            results["pgd_steps"] = _step_check(net, x_sub[:m], y_sub[:m], threat, device=device, group=group,
+                                               progress=bars, seed=seed)
+        if "aa" in attacks:
+            aa = _autoattack(net, x_sub[:n_sub], y_sub[:n_sub], cfg, threat, group=group, progress=bars,
+                             seed=seed, out=out_path, aa_attacks=aa_attacks, chunk_size=aa_chunk_size)
+            results.update(autoattack_acc=aa.robust_acc, aa_clean_acc=aa.clean_acc, aa_n_examples=aa.n)
+            results["attacks"] = {**results.get("attacks", {}), "aa": aa.settings}
+            if 20 in steps_list:
+                results["aa_subset_pgd20_acc"] = results.pop("_subset_pgd20")
+    results.pop("_subset_pgd20", None)
+    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None)
+    if out_path is not None:
+        if group.is_main:
+            payload = write_eval_json(out_path, payload, attacks)
+        payload = group.broadcast(payload)  # every process returns the merged payload
+    return payload
+
+
+def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
+                  threat: ThreatModel) -> dict[str, Any]:
+    """Accuracies (percent), per-class accuracies and the invariance from the test pass."""
+    n = float(totals.total.sum().item())
+    results: dict[str, Any] = {"per_class": {}, "attacks": {"clean": {}}}
+    for name, correct in totals.correct.items():
+        results[f"{name}_acc"] = 100.0 * correct.sum().item() / n
+        results["per_class"][name] = {
+            cls: (100.0 * c / t if t else None)
+            for cls, c, t in zip(_class_names(bundle), correct.tolist(), totals.total.tolist())
+        }
+    for steps in steps_list:
+        results["attacks"][f"pgd{steps}"] = threat.pgd_settings(steps)
+    if 20 in steps_list:
+        results["invariance_cos"] = totals.cos_sum.item() / n if cfg.invariance else None
+        correct, count = totals.subset_pgd20.tolist()
+        results["_subset_pgd20"] = 100.0 * correct / count if count else None
+    return results
+
+
+def _class_names(bundle: Any) -> list[str]:
+    names = list(getattr(bundle, "classes", []) or [])
+    return names if len(names) == bundle.num_classes else [str(i) for i in range(bundle.num_classes)]
+
+
+def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: dict[str, Any],
+             n_examples: int | None) -> dict[str, Any]:
+    payload = {
+        "method": meta.get("method"),
+        "model": meta.get("model"),
+        "dataset": bundle.name,
+        "norm": threat.norm,
+        "eps": threat.eps,
+        "n_examples": n_examples,
+        "clean_acc": None,
+        "pgd20_acc": None,
+        "autoattack_acc": None,
+        "per_class": None,
+        "invariance_cos": None,
+        **results,
+        "atzoo_version": __version__,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    payload["flags"] = masking_flags(payload)
+    return payload
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the exported model of a run: ``(plain nn.Module in eval mode, meta)``.
+
+    Args:
+        path: a run directory (``model.safetensors`` + ``model_meta.json``) or a
+            ``.safetensors`` file with ``<stem>_meta.json`` (or ``model_meta.json``)
+            beside it.
+
+    Raises:
+        CheckpointError: a file is missing or unreadable, or the weights do not fit the
+            architecture named in the meta (one line: missing/unexpected keys, shapes).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from atzoo.models import create_model
+
+    weights, meta_path = _run_files(Path(path))
+    meta = _read_meta(meta_path)
+    try:
+        model = create_model(meta["model"], meta["num_classes"], meta.get("in_channels", 3),
+                             normalize=bool(meta.get("normalize", False)), mean=meta.get("mean"),
+                             std=meta.get("std"))
+    except KeyError as exc:
+        raise CheckpointError(f"{meta_path} lacks the key {exc.args[0]!r}") from None
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {weights}: {exc}") from None
+    _check_state(model, state, weights, meta)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta
+
+
+def _run_files(path: Path) -> tuple[Path, Path]:
+    """(weights, meta json) for a run directory or a ``.safetensors`` file."""
+    if not path.exists():
+        raise CheckpointError(f"{path} not found (give a run directory or a model .safetensors file)")
+    if path.is_dir():
+        weights, meta = path / "model.safetensors", path / "model_meta.json"
+    elif path.suffix == ".safetensors":
+        weights = path
+        meta = path.with_name(f"{path.stem}_meta.json")
+        if not meta.is_file():
+            meta = path.with_name("model_meta.json")
+    else:
+        raise CheckpointError(f"{path} is neither a run directory nor a .safetensors file")
+    for needed in (weights, meta):
+        if not needed.is_file():
+            raise CheckpointError(f"{needed} not found (a run directory holds model.safetensors and model_meta.json)")
+    return weights, meta
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return meta
+
+
+def _check_state(model: nn.Module, state: dict[str, Tensor], weights: Path, meta: dict[str, Any]) -> None:
+    """One-line CheckpointError when ``state`` does not fit ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches ({_few(shapes)})")
+    if problems:
+        raise CheckpointError(
+            f"{weights} does not match model '{meta.get('model')}' with {meta.get('num_classes')} classes: "
+            + "; ".join(problems)
+        )
+
+
+def _few(items: list[str], k: int = 3) -> str:
+    return ", ".join(items[:k]) + (", ..." if len(items) > k else "")

@@ -1,0 +1,158 @@
+"""``eval.json``: merging evaluations of one run, and the gradient-masking flags.
+
+A run directory holds one ``eval.json``. Re-running some attacks updates their entries
+and keeps the others (an ``atzoo eval --attacks aa`` after training keeps the clean and
+PGD numbers). An evaluation under another threat model (dataset, norm or eps) becomes
+the top level and the replaced payload is kept in its ``previous`` list, so nothing
+is lost.
+
+Gradient-masking flags (Athalye et al., ICML 2018; Carlini et al., "On Evaluating
+Adversarial Robustness", 2019, Sec. 5) are heuristics that say when the PGD numbers
+should not be trusted:
+
+* ``robust_above_clean``: a PGD accuracy exceeds the clean accuracy on the same examples;
+* ``aa_below_pgd20``: AutoAttack is more than 2 points below PGD-20 on the same examples
+  (PGD-20 is then far from the worst case);
+* ``pgd_not_decreasing``: PGD accuracy does not fall as the number of steps grows
+  (PGD-5 -> PGD-50 from the same random start).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from atzoo.attacks.sharding import write_json_atomic
+from atzoo.errors import AtzooError
+
+EVAL_FILE = "eval.json"
+#: AutoAttack this many points below PGD-20 raises ``aa_below_pgd20``.
+AA_GAP_POINTS = 2.0
+_PGD_KEY = re.compile(r"^pgd(\d+)_acc$")
+# Keys that describe the threat model: an evaluation under another one is not merged.
+_THREAT_KEYS = ("dataset", "norm", "eps")
+# Keys computed from two attacks together: dropped when either is re-run without the other.
+_PAIRED_KEYS = {"aa_subset_pgd20_acc": ("aa", "pgd20")}
+
+
+def read_eval_json(path: str | Path) -> dict[str, Any]:
+    """The payload of ``path`` ({} when absent).
+
+    Raises:
+        AtzooError: the file exists but is not a JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AtzooError(f"{path} is not valid JSON ({exc}); move it away to evaluate again") from None
+    if not isinstance(payload, dict):
+        raise AtzooError(f"{path} does not hold a JSON object; move it away to evaluate again")
+    return payload
+
+
+def merge_payloads(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """``new`` over ``old``: keys the new run left ``None`` keep their old value.
+
+    Args:
+        old: the payload on disk ({} if none).
+        new: the payload of the evaluation just run.
+        ran: the attack names just run (``clean``, ``pgd20``, ``aa``, ...).
+    """
+    if not old:
+        return dict(new)
+    if any(old.get(k) != new.get(k) for k in _THREAT_KEYS):
+        previous = old.pop("previous", [])
+        return {**new, "previous": previous + [old]}
+    merged = dict(old)
+    for key, value in new.items():
+        if value is None and key in old:
+            continue
+        if isinstance(value, dict) and isinstance(old.get(key), dict) and key != "flags":
+            merged[key] = {**old[key], **value}
+        else:
+            merged[key] = value
+    for key, attacks in _PAIRED_KEYS.items():
+        if new.get(key) is None and any(a in ran for a in attacks):
+            merged.pop(key, None)
+    merged["flags"] = masking_flags(merged)
+    return merged
+
+
+def write_eval_json(run_dir: str | Path, payload: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """Merges ``payload`` into ``run_dir/eval.json`` (atomic write); returns the merged payload."""
+    path = Path(run_dir) / EVAL_FILE
+    merged = merge_payloads(read_eval_json(path), payload, ran)
+    write_json_atomic(path, merged)
+    return merged
+
+
+def masking_flags(payload: dict[str, Any]) -> dict[str, Any]:
+    """The gradient-masking flags of a payload (see the module docstring).
+
+    Each flag is ``True``/``False``, or ``None`` when the numbers it needs are missing;
+    ``any`` is True when one flag is; ``messages`` explains every raised flag.
+    """
+    flags: dict[str, Any] = {
+        "robust_above_clean": _robust_above_clean(payload),
+        "aa_below_pgd20": _aa_below_pgd(payload),
+        "pgd_not_decreasing": _pgd_not_decreasing(payload),
+    }
+    messages = [_MESSAGES[name](payload) for name, raised in flags.items() if raised]
+    return {**flags, "any": any(v is True for v in flags.values()), "messages": messages}
+
+
+def _robust_above_clean(p: dict[str, Any]) -> bool | None:
+    clean = p.get("clean_acc")
+    pgd = [v for k, v in p.items() if _PGD_KEY.match(k) and v is not None]
+    if clean is None or not pgd:
+        return None
+    return max(pgd) > clean
+
+
+def _pgd_reference(p: dict[str, Any]) -> float | None:
+    """PGD-20 accuracy on the AutoAttack examples when known, else on the whole set."""
+    paired = p.get("aa_subset_pgd20_acc")
+    return paired if paired is not None else p.get("pgd20_acc")
+
+
+def _aa_below_pgd(p: dict[str, Any]) -> bool | None:
+    aa, pgd = p.get("autoattack_acc"), _pgd_reference(p)
+    if aa is None or pgd is None:
+        return None
+    return aa < pgd - AA_GAP_POINTS
+
+
+def _steps_accuracies(p: dict[str, Any]) -> list[tuple[int, float]]:
+    steps = (p.get("pgd_steps") or {}).get("acc") or {}
+    return sorted((int(k), float(v)) for k, v in steps.items())
+
+
+def _pgd_not_decreasing(p: dict[str, Any]) -> bool | None:
+    accs = _steps_accuracies(p)
+    if len(accs) < 2:
+        return None
+    first, last = accs[0][1], accs[-1][1]
+    # With nothing left to attack (0 %) the curve cannot fall; that is not masking.
+    return first > 0 and last >= first
+
+
+_MESSAGES = {
+    "robust_above_clean": lambda p: (
+        f"PGD accuracy ({max(v for k, v in p.items() if _PGD_KEY.match(k) and v is not None):.2f}%) is above "
+        f"clean accuracy ({p['clean_acc']:.2f}%): the attack is not working (gradient masking?)"
+    ),
+    "aa_below_pgd20": lambda p: (
+        f"AutoAttack ({p['autoattack_acc']:.2f}%) is more than {AA_GAP_POINTS:g} points below PGD-20 "
+        f"({_pgd_reference(p):.2f}%): PGD overestimates robustness (gradient masking?)"
+    ),
+    "pgd_not_decreasing": lambda p: (
+        "PGD accuracy does not fall with more steps ("
+        + ", ".join(f"PGD-{s} {a:.2f}%" for s, a in _steps_accuracies(p))
+        + "): gradients may be masked"
+    ),
+}
