@@ -1,1 +1,100 @@
-"""atzoo.report."""
+"""``atzoo compare``: leaderboards, a standalone HTML page and the trade-off plot.
+
+    board = build_leaderboard(load_runs(["runs/at-s0", "runs/at-s1", "runs/arat-s0"]), paper=True)
+    written = write_outputs(board, "leaderboard")   # md, csv, json, html, png
+
+See :mod:`atzoo.report.leaderboard` for the grouping, seed and ranking rules.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from atzoo.errors import AtzooError
+from atzoo.report.html import to_html
+from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
+from atzoo.report.plot import plot_tradeoff
+from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown
+from atzoo.report.runs import RunRecord, load_run, load_runs
+
+__all__ = [
+    "DEFAULT_OUT", "OUTPUT_FILES", "Entry", "Group", "Leaderboard", "RunRecord", "Stat", "build_leaderboard",
+    "compare", "format_eps", "load_run", "load_runs", "prepare_out_dir", "rich_leaderboard", "write_outputs",
+]
+
+#: Where ``atzoo compare`` writes when ``--out`` is not given (relative to the cwd).
+DEFAULT_OUT = "leaderboard"
+
+#: The files compare writes; nothing else in the output folder is touched.
+OUTPUT_FILES: tuple[str, ...] = (
+    "leaderboard.md", "leaderboard.csv", "leaderboard.json", "leaderboard.html", "tradeoff.png",
+)
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Creates the output folder if needed.
+
+    Raises:
+        AtzooError: ``out`` exists but is not a folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AtzooError(f"--out {out} exists and is not a folder; choose a folder for the leaderboard files")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write_atomic(path: Path, writer: Callable[[Path], object]) -> None:
+    """Writes through a temporary file in the same folder, then renames over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
+    """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files)."""
+    folder = prepare_out_dir(out)
+    texts = {
+        "leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
+        "leaderboard.json": to_json(board), "leaderboard.html": to_html(board),
+    }
+    written: dict[str, Path] = {}
+    for name, text in texts.items():
+        _write_atomic(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        written[name] = folder / name
+    _write_atomic(folder / "tradeoff.png", lambda p: plot_tradeoff(board, p))
+    written["tradeoff.png"] = folder / "tradeoff.png"
+    return written
+
+
+def compare(
+    run_dirs: Sequence[str | Path], *, out: str | Path | None = DEFAULT_OUT, paper: bool = False,
+    cards_dir: str | Path | None = None,
+) -> tuple[Leaderboard, dict[str, Path]]:
+    """Reads run directories, builds the leaderboard and writes its files.
+
+    Every input is read and checked before anything is written, so bad input leaves
+    the output folder as it was.
+
+    Args:
+        run_dirs: run directories (each with an ``eval.json``).
+        out: output folder (created if missing); ``None`` writes nothing.
+        paper: add the zoo cards' reported numbers as reference rows.
+        cards_dir: folder of zoo cards (default: the repository's ``zoo_cards/``).
+
+    Returns:
+        The leaderboard and the paths written (file name -> path).
+    """
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise AtzooError(f"--out {out} exists and is not a folder; choose a folder for the leaderboard files")
+    board = build_leaderboard(load_runs(list(run_dirs)), paper=paper, cards_dir=cards_dir)
+    written = write_outputs(board, out) if out is not None else {}
+    return board, written

@@ -1,0 +1,172 @@
+"""A standalone ``leaderboard.html``: inline CSS and JavaScript, no network needed.
+
+Every table sorts when a header is clicked (or focused and Enter pressed): numeric
+columns sort best-first on the first click (descending), text columns A-Z; a second
+click reverses; missing values stay last. Each numeric cell carries its machine value
+in ``data-sort`` so ``83.77 ± 0.12`` sorts as 83.77.
+
+Self-test hook: opened as ``leaderboard.html#selftest``, the page clicks headers of
+its first table itself and writes the resulting row orders as JSON into
+``<pre id="selftest-result">``; ``tests/test_html_browser.py`` reads it from a headless
+Chromium's ``--dump-dom``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from atzoo.report.leaderboard import Entry, Group, Leaderboard
+from atzoo.report.render import COLUMNS, cells, sort_values
+
+_NUMERIC = {"rank", "seeds", "clean", "pgd20", "autoattack", "score", "seconds_per_epoch", "cost_vs_at", "pareto"}
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;
+       padding: 0 1rem; color: #1d232a; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
+th, td { padding: .35rem .6rem; border-bottom: 1px solid #d8dee4; text-align: right; white-space: nowrap; }
+th { background: #f3f5f7; cursor: pointer; user-select: none; position: relative; }
+th:focus { outline: 2px solid #4a90d9; }
+th[data-type="text"], td[data-type="text"] { text-align: left; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
+tr.paper td { color: #5b6570; font-style: italic; background: #fbfaf3; }
+tr.pareto td.label { font-weight: 600; }
+.note { color: #5b6570; margin: .2rem 0; } .separation { background: #fff6d6; padding: .6rem .8rem; }
+"""
+
+_JS = """
+(function () {
+  "use strict";
+  function cellValue(row, col, numeric) {
+    var cell = row.cells[col];
+    var raw = cell.getAttribute("data-sort");
+    if (raw === null || raw === "") { return null; }
+    return numeric ? parseFloat(raw) : raw.toLowerCase();
+  }
+  function sortBy(table, col, direction) {
+    var th = table.tHead.rows[0].cells[col];
+    var numeric = th.getAttribute("data-type") === "number";
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    var sign = direction === "ascending" ? 1 : -1;
+    rows.sort(function (a, b) {
+      var x = cellValue(a, col, numeric), y = cellValue(b, col, numeric);
+      if (x === null && y === null) { return 0; }
+      if (x === null) { return 1; }
+      if (y === null) { return -1; }
+      return x < y ? -sign : (x > y ? sign : 0);
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (other) {
+      other.removeAttribute("aria-sort");
+    });
+    th.setAttribute("aria-sort", direction);
+  }
+  function onHeader(table, col) {
+    var th = table.tHead.rows[0].cells[col];
+    var current = th.getAttribute("aria-sort");
+    var first = th.getAttribute("data-type") === "number" ? "descending" : "ascending";
+    var next = current === null ? first : (current === "ascending" ? "descending" : "ascending");
+    sortBy(table, col, next);
+  }
+  function labels(table) {
+    return Array.prototype.map.call(table.tBodies[0].rows, function (row) { return row.getAttribute("data-label"); });
+  }
+  function headerFor(table, key) {
+    return Array.prototype.filter.call(table.tHead.rows[0].cells, function (th) {
+      return th.getAttribute("data-key") === key;
+    })[0];
+  }
+  var tables = document.querySelectorAll("table.leaderboard");
+  Array.prototype.forEach.call(tables, function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.tabIndex = 0;
+      th.addEventListener("click", function () { onHeader(table, col); });
+      th.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); onHeader(table, col); }
+      });
+    });
+  });
+  if (window.location.hash === "#selftest" && tables.length > 0) {
+    var table = tables[0];
+    var result = { tables: tables.length, rows: table.tBodies[0].rows.length, initial: labels(table) };
+    headerFor(table, "clean").click();
+    result.clean_first_click = labels(table);
+    result.clean_first_sort = headerFor(table, "clean").getAttribute("aria-sort");
+    headerFor(table, "clean").click();
+    result.clean_second_click = labels(table);
+    headerFor(table, "label").click();
+    result.label_click = labels(table);
+    var out = document.getElementById("selftest-result");
+    out.textContent = JSON.stringify(result);
+  }
+})();
+"""
+
+
+def _attr(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _sort_attr(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _row(entry: Entry) -> str:
+    text = cells(entry)
+    values = sort_values(entry)
+    classes = " ".join(c for c in (entry.kind, "pareto" if entry.pareto else "") if c)
+    tds = []
+    for key, _ in COLUMNS:
+        kind = "number" if key in _NUMERIC else "text"
+        tds.append(f'<td class="{key}" data-type="{kind}" data-sort="{_attr(_sort_attr(values[key]))}">'
+                   f"{html.escape(text[key])}</td>")
+    title = f' title="{_attr(entry.source)}"' if entry.source else ""
+    return f'<tr class="{classes}" data-label="{_attr(entry.label)}"{title}>' + "".join(tds) + "</tr>"
+
+
+def _table(group: Group) -> str:
+    heads = "".join(
+        f'<th scope="col" data-key="{key}" data-type="{"number" if key in _NUMERIC else "text"}">'
+        f"{html.escape(header)}</th>"
+        for key, header in COLUMNS
+    )
+    rows = "\n".join(_row(e) for e in group.entries)
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in group.notes)
+    return (f"<h2>{html.escape(group.title)}</h2>\n<table class=\"leaderboard\">"
+            f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>\n{notes}")
+
+
+def to_html(board: Leaderboard) -> str:
+    """The standalone page (UTF-8, no external resources)."""
+    from atzoo import __version__
+
+    separation = (f'<p class="separation">{html.escape(board.separation_note)}</p>'
+                  if board.separation_note else "")
+    tables = "\n".join(_table(g) for g in board.groups)
+    # Raw text inside <script>: only "</" could end the element early, so escape it.
+    data = json.dumps(board.to_dict()).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>atzoo leaderboard</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>atzoo leaderboard</h1>
+<p class="note">Mean ± sample std over seeds. Ranked by clean + robust accuracy; robust is AutoAttack (AA),
+or PGD-20 where AutoAttack was not run (marked *). Click a column header to sort. Generated by atzoo {html.escape(__version__)}.</p>
+{separation}
+{tables}
+<pre id="selftest-result" hidden></pre>
+<script type="application/json" id="leaderboard-data">{data}</script>
+<script>{_JS}</script>
+</body>
+</html>
+"""

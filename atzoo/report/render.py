@@ -1,0 +1,189 @@
+"""Leaderboard as Markdown, CSV, JSON and rich tables (the HTML page is in ``html.py``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich import box
+from rich.console import Group as RichGroup
+from rich.table import Table
+from rich.text import Text
+
+from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat
+
+#: (key, header) of every displayed column, in order.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rank", "rank"),
+    ("label", "method"),
+    ("seeds", "seeds"),
+    ("clean", "clean %"),
+    ("pgd20", "PGD-20 %"),
+    ("autoattack", "AutoAttack %"),
+    ("robust_metric", "ranked on"),
+    ("score", "clean + robust"),
+    ("seconds_per_epoch", "s / epoch"),
+    ("cost_vs_at", "cost vs AT"),
+    ("pareto", "Pareto"),
+)
+
+_METRIC_LABEL = {"autoattack": "AA", "pgd20": "PGD-20*", None: "-"}
+
+
+def _stat(stat: Stat | None, digits: int = 2) -> str:
+    return stat.text(digits) if stat is not None else "-"
+
+
+def cells(entry: Entry) -> dict[str, str]:
+    """The display text of each column for one entry."""
+    paper = entry.kind == "paper"
+    return {
+        "rank": "ref" if paper else (str(entry.rank) if entry.rank is not None else "-"),
+        "label": entry.label,
+        "seeds": "-" if paper else str(entry.seeds),
+        "clean": _stat(entry.clean),
+        "pgd20": _stat(entry.pgd20),
+        "autoattack": _stat(entry.autoattack),
+        "robust_metric": _METRIC_LABEL[entry.robust_metric],
+        "score": f"{entry.score:.2f}" if entry.score is not None else "-",
+        "seconds_per_epoch": _stat(entry.seconds_per_epoch, 1),
+        "cost_vs_at": (f"{entry.cost_vs_at:.2f}x" + (" (A100, paper)" if paper else ""))
+        if entry.cost_vs_at is not None else "-",
+        "pareto": "yes" if entry.pareto else "",
+    }
+
+
+def sort_values(entry: Entry) -> dict[str, float | str | None]:
+    """Machine values behind each column (numbers sort numerically in the HTML page)."""
+    mean = lambda s: s.mean if s is not None else None  # noqa: E731
+    return {
+        "rank": float(entry.rank) if entry.rank is not None else None,
+        "label": entry.label,
+        "seeds": float(entry.seeds) if entry.kind == "measured" else None,
+        "clean": mean(entry.clean),
+        "pgd20": mean(entry.pgd20),
+        "autoattack": mean(entry.autoattack),
+        "robust_metric": entry.robust_metric or "",
+        "score": entry.score,
+        "seconds_per_epoch": mean(entry.seconds_per_epoch),
+        "cost_vs_at": entry.cost_vs_at,
+        "pareto": 1.0 if entry.pareto else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def group_markdown(group: Group) -> str:
+    """One group as a Markdown section: heading, table, notes."""
+    lines = [f"## {group.title}", "", "| " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for entry in group.entries:
+        row = cells(entry)
+        if entry.kind == "paper":
+            row["label"] = f"*{row['label']}*"
+        lines.append("| " + " | ".join(_md_escape(row[k]) for k, _ in COLUMNS) + " |")
+    lines.append("")
+    lines.extend(f"- {note}" for note in group.notes)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_markdown(board: Leaderboard) -> str:
+    """The whole leaderboard as Markdown."""
+    parts = ["# atzoo leaderboard", "",
+             "Mean ± sample std over seeds. Ranked by clean + robust accuracy, robust = AutoAttack "
+             "(AA), or PGD-20 where AutoAttack was not run (marked *).", ""]
+    if board.separation_note:
+        parts += [f"> {board.separation_note}", ""]
+    parts += [group_markdown(g) for g in board.groups]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- CSV / JSON
+
+CSV_FIELDS: tuple[str, ...] = (
+    "dataset", "model", "norm", "eps", "rank", "label", "method", "kind", "seeds",
+    "clean_mean", "clean_std", "pgd20_mean", "pgd20_std", "autoattack_mean", "autoattack_std",
+    "robust_metric", "score", "seconds_per_epoch", "cost_vs_at", "pareto", "source", "runs",
+)
+
+
+def _csv_row(group: Group, entry: Entry) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "dataset": group.dataset, "model": group.model, "norm": group.norm, "eps": group.eps,
+        "rank": entry.rank, "label": entry.label, "method": entry.method, "kind": entry.kind,
+        "seeds": entry.seeds, "robust_metric": entry.robust_metric, "score": entry.score,
+        "seconds_per_epoch": entry.seconds_per_epoch.mean if entry.seconds_per_epoch else None,
+        "cost_vs_at": entry.cost_vs_at, "pareto": entry.pareto, "source": entry.source,
+        "runs": ";".join(str(r.path) for r in entry.runs),
+    }
+    for metric in ("clean", "pgd20", "autoattack"):
+        stat: Stat | None = getattr(entry, metric)
+        row[f"{metric}_mean"] = stat.mean if stat else None
+        row[f"{metric}_std"] = stat.std if stat else None
+    return row
+
+
+def to_csv(board: Leaderboard) -> str:
+    """One CSV row per entry of every group (empty cells for missing values)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for group in board.groups:
+        for entry in group.entries:
+            writer.writerow({k: ("" if v is None else v) for k, v in _csv_row(group, entry).items()})
+    return buffer.getvalue()
+
+
+def to_json(board: Leaderboard) -> str:
+    return json.dumps(board.to_dict(), indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------- rich
+
+
+#: Terminal columns (a subset, with short headers: the terminal is often 80 columns wide).
+_TERMINAL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rank", "#"), ("label", "method"), ("seeds", "n"), ("clean", "clean"), ("pgd20", "PGD-20"),
+    ("autoattack", "AA"), ("score", "score"), ("seconds_per_epoch", "s/epoch"), ("cost_vs_at", "x AT"),
+)
+
+
+def _terminal_cells(entry: Entry) -> dict[str, str]:
+    row = cells(entry)
+    if entry.robust_metric == "pgd20" and entry.score is not None:
+        row["score"] += "*"
+    row["cost_vs_at"] = row["cost_vs_at"].replace(" (A100, paper)", "ᵖ")
+    return row
+
+
+def rich_group(group: Group) -> Table:
+    """One group as a rich Table: paper rows dim italic, Pareto-optimal entries green."""
+    legend = "AA = AutoAttack; score = clean + AA (* = clean + PGD-20); green = Pareto-optimal; n = seeds"
+    legend += "; ᵖ = the paper's A100 time ratio." if group.paper else "."
+    table = Table(title=group.title, title_style="bold", caption="\n".join([legend, *group.notes]),
+                  caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    wrapping = {"label", "clean", "pgd20", "autoattack", "seconds_per_epoch"}
+    for key, header in _TERMINAL_COLUMNS:
+        table.add_column(header, justify="left" if key == "label" else "right",
+                         style="bold cyan" if key == "label" else None, no_wrap=key not in wrapping)
+    for entry in group.entries:
+        row = _terminal_cells(entry)
+        style = "dim italic" if entry.kind == "paper" else ("green" if entry.pareto else None)
+        table.add_row(*(row[k] for k, _ in _TERMINAL_COLUMNS), style=style)
+    return table
+
+
+def rich_leaderboard(board: Leaderboard) -> RichGroup:
+    """Every table, preceded by the separation note when there is more than one."""
+    items: list[Any] = []
+    if board.separation_note:
+        items.append(Text(board.separation_note, style="yellow"))
+    items.extend(rich_group(g) for g in board.groups)
+    return RichGroup(*items)

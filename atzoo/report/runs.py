@@ -1,0 +1,247 @@
+"""Reading run directories for ``atzoo compare``.
+
+A run directory (written by ``atzoo train``, see ``docs/architecture.md``) holds
+``eval.json`` (the evaluator's accuracies), ``config.yaml`` (the resolved
+:class:`~atzoo.config.RunConfig`) and ``metrics.jsonl`` (the training log). Only
+``eval.json`` is required: without ``config.yaml`` the seed and configuration are
+unknown, without ``metrics.jsonl`` the training cost is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atzoo.errors import AtzooError
+
+#: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
+REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
+
+#: Keys of a metrics.jsonl row that hold the wall-clock seconds of one training epoch,
+#: in the order they are looked up. The engine writes ``{"kind": "epoch", ...}`` rows
+#: (see ``atzoo.engine.rundir.MetricsLog``); in those, a plain ``seconds`` counts too.
+EPOCH_SECONDS_KEYS: tuple[str, ...] = ("epoch_seconds", "epoch_time", "epoch_time_s", "seconds_per_epoch")
+EPOCH_ROW_KEYS: tuple[str, ...] = EPOCH_SECONDS_KEYS + ("seconds", "time_s", "elapsed")
+
+#: Flattened config keys that do not change what a run learns; runs that differ only in
+#: these (and in the seed) are seeds of one configuration.
+NON_SEMANTIC_KEYS: frozenset[str] = frozenset({
+    "run.seed", "run.name", "run.out", "run.trackers", "run.log_every", "run.checkpoint_every",
+    "run.checkpoint_every_steps", "run.keep_checkpoints", "run.evaluate", "run.deterministic",
+    "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
+    "model.compile", "model.channels_last", "eval.batch_size", "diagnostics.every",
+})
+
+
+@dataclass
+class RunRecord:
+    """What compare needs from one run directory.
+
+    Attributes:
+        path: the run directory.
+        method, model, dataset: from eval.json.
+        norm, eps: the threat model the run was *evaluated* under.
+        clean, pgd20, autoattack: accuracies in percent (``None`` when not run).
+        n_examples: test examples of the clean and PGD evaluation.
+        aa_n_examples: test examples AutoAttack ran on (``eval.n_ex``), if it ran.
+        seed: ``run.seed`` from config.yaml (``None`` without it).
+        config: flattened config (``section.key`` -> value); empty without config.yaml.
+        epoch_seconds: wall-clock seconds of each completed training epoch.
+    """
+
+    path: Path
+    method: str
+    model: str
+    dataset: str
+    norm: str
+    eps: float
+    clean: float | None
+    pgd20: float | None
+    autoattack: float | None
+    n_examples: int | None = None
+    aa_n_examples: int | None = None
+    seed: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        """Mean epoch time, or ``None`` when the log has no epoch rows."""
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None
+
+    @property
+    def label(self) -> str:
+        """Method name plus the weight-averaging variant (``arat+swa``)."""
+        suffix = "+swa" if self.config.get("averaging.swa") else ""
+        suffix += "+ema" if self.config.get("averaging.ema") else ""
+        return self.method + suffix
+
+    def fingerprint(self) -> tuple[tuple[str, str], ...]:
+        """The configuration without seed and bookkeeping: equal for seeds of one setting."""
+        return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in NON_SEMANTIC_KEYS))
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise AtzooError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise AtzooError(f"{path} is not a UTF-8 text file") from None
+
+
+def _accuracy(payload: dict[str, Any], key: str, where: Path) -> float | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AtzooError(f"{where}: '{key}' must be a percentage or null, got {value!r}")
+    if not 0.0 <= float(value) <= 100.0:
+        raise AtzooError(f"{where}: '{key}' must be a percentage in [0, 100], got {value!r}")
+    return float(value)
+
+
+def read_eval(path: Path) -> dict[str, Any]:
+    """Loads and checks ``eval.json``; raises AtzooError naming a missing or bad key."""
+    payload = _read_json(path)
+    if not isinstance(payload, dict):
+        raise AtzooError(f"{path} must hold a JSON object with keys {', '.join(REQUIRED_EVAL_KEYS)}")
+    missing = [k for k in REQUIRED_EVAL_KEYS if k not in payload]
+    if missing:
+        raise AtzooError(f"{path} lacks key(s) {', '.join(missing)} (an eval.json written by 'atzoo eval' has them)")
+    eps = payload["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
+        raise AtzooError(f"{path}: 'eps' must be a number in (0, 1], got {eps!r}")
+    if payload["norm"] not in ("linf", "l2"):
+        raise AtzooError(f"{path}: 'norm' must be 'linf' or 'l2', got {payload['norm']!r}")
+    return payload
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Flattened ``config.yaml`` (empty when absent)."""
+    if not path.is_file():
+        return {}
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise AtzooError(f"{path} is not valid YAML: {first}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise AtzooError(f"{path} must be a mapping of config sections")
+    return flatten(values)
+
+
+def read_epoch_seconds(path: Path) -> list[float]:
+    """Seconds of each training epoch from ``metrics.jsonl`` (empty when absent).
+
+    An epoch row is a ``kind: epoch`` row with one of :data:`EPOCH_ROW_KEYS`, or a row
+    without ``kind`` that has one of :data:`EPOCH_SECONDS_KEYS`; rows marked
+    ``partial`` (an epoch cut short by ``run.max_steps`` or an interruption) do not
+    count. Where a
+    resumed run logged an epoch twice, the last row of that epoch wins. A truncated
+    last line (a run killed while writing) is ignored; any other bad line is an error.
+    """
+    if not path.is_file():
+        return []
+    by_epoch: dict[Any, float] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise AtzooError(f"{path} line {number} is not valid JSON") from None
+        seconds = _epoch_seconds(row)
+        if seconds is not None and not row.get("partial"):
+            by_epoch[row.get("epoch", number)] = seconds
+    return list(by_epoch.values())
+
+
+def _epoch_seconds(row: Any) -> float | None:
+    if not isinstance(row, dict):
+        return None
+    if row.get("kind") not in (None, "epoch"):
+        return None
+    keys = EPOCH_ROW_KEYS if row.get("kind") == "epoch" else EPOCH_SECONDS_KEYS
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Reads one run directory.
+
+    Raises:
+        AtzooError: ``path`` does not exist, is not a directory, has no ``eval.json``,
+            or one of its files is malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AtzooError(f"run directory not found: {path}")
+    if not path.is_dir():
+        raise AtzooError(f"{path} is not a run directory (expected a folder holding eval.json)")
+    eval_path = path / "eval.json"
+    if not eval_path.is_file():
+        raise AtzooError(f"{path} has no eval.json: evaluate the run first with 'atzoo eval {path}'")
+    payload = read_eval(eval_path)
+    config = read_config(path / "config.yaml")
+    seed = config.get("run.seed")
+    n_examples = _int_or_none(payload.get("n_examples"))
+    return RunRecord(
+        path=path, method=str(payload["method"]), model=str(payload["model"]), dataset=str(payload["dataset"]),
+        norm=str(payload["norm"]), eps=float(payload["eps"]),
+        clean=_accuracy(payload, "clean_acc", eval_path), pgd20=_accuracy(payload, "pgd20_acc", eval_path),
+        autoattack=_accuracy(payload, "autoattack_acc", eval_path),
+        n_examples=n_examples,
+        aa_n_examples=_int_or_none(payload.get("aa_n_examples")),
+        seed=seed if isinstance(seed, int) else None, config=config,
+        epoch_seconds=read_epoch_seconds(path / "metrics.jsonl"),
+    )
+
+
+def load_runs(paths: list[str | Path]) -> list[RunRecord]:
+    """Reads every run directory (each once, in the order given).
+
+    Raises:
+        AtzooError: no paths, or any path is not a readable run directory.
+    """
+    if not paths:
+        raise AtzooError("no run directories given: pass one or more folders written by 'atzoo train'")
+    seen: set[Path] = set()
+    runs: list[RunRecord] = []
+    for raw in paths:
+        path = Path(raw)
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        runs.append(load_run(path))
+    return runs

@@ -1,0 +1,281 @@
+"""``atzoo compare``: grouping by threat model, seeds as mean ± std, ranking, cost, outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from leaderboard_fixtures import make_run, standard_set
+
+from atzoo.errors import AtzooError
+from atzoo.report import OUTPUT_FILES, build_leaderboard, compare, load_run, load_runs
+from atzoo.report.leaderboard import format_eps
+from atzoo.report.plot import pareto_front
+
+
+def _group(board, eps_label: str):
+    return next(g for g in board.groups if g.eps_label == eps_label)
+
+
+def _entry(group, label: str):
+    return next(e for e in group.entries if e.label == label)
+
+
+def test_seeds_aggregate_to_mean_and_sample_std(tmp_path: Path) -> None:
+    board, _ = compare(standard_set(tmp_path / "runs"), out=None)
+    at = _entry(_group(board, "8/255"), "at")
+    assert at.seeds == 2 and at.clean.n == 2
+    assert at.clean.mean == pytest.approx(83.5)
+    assert at.clean.std == pytest.approx(statistics.stdev([83.0, 84.0]))  # ddof 1: 0.7071
+    assert at.autoattack.text() == "42.50 ± 0.71"
+    # s/epoch: mean over epoch rows per run (11.0 and 11.0), then over seeds
+    assert at.seconds_per_epoch.mean == pytest.approx(11.0)
+    single = _entry(_group(board, "8/255"), "trades")
+    assert single.clean.std is None and single.clean.text() == "81.00"
+
+
+def test_different_eps_lands_in_a_separate_table_with_the_reason(tmp_path: Path) -> None:
+    board, _ = compare(standard_set(tmp_path / "runs"), out=None)
+    assert [g.eps_label for g in board.groups] == ["8/255", "0.031"]
+    assert [e.label for e in _group(board, "0.031").entries] == ["mart"]
+    assert "mart" not in [e.label for e in _group(board, "8/255").entries]
+    assert board.separation_note is not None and "eps (0.031, 8/255)" in board.separation_note
+    assert "threat models" in board.separation_note
+
+
+def test_norm_dataset_and_model_also_separate(tmp_path: Path) -> None:
+    runs = [
+        make_run(tmp_path, "a", "at"),
+        make_run(tmp_path, "b", "at", norm="l2", eps=0.5),
+        make_run(tmp_path, "c", "at", dataset="cifar100"),
+        make_run(tmp_path, "d", "at", model="wrn34_10"),
+    ]
+    board = build_leaderboard(load_runs(runs))
+    assert len(board.groups) == 4
+    note = board.separation_note
+    assert "dataset (cifar10, cifar100)" in note and "model (resnet18, wrn34_10)" in note and "norm (l2, linf)" in note
+
+
+def test_ranking_by_clean_plus_autoattack_with_pgd_fallback_labelled(tmp_path: Path) -> None:
+    board, _ = compare(standard_set(tmp_path / "runs"), out=None)
+    group = _group(board, "8/255")
+    # arat: 87 + PGD 53 = 140 (fallback); trades: 81 + 48.5 = 129.5; at: 83.5 + 42.5 = 126
+    assert [(e.rank, e.label) for e in group.entries] == [(1, "arat"), (2, "trades"), (3, "at")]
+    arat = _entry(group, "arat")
+    assert arat.robust_metric == "pgd20" and arat.score == pytest.approx(140.0)
+    assert _entry(group, "trades").robust_metric == "autoattack"
+    assert any("PGD-20" in n and "arat" in n for n in group.notes)
+    md = (compare(standard_set(tmp_path / "again"), out=tmp_path / "lb")[1]["leaderboard.md"]).read_text()
+    assert "| 1 | arat | 1 | 87.00 | 53.00 | - | PGD-20* |" in md
+
+
+def test_autoattack_missing_for_one_seed_falls_back_to_pgd(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "s0", "at", seed=0, autoattack=40.0), make_run(tmp_path, "s1", "at", seed=1, autoattack=None)]
+    entry = build_leaderboard(load_runs(runs)).groups[0].entries[0]
+    assert entry.seeds == 2 and entry.autoattack.n == 1
+    assert entry.robust_metric == "pgd20"
+
+
+def test_cost_per_epoch_and_relative_to_at(tmp_path: Path) -> None:
+    board, _ = compare(standard_set(tmp_path / "runs"), out=None)
+    group = _group(board, "8/255")
+    assert _entry(group, "at").cost_vs_at == pytest.approx(1.0)
+    assert _entry(group, "trades").cost_vs_at == pytest.approx(16.5 / 11.0)
+    assert _entry(group, "arat").cost_vs_at == pytest.approx(12.5 / 11.0)
+    # no AT in the eps=0.031 group: seconds shown, ratio absent
+    mart = _entry(_group(board, "0.031"), "mart")
+    assert mart.seconds_per_epoch.mean == pytest.approx(10.0) and mart.cost_vs_at is None
+
+
+def test_missing_metrics_log_means_missing_cost_not_an_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r", "at")
+    (run / "metrics.jsonl").unlink()
+    (run / "config.yaml").unlink()
+    record = load_run(run)
+    assert record.seconds_per_epoch is None and record.seed is None
+    entry = build_leaderboard([record]).groups[0].entries[0]
+    assert entry.seconds_per_epoch is None and entry.score == pytest.approx(80.0 + 45.0)
+
+
+def test_resumed_epoch_rows_count_once_and_truncated_last_line_is_ignored(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r", "at", epoch_seconds=(10.0, 20.0))
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"kind": "epoch", "epoch": 1, "seconds": 30.0}) + "\n")  # epoch 1 again
+        handle.write('{"kind": "epo')  # killed mid-write
+    assert load_run(run).epoch_seconds == [10.0, 30.0]
+
+
+def test_partial_epochs_do_not_count_as_epochs(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r", "at", epoch_seconds=(10.0,))
+    with open(run / "metrics.jsonl", "a") as handle:  # a run stopped by run.max_steps mid-epoch
+        handle.write(json.dumps({"kind": "epoch", "epoch": 1, "seconds": 2.0, "partial": True}) + "\n")
+    assert load_run(run).seconds_per_epoch == pytest.approx(10.0)
+
+
+def test_autoattack_subset_is_stated(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "a", "at", n_examples=1000, aa_n_examples=200),
+            make_run(tmp_path, "b", "trades", n_examples=1000, aa_n_examples=200)]
+    notes = build_leaderboard(load_runs(runs)).groups[0].notes
+    assert "AutoAttack ran on the first 200 test examples (clean and PGD-20 on 1000)." in notes
+
+
+def test_same_method_different_configs_are_separate_labelled_entries(tmp_path: Path) -> None:
+    runs = [
+        make_run(tmp_path, "a0", "arat", seed=0, overrides=["method.stop_grad=false"]),
+        make_run(tmp_path, "a1", "arat", seed=1, overrides=["method.stop_grad=false"]),
+        make_run(tmp_path, "b0", "arat", seed=0),
+        make_run(tmp_path, "swa", "arat", seed=0, overrides=["averaging.swa=true"]),
+    ]
+    labels = sorted(e.label for e in build_leaderboard(load_runs(runs)).groups[0].entries)
+    assert labels == ["arat [method.stop_grad=False]", "arat [method.stop_grad=True]", "arat+swa"]
+    entry = next(e for e in build_leaderboard(load_runs(runs)).groups[0].entries if "False" in e.label)
+    assert entry.seeds == 2
+
+
+def test_run_without_config_is_not_mixed_with_configured_seeds(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "a", "at", seed=0), make_run(tmp_path, "b", "at", seed=1)]
+    (runs[1] / "config.yaml").unlink()
+    labels = sorted(e.label for e in build_leaderboard(load_runs(runs)).groups[0].entries)
+    assert labels == ["at", "at [no config.yaml]"]
+
+
+def test_pareto_front(tmp_path: Path) -> None:
+    runs = [
+        make_run(tmp_path, "a", "at", clean=80, autoattack=50),
+        make_run(tmp_path, "b", "trades", clean=85, autoattack=45),
+        make_run(tmp_path, "c", "mart", clean=79, autoattack=44),  # dominated by both
+    ]
+    group = build_leaderboard(load_runs(runs)).groups[0]
+    assert {e.label: e.pareto for e in group.entries} == {"at": True, "trades": True, "mart": False}
+    assert [e.label for e in pareto_front(group.entries)] == ["at", "trades"]
+
+
+def test_paper_rows_only_for_matching_setting_and_threat_model(tmp_path: Path) -> None:
+    runs = standard_set(tmp_path / "runs") + [
+        make_run(tmp_path / "runs", "at-c100", "at", dataset="cifar100", clean=55.0),
+        make_run(tmp_path / "runs", "at-small", "at", model="small_cnn", clean=55.0),
+    ]
+    board, _ = compare(runs, out=None, paper=True)
+    main = next(g for g in board.groups if (g.dataset, g.model, g.eps_label) == ("cifar10", "resnet18", "8/255"))
+    paper = {e.label: e for e in main.paper}
+    assert set(paper) == {"AT (paper)", "TRADES (paper)", "AR-AT (paper)"}  # only methods that were run
+    assert (paper["AT (paper)"].clean.mean, paper["AT (paper)"].autoattack.mean) == (83.77, 42.42)
+    assert paper["TRADES (paper)"].cost_vs_at == pytest.approx(1.51)
+    assert all(e.rank is None for e in main.paper) and main.entries[-1].kind == "paper"
+    c100 = next(g for g in board.groups if g.dataset == "cifar100")
+    assert [e.label for e in c100.paper] == ["AT (paper)"] and c100.paper[0].clean.mean == 55.82
+    assert not next(g for g in board.groups if g.model == "small_cnn").paper  # no paper setting
+    assert not _group(board, "0.031").paper  # MART at eps 0.031: not the paper's threat model
+
+
+def test_paper_variant_rows_need_their_condition(tmp_path: Path) -> None:
+    plain = [make_run(tmp_path / "a", "arat", "arat")]
+    labels = [e.label for e in compare(plain, out=None, paper=True)[0].groups[0].paper]
+    assert labels == ["AR-AT (paper)"]
+    swa = [make_run(tmp_path / "b", "arat", "arat", overrides=["averaging.swa=true"])]
+    labels = [e.label for e in compare(swa, out=None, paper=True)[0].groups[0].paper]
+    assert labels == ["AR-AT (paper)", "AR-AT+SWA (paper)"]
+    ablation = [make_run(tmp_path / "c", "arat", "arat", overrides=[
+        "method.stop_grad=true", "method.predictor=false", "method.split_bn=false", "method.auto_balance=false",
+        "method.layers=[layer4.1.relu2]"])]
+    rows = compare(ablation, out=None, paper=True)[0].groups[0].paper
+    row = next(e for e in rows if "ablation" in e.label)
+    assert row.label == "ablation: stop-grad (paper)"
+    assert (row.clean.mean, row.pgd20.mean, row.autoattack) == (82.47, 48.57, None)
+    assert row.robust_metric == "pgd20"
+
+
+def test_writes_all_outputs_and_they_agree(tmp_path: Path) -> None:
+    out = tmp_path / "lb"
+    board, written = compare(standard_set(tmp_path / "runs"), out=out, paper=True)
+    assert sorted(written) == sorted(OUTPUT_FILES)
+    assert all((out / name).is_file() and (out / name).stat().st_size > 0 for name in OUTPUT_FILES)
+    data = json.loads((out / "leaderboard.json").read_text())
+    assert data["n_runs"] == 5 and len(data["groups"]) == 2
+    at = next(r for r in data["groups"][0]["rows"] if r["label"] == "at")
+    assert at["clean"]["mean"] == pytest.approx(83.5) and at["clean"]["n"] == 2 and at["seeds"] == 2
+    rows = list(csv.DictReader(io.StringIO((out / "leaderboard.csv").read_text())))
+    assert len(rows) == sum(len(g["rows"]) for g in data["groups"])
+    at_csv = next(r for r in rows if r["label"] == "at")
+    assert float(at_csv["clean_std"]) == pytest.approx(0.70710678) and at_csv["kind"] == "measured"
+    md = (out / "leaderboard.md").read_text()
+    assert "83.50 ± 0.71" in md and "*AT (paper)*" in md and "separate tables" in md
+    html = (out / "leaderboard.html").read_text()
+    assert "<script src" not in html and "http://" not in html and "https://" not in html  # standalone
+    assert html.count('<table class="leaderboard">') == 2
+    assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_out_dir_keeps_other_files_and_overwrites_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "lb"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "leaderboard.md").write_text("old")
+    compare(standard_set(tmp_path / "runs"), out=out)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "leaderboard.md").read_text().startswith("# atzoo leaderboard")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_FILES, "notes.txt"])  # no temp files left
+
+
+@pytest.mark.parametrize(
+    "setup, pattern",
+    [
+        (lambda root: [root / "missing"], r"run directory not found: .*missing"),
+        (lambda root: [root / "afile.txt"], r"is not a run directory"),
+        (lambda root: [root / "empty"], r"has no eval.json: evaluate the run first"),
+        (lambda root: [root / "badjson"], r"eval.json is not valid JSON"),
+        (lambda root: [root / "nokeys"], r"eval.json lacks key\(s\) method"),
+        (lambda root: [], r"no run directories given"),
+    ],
+)
+def test_bad_input_is_one_line_error_and_writes_nothing(tmp_path: Path, setup, pattern: str) -> None:
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / "eval.json").write_text("{not json")
+    (tmp_path / "nokeys").mkdir()
+    (tmp_path / "nokeys" / "eval.json").write_text(json.dumps({"clean_acc": 50.0}))
+    good = make_run(tmp_path, "good", "at")
+    with pytest.raises(AtzooError, match=pattern) as info:
+        compare([good, *setup(tmp_path)] if setup(tmp_path) else [], out=tmp_path / "lb")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "lb").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "lb"
+    target.write_text("precious")
+    with pytest.raises(AtzooError, match="exists and is not a folder"):
+        compare(standard_set(tmp_path / "runs"), out=target)
+    assert target.read_text() == "precious"
+
+
+def test_cli_prints_tables_and_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from atzoo.cli import run
+
+    runs = [str(p) for p in standard_set(tmp_path / "runs")]
+    out = tmp_path / "board"
+    assert run(["compare", *runs, "--out", str(out), "--paper"]) == 0
+    printed = capsys.readouterr().out
+    assert "cifar10 · resnet18 · L-inf eps=8/255" in printed and "eps=0.031" in printed
+    assert "(paper)" in printed and "separate tables" in printed
+    assert all((out / name).is_file() for name in OUTPUT_FILES)
+
+
+def test_cli_bad_path_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from atzoo.cli import run
+
+    assert run(["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("atzoo: error: run directory not found")
+    assert run(["compare", "--out", str(tmp_path / "lb")]) == 2
+    assert "no run directories given" in capsys.readouterr().err
+    assert not (tmp_path / "lb").exists()
+
+
+def test_format_eps() -> None:
+    assert format_eps(8 / 255) == "8/255" and format_eps(0.031) == "0.031" and format_eps(0.5) == "0.5"
