@@ -241,6 +241,9 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 def _coerce_float(value: Any, key: str, tp: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         result = float(value)
+    elif isinstance(value, str) and _is_number(value):
+        # YAML 1.1 reads "5e-4" (no dot) as a string; it is still a number to a user.
+        result = float(value)
     elif isinstance(value, str) and (match := _FRACTION.match(value)):
         try:
             result = float(match.group(1)) / float(match.group(2))
@@ -251,6 +254,14 @@ def _coerce_float(value: Any, key: str, tp: Any) -> float:
     if not math.isfinite(result):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return result
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _type_error(key: str, tp: Any, value: Any) -> ConfigError:

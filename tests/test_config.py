@@ -106,6 +106,9 @@ def test_method_defaults_fill_training_attack() -> None:
 
 def test_coerce_fraction_and_lists() -> None:
     assert coerce("8/255", float, "k") == pytest.approx(8 / 255)
+    assert coerce("5e-4", float, "k") == pytest.approx(5e-4)  # YAML 1.1 leaves this a string
+    cfg = build_config(None, ["optim.weight_decay=5e-4"], method={"name": "at"})
+    assert cfg.optim.weight_decay == pytest.approx(5e-4)
     assert coerce("clean,pgd20", list[str], "k") == ["clean", "pgd20"]
     with pytest.raises(ConfigError, match="k expects float"):
         coerce("eight", float, "k")

@@ -1,1 +1,46 @@
-"""atzoo.engine."""
+"""The training engine: one Accelerate loop for every method.
+
+* :func:`train` -- build, (re)start, loop, export and evaluate one run
+  (:mod:`atzoo.engine.trainer`).
+* :class:`TrainingModule` -- the single module Accelerate prepares; its forward is the
+  method's loss, so every pass of a step shares one DDP synchronisation.
+* Checkpoints (:mod:`atzoo.engine.checkpoint`): atomic, SHA-256 verified, keep-last-K,
+  safetensors + ``torch.load(weights_only=True)``; resume falls back to the newest good one.
+* Learning-rate schedules (:mod:`atzoo.engine.schedules`), SWA/EMA and adversarial BN
+  recalibration (:mod:`atzoo.engine.averaging`), the run directory and metrics log
+  (:mod:`atzoo.engine.rundir`).
+"""
+
+from atzoo.engine.averaging import WeightAverage, averaging_kind, recompute_bn_stats
+from atzoo.engine.checkpoint import (
+    CheckpointData,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from atzoo.engine.module import TrainingModule
+from atzoo.engine.rundir import default_run_name, read_metrics, resolve_run_dir
+from atzoo.engine.schedules import build_scheduler, lr_factor
+from atzoo.engine.trainer import NonFiniteLossError, train
+
+__all__ = [
+    "CheckpointData",
+    "NonFiniteLossError",
+    "TrainingModule",
+    "WeightAverage",
+    "averaging_kind",
+    "build_scheduler",
+    "default_run_name",
+    "find_resume_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "lr_factor",
+    "read_metrics",
+    "recompute_bn_stats",
+    "resolve_run_dir",
+    "save_checkpoint",
+    "train",
+    "verify_checkpoint",
+]

@@ -1,0 +1,72 @@
+"""The engine's console output: a rich progress bar and one-line messages (main process only).
+
+The bar (loss, accuracy, lr, images/s, ETA) is shown only when stderr is a terminal;
+messages such as "resuming from ..." are always printed on the main process, to stderr,
+so that the CLI's stdout carries only the final summary.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class Reporter:
+    """Progress bar and messages for a training run.
+
+    Args:
+        enabled: whether this process prints at all (the main process).
+        total_steps: optimizer steps in the whole run (for the bar and ETA).
+        console: where to print (stderr by default).
+    """
+
+    def __init__(self, *, enabled: bool, total_steps: int, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self.total_steps = total_steps
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> "Reporter":
+        if self.enabled and self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
+                           "lr {task.fields[lr]:.4g}  {task.fields[ips]:.0f} img/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(
+                "train", total=self.total_steps, epoch=0, loss=float("nan"), acc=float("nan"), lr=0.0, ips=0.0
+            )
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def advance_to(self, step: int, **fields: float) -> None:
+        """Moves the bar to ``step`` optimizer steps and updates the shown fields."""
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=step, **fields)
+
+    def message(self, text: str) -> None:
+        """Prints one line (main process only), above the bar if one is shown."""
+        if self.enabled:
+            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
