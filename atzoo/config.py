@@ -210,6 +210,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
         raise _type_error(key, tp, value)
     if origin is Literal:
+        if isinstance(value, bool):
+            value = _yaml11_bool_word(value, args)
         if value in args:
             return value
         raise _type_error(key, tp, value)
@@ -254,6 +256,16 @@ def _coerce_float(value: Any, key: str, tp: Any) -> float:
     if not math.isfinite(result):
         raise ConfigError(f"{key} must be a finite number, got {value!r}")
     return result
+
+
+def _yaml11_bool_word(value: bool, choices: tuple[Any, ...]) -> Any:
+    """The choice a YAML 1.1 boolean came from: ``no``/``off``/``false`` read as False.
+
+    ``run.precision=no`` reaches us as ``False``; where the field's choices include one
+    of those words, the user meant that word.
+    """
+    words = ("no", "off", "false", "n") if not value else ("yes", "on", "true", "y")
+    return next((c for c in choices if isinstance(c, str) and c.lower() in words), value)
 
 
 def _is_number(text: str) -> bool:

@@ -116,6 +116,13 @@ def test_coerce_fraction_and_lists() -> None:
         coerce(float("nan"), float, "k")
 
 
+def test_yaml_boolean_words_for_string_choices() -> None:
+    cfg = build_config(None, ["run.precision=no"], method={"name": "at"})
+    assert cfg.run.precision == "no"
+    with pytest.raises(ConfigError, match="run.precision expects one of"):
+        build_config(None, ["run.precision=yes"], method={"name": "at"})
+
+
 def test_empty_recipe_gives_defaults() -> None:
     cfg = config_from_dict({})
     defaults = RunConfig()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from atzoo.config import RunConfig
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, ConfigError
 
 #: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
 #: deletes such directories, never an arbitrary folder given by mistake.
@@ -44,13 +44,33 @@ def default_run_name(cfg: RunConfig) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
 
 
+def format_run_name(template: str, cfg: RunConfig) -> str:
+    """Fills ``{method}``, ``{model}``, ``{dataset}`` and ``{seed}`` in a ``run.name``.
+
+    Recipes name their runs with ``{seed}`` (``arat_swa-resnet18-cifar10-s{seed}``) so
+    that ``--seed 1`` gets its own directory instead of colliding with seed 0.
+
+    Raises:
+        ConfigError: the template names an unknown field.
+    """
+    dataset = Path(cfg.data.name).stem if cfg.data.name.startswith("npz:") else cfg.data.name
+    fields = {"method": cfg.method.name, "model": cfg.model.name, "dataset": dataset, "seed": cfg.run.seed}
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"run.name '{template}' has an unknown placeholder ({exc}); valid: {{method}}, {{model}}, {{dataset}}, {{seed}}"
+        ) from None
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name)
+
+
 def resolve_run_dir(cfg: RunConfig, out: str | Path | None = None) -> Path:
     """``out``, else ``run.out``, else ``runs/<run.name or the default name>``."""
     if out is not None:
         return Path(out)
     if cfg.run.out:
         return Path(cfg.run.out)
-    return Path("runs") / (cfg.run.name or default_run_name(cfg))
+    return Path("runs") / (format_run_name(cfg.run.name, cfg) if cfg.run.name else default_run_name(cfg))
 
 
 def is_nonempty_dir(path: Path) -> bool:
@@ -76,6 +96,8 @@ def check_run_dir(path: Path, *, force: bool, resume: bool) -> None:
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
+    if not ancestor.is_dir():  # root may write anywhere, but never below a file
+        raise AtzooError(f"cannot write the run directory {path}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise AtzooError(f"cannot write the run directory {path}: {ancestor} is not writable")
 
@@ -114,6 +136,13 @@ class MetricsLog:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
             handle.flush()
 
+    def sync(self) -> None:
+        """Flushes the log to disk, so that the size a checkpoint records is durable before
+        the checkpoint is (a power loss then cannot leave the log shorter than recorded)."""
+        if self.enabled and self.path.exists():
+            with open(self.path, "ab") as handle:
+                os.fsync(handle.fileno())
+
     def size(self) -> int:
         """Current size in bytes (0 if absent)."""
         return self.path.stat().st_size if self.path.exists() else 0
@@ -126,8 +155,19 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``)."""
+    """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
+
+    A torn last line (the process was killed while appending it; ``--resume`` cuts it)
+    is left out; a bad line anywhere else is a ``json.JSONDecodeError``.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return [json.loads(line) for line in lines]

@@ -48,6 +48,7 @@ from atzoo.engine.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    crash_point,
     find_resume_checkpoint,
     join_tensors,
     plain_state_dict,
@@ -61,6 +62,9 @@ from atzoo.engine.rundir import MetricsLog, check_run_dir, prepare_run_dir, reso
 from atzoo.engine.schedules import build_scheduler
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError
 from atzoo.methods.base import EpochContext, Method, create_method
+
+#: Largest ``run.seed``: NumPy's generator, which ``set_seed`` seeds too, takes 32 bits.
+MAX_SEED = 2**32 - 1
 
 #: Training samples (unaugmented) that ``EpochContext.calibration_batches`` yields.
 CALIBRATION_SAMPLES = 1000
@@ -95,7 +99,11 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     """
     run_dir = resolve_run_dir(cfg, out)
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
+    check_seed(cfg.run.seed)
     check_run_dir(run_dir, force=force, resume=resume)
+    # Record where this run lives, so methods that place side runs next to it (ARREST's
+    # pretraining into "<run dir>-pretrain") see the directory given by --out too.
+    cfg.run.out = str(run_dir)
     method = create_method(cfg.method.name, cfg)
     trackers = select_trackers(cfg.run.trackers)
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
@@ -104,6 +112,16 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     trainer.fit()
     trainer.finish()
     return run_dir
+
+
+def check_seed(seed: int) -> None:
+    """``run.seed`` also seeds NumPy, which accepts 0 .. 2**32 - 1 only.
+
+    Raises:
+        ConfigError: the seed is outside that range (checked before anything is written).
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"run.seed must be in [0, {MAX_SEED}], got {seed}")
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path, trackers: list[str], method: Method) -> Accelerator:
@@ -385,7 +403,11 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if not resume or not saved.is_file():
             return
-        differences = config_differences(from_yaml(saved.read_text(), str(saved)), self.cfg)
+        try:
+            text = saved.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{saved} is not a UTF-8 text file, so not an atzoo config") from None
+        differences = config_differences(from_yaml(text, str(saved)), self.cfg)
         if differences:
             raise ConfigError(
                 f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
@@ -433,6 +455,7 @@ class Trainer:
             )
         rng_states = gather_object([capture_rng()])
         if self.is_main:
+            self.metrics.sync()  # the log up to the size this checkpoint records is on disk first
             save_checkpoint(self.run_dir / "checkpoints", self.position.global_step,
                             self.checkpoint_data(rng_states), keep=self.cfg.run.keep_checkpoints)
         self.saved_step = self.position.global_step
@@ -600,6 +623,7 @@ class Trainer:
             self.log_window(lr)
         if self.cfg.diagnostics.every > 0 and p.global_step % self.cfg.diagnostics.every == 0:
             self.log_step_diagnostics()
+        crash_point("step", p.global_step)  # inert unless ATZOO_TEST_CRASH_AT is set (crash tests)
         end_of_epoch = p.batch >= self.batches_per_epoch
         if self.max_steps_reached() and not end_of_epoch:
             self.log_epoch(p.epoch, partial=True)
