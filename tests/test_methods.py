@@ -23,7 +23,7 @@ from atzoo.methods.arrest import FrozenReference, arrest_loss, eps_ball_noise, l
 from atzoo.methods.lbgat import lbgat_loss
 from atzoo.methods.mart import mart_loss, strongest_wrong_class
 from atzoo.methods.trades import trades_loss
-from atzoo.models import create_model
+from atzoo.models import create_model, penultimate_features
 
 REPO = Path(__file__).resolve().parents[1]
 ROBUST_METHODS = ("trades", "mart", "lbgat", "arrest")
@@ -307,6 +307,25 @@ def test_arrest_starts_from_phi_and_its_reference_is_frozen(tmp_path: Path) -> N
     # eval mode: even the BatchNorm running statistics of the reference stay put
     assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
     assert "replay_frac" in out.stats
+
+
+def test_arrest_reference_runs_once_per_batch(tmp_path: Path) -> None:
+    """The replay check and the loss share one forward of the frozen reference."""
+    method, model, modules, _ = arrest_setup(tmp_path)
+    calls = []
+    modules["reference"].net.conv1.register_forward_hook(lambda *_: calls.append(1))
+    y = torch.tensor([0, 1, 2, 3])
+    for _ in range(2):  # two batches: the cache must not leak into the next one
+        x = torch.rand(4, 1, 8, 8)
+        calls.clear()
+        x_tilde = method.attack(model, modules, x, y)
+        out = method.compute_loss(model, modules, x, x_tilde, y)
+        assert len(calls) == 1
+        with torch.no_grad():
+            expected = penultimate_features(modules["reference"].net, x)
+        z_adv = penultimate_features(model, x_tilde)
+        manual = method.config.gamma * (1 - F.cosine_similarity(z_adv, expected, dim=1)).mean()
+        assert torch.allclose(out.parts["rep"], manual, atol=1e-6)
 
 
 def test_arrest_replays_every_sample_at_threshold_one_after_drift(tmp_path: Path) -> None:

@@ -255,6 +255,9 @@ class ARREST(Method):
     def __init__(self, config: MethodConfig, run: "RunConfig") -> None:
         super().__init__(config, run)
         self._replayed: Tensor | None = None  # last step's replay mask, for logging only
+        # The frozen reference's clean features, computed once per batch: the replay check
+        # in attack() needs them and so does the loss; phi never changes, so reuse them.
+        self._z_ref: tuple[Tensor, Tensor] | None = None
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Initialises the model to be tuned with the pretrained standard model ``phi``."""
@@ -276,7 +279,7 @@ class ARREST(Method):
             return x_adv
         with torch.no_grad(), attack_mode(model, self.run.attack.bn_mode or "eval", None):
             z_tuned = penultimate_features(model, x)
-            z_ref = penultimate_features(modules["reference"].net, x)
+        z_ref = self._reference_features(modules, x)
         cos = F.cosine_similarity(z_tuned.float(), z_ref.float(), dim=1)
         a = self.run.attack
         x_tilde, self._replayed = noisy_replay(
@@ -293,11 +296,23 @@ class ARREST(Method):
         assert x_adv is not None, "ARREST needs the adversarial batch"
         z_adv = penultimate_features(model, x_adv)
         logits_adv = classify_features(model, z_adv)
-        with torch.no_grad():
-            z_ref = penultimate_features(modules["reference"].net, x)
+        z_ref = self._reference_features(modules, x)
+        self._z_ref = None  # one batch only
         parts = arrest_loss(logits_adv, z_adv, z_ref, y, self.config.gamma)
         stats = {"replay_frac": float(self._replayed.float().mean())} if self._replayed is not None else {}
         return LossOutput(parts=parts, logits=logits_adv, stats=stats)
+
+    def _reference_features(self, modules: nn.ModuleDict, x: Tensor) -> Tensor:
+        """``z(phi)`` of the clean batch, reused when the same batch tensor comes back."""
+        from atzoo.models import penultimate_features
+
+        cached = self._z_ref
+        if cached is not None and _same_tensor(cached[0], x):
+            return cached[1]
+        with torch.no_grad():
+            z_ref = penultimate_features(modules["reference"].net, x)
+        self._z_ref = (x, z_ref)
+        return z_ref
 
     # ------------------------------------------------------------------ pretraining
     def _pretrain_standard(self) -> Path:
@@ -374,3 +389,11 @@ def pretrain_config(run: "RunConfig", epochs: int) -> "RunConfig":
     cfg.eval = dataclasses.replace(cfg.eval, attacks=["clean"], invariance=False)
     cfg.run = dataclasses.replace(cfg.run, name=None, out=None)
     return resolve(cfg)
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same storage and view (not merely equal values)."""
+    return a is b or (
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+        and a.dtype == b.dtype and a.device == b.device and a._version == b._version
+    )
