@@ -151,6 +151,10 @@ def test_planted_pickle_is_refused_even_with_a_valid_manifest(tmp_path: Path) ->
     with pytest.raises(CheckpointError):
         load_pickle_safely(path / "optimizer.pt")
     assert not marker.exists()
+    # Control: an ordinary torch.load of the same file runs the payload, so the refusal
+    # above is what kept the planted code from running.
+    torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    assert marker.exists()
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -160,6 +164,8 @@ def test_plain_pickle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=str(file)):
         load_pickle_safely(file)
     assert not marker.exists()
+    pickle.loads(file.read_bytes())  # control: a plain unpickler runs it
+    assert marker.exists()
 
 
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:

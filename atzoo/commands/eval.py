@@ -20,6 +20,9 @@ from rich.table import Table
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
 from atzoo.errors import ConfigError, DataError
 
+#: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
+MAX_SEED = 2**32 - 1
+
 
 def eval_command(
     path: Path = typer.Argument(..., help="A run directory, or a .safetensors file with its _meta.json beside it."),
@@ -41,6 +44,8 @@ def eval_command(
     """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
     from atzoo.eval import evaluate, load_run_model
 
+    if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
+        raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
     run_dir = path if path.is_dir() else path.parent
     cfg, has_config = _run_config(run_dir)
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
@@ -64,7 +69,11 @@ def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:
     """The run's resolved config (and True), or defaults and False for a bare checkpoint."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
-        return from_yaml(config_file.read_text(), source=str(config_file)), True
+        try:
+            text = config_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{config_file} is not a UTF-8 text file, so not an atzoo config") from None
+        return from_yaml(text, source=str(config_file)), True
     return RunConfig(), False
 
 

@@ -27,6 +27,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,22 @@ _NAME = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _TENSOR_REF = "__tensor__"
 _TUPLE = "__tuple__"
+
+#: Crash-test hook. With ``ATZOO_TEST_CRASH_AT=<phase>:<global step>`` in the environment
+#: the process kills itself (SIGKILL: no clean-up, like ``kill -9`` or a lost node) at that
+#: point, so tests/test_fault_tolerance.py can crash a run exactly there and resume it.
+#: Phases: ``step`` (after that optimizer step, logged but not checkpointed),
+#: ``checkpoint-write`` (the checkpoint's files are in its temporary directory, the manifest
+#: and the rename are not done), ``checkpoint-done`` (the checkpoint is in place and pruned).
+#: Unset, it does nothing.
+CRASH_ENV = "ATZOO_TEST_CRASH_AT"
+
+
+def crash_point(phase: str, global_step: int) -> None:
+    """Kills the process when :data:`CRASH_ENV` names this phase and step (tests only)."""
+    if os.environ.get(CRASH_ENV) == f"{phase}:{global_step}":
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
 
 # --------------------------------------------------------------------------- atomic files
 
@@ -230,11 +247,13 @@ def save_checkpoint(root: str | Path, global_step: int, data: CheckpointData, *,
     manifest = {"format": FORMAT, "files": {}}
     for name, blob in _serialise(data).items():
         manifest["files"][name] = {"sha256": write_synced(tmp / name, blob), "bytes": len(blob)}
+    crash_point("checkpoint-write", global_step)
     write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     fsync_dir(tmp)
     _move_into_place(tmp, final)
     fsync_dir(root)
     prune_checkpoints(root, keep)
+    crash_point("checkpoint-done", global_step)
     return final
 
 

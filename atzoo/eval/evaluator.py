@@ -501,7 +501,7 @@ def _run_files(path: Path) -> tuple[Path, Path]:
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:  # a binary file is no meta
         raise CheckpointError(f"cannot read {path}: {exc}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} must hold a JSON object")

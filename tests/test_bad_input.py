@@ -1,0 +1,268 @@
+"""The bad-input matrix: every user mistake is one line, exit code 2, no traceback, no damage.
+
+Each case runs the real CLI (:func:`atzoo.cli.run`, what ``python -m atzoo`` calls) in a
+scratch workspace that is also the working directory. The workspace holds a finished
+run in ``runs/<default name>/`` (so a forgotten ``--out`` collides with it), copies of
+that run with a mismatched architecture, a damaged model and damaged checkpoints, a
+folder of other files, recipes and data files. The whole tree (every path, size, mtime
+and SHA-256, directories included) must be the same after the failed command: nothing
+existing is modified and nothing new is created. A few cases also run as real
+``python -m atzoo`` processes to show the exit code and the clean stderr at process level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from atzoo.cli import run
+
+RUN = "runs/at-small_cnn-digits-s0"  # the default run directory of the command lines below
+#: A valid, tiny training command line (the cases break one thing each).
+TRAIN = ["--model", "small_cnn", "--dataset", "digits", "data.train_subset=128", "data.test_subset=32",
+         "attack.steps=1", "run.max_steps=1", "run.evaluate=false", "run.trackers=[]"]
+
+
+@dataclass(frozen=True)
+class Case:
+    argv: tuple[str, ...]
+    phrases: tuple[str, ...]  # each must appear in the error line
+
+
+def case(argv: list[str], *phrases: str) -> Case:
+    return Case(tuple(argv), phrases)
+
+
+CASES: dict[str, Case] = {
+    # names that do not exist
+    "unknown-method": case(["train", "att", *TRAIN], "unknown method 'att'", "Did you mean 'at'?"),
+    "unknown-model": case(["train", "at", *TRAIN, "--model", "resnet9000", "--out", "new"],
+                          "unknown model 'resnet9000'", "Valid choices:"),
+    "unknown-dataset": case(["train", "at", *TRAIN, "--dataset", "digitz", "--out", "new"],
+                            "unknown dataset 'digitz'", "Did you mean 'digits'?"),
+    "unknown-eval-attack": case(["eval", RUN, "--attacks", "clean,pgx20"], "unknown attack 'pgx20'", "pgd20"),
+    "unknown-list-kind": case(["list", "metods"], "unknown registry 'metods'", "Did you mean 'methods'?"),
+    "unknown-docs-method": case(["docs", "atx"], "unknown method 'atx'", "Valid choices:"),
+    # values out of range
+    "train-eps-zero": case(["train", "at", *TRAIN, "attack.eps=0", "--out", "new"], "attack.eps must be in (0, 1]"),
+    "train-eps-above-one": case(["train", "at", *TRAIN, "attack.eps=1.5", "--out", "new"],
+                                "attack.eps must be in (0, 1]", "1.5"),
+    "eval-eps-zero": case(["eval", RUN, "--attacks", "clean", "--eps", "0"], "eps must be in (0, 1]"),
+    "eval-eps-above-one": case(["eval", RUN, "--attacks", "clean", "--eps", "2"], "eps must be in (0, 1]", "2"),
+    "train-zero-attack-steps": case(["train", "at", *TRAIN, "attack.steps=0", "--out", "new"],
+                                    "attack.steps must be >= 1, got 0"),
+    "eval-zero-pgd-steps": case(["eval", RUN, "--attacks", "pgd0"], "'pgd0' has zero steps"),
+    "negative-epochs": case(["train", "at", *TRAIN, "--epochs", "-1", "--out", "new"],
+                            "optim.epochs must be >= 1, got -1"),
+    "batch-size-zero": case(["train", "at", *TRAIN, "--batch-size", "0", "--out", "new"],
+                            "data.batch_size must be >= 1, got 0"),
+    "train-seed-out-of-range": case(["train", "at", *TRAIN, "--seed", "-1", "--out", "new"],
+                                    "run.seed must be in [0, 4294967295], got -1"),
+    "eval-seed-out-of-range": case(["eval", RUN, "--attacks", "clean", "--seed", str(2**64)],
+                                   "--seed must be in [0, 4294967295]"),
+    # recipes and overrides
+    "recipe-unknown-key": case(["train", "at", "--recipe", "unknown_key.yaml", *TRAIN, "--out", "new"],
+                               "unknown config key 'optim.lrr'", "Did you mean 'optim.lr'?"),
+    "recipe-wrong-type": case(["train", "at", "--recipe", "wrong_type.yaml", *TRAIN, "--out", "new"],
+                              "optim.epochs expects int", "'ten'"),
+    "override-without-section": case(["train", "at", *TRAIN, "lr=0.1", "--out", "new"],
+                                     "override 'lr=0.1' must look like section.key=value"),
+    "recipe-not-text": case(["train", "at", "--recipe", "binary.yaml", *TRAIN, "--out", "new"], "binary.yaml"),
+    # files of a run that are not what they should be
+    "eval-config-not-text": case(["eval", "garbled_config", "--attacks", "clean"],
+                                 "garbled_config/config.yaml is not a UTF-8 text file"),
+    "resume-config-not-text": case(["train", "at", *TRAIN, "--resume", "--out", "garbled_config"],
+                                   "garbled_config/config.yaml is not a UTF-8 text file"),
+    "eval-model-meta-not-json": case(["eval", "garbled_meta", "--attacks", "clean"],
+                                     "cannot read garbled_meta/model_meta.json"),
+    "eval-old-eval-json-not-text": case(["eval", "garbled_eval", "--attacks", "clean"], "garbled_eval/eval.json"),
+    # models, checkpoints and data that do not fit together
+    "eval-checkpoint-of-other-architecture": case(["eval", "mismatched", "--attacks", "clean"],
+                                                  "mismatched/model.safetensors does not match model 'resnet18'"),
+    "lbgat-teacher-of-other-architecture": case(
+        ["train", "lbgat", *TRAIN, f"method.teacher_checkpoint={RUN}", "--out", "new"],
+        "method.teacher_checkpoint", "does not match the architecture"),
+    "eval-damaged-model-file": case(["eval", "damaged_model", "--attacks", "clean"],
+                                    "cannot read damaged_model/model.safetensors"),
+    "resume-with-every-checkpoint-damaged": case(
+        ["train", "at", *TRAIN, "--resume", "--out", "damaged_checkpoints"],
+        "no usable checkpoint in damaged_checkpoints/checkpoints",
+        "damaged_checkpoints/checkpoints/step-000000001/training.safetensors is truncated"),
+    "model-classes-not-dataset": case(["train", "at", *TRAIN, "model.num_classes=5", "--out", "new"],
+                                      "model.num_classes=5 does not match dataset 'digits', which has 10"),
+    "eval-on-dataset-with-other-classes": case(
+        ["eval", RUN, "--attacks", "clean", "--dataset", "npz:cifar100_like.npz"],
+        "num_classes=100 but the model expects 10"),
+    "missing-data-files-offline": case(
+        ["train", "at", "--model", "small_cnn", "--dataset", "cifar10", "data.download=false", "--out", "new"],
+        "cifar10 files not found and download is off", "empty_data"),
+    # the run directory
+    "out-dir-exists": case(["train", "at", *TRAIN, "--out", RUN],
+                           f"run directory {RUN} already exists; use --resume to continue it or --force"),
+    "default-run-dir-exists": case(["train", "at", *TRAIN], f"run directory {RUN} already exists"),
+    "force-on-a-folder-that-is-not-a-run": case(["train", "at", *TRAIN, "--force", "--out", "notes"],
+                                                "--force only replaces atzoo run directories"),
+    "out-dir-below-a-file": case(["train", "at", *TRAIN, "--out", "notes/thesis.tex/run"],
+                                 "cannot write the run directory", "notes/thesis.tex is a file, not a directory"),
+    "out-dir-in-proc": case(["train", "at", *TRAIN, "--out", "/proc/atzoo-test/run"],
+                            "cannot write the run directory /proc/atzoo-test/run"),
+    # compare inputs
+    "compare-folder-that-is-not-a-run": case(["compare", "notes", "--out", "board"], "notes has no eval.json"),
+    "compare-missing-path": case(["compare", "no_such_run", "--out", "board"], "run directory not found: no_such_run"),
+}
+NEEDS_PROC = {"out-dir-in-proc"}
+#: Run again as real processes (all at once): three commands, three kinds of mistake.
+PROCESS_CASES = ("unknown-method", "eval-eps-zero", "default-run-dir-exists")
+#: Known faults in modules outside this test's fixes; strict, so a fix makes them fail.
+KNOWN_FAULTS = {
+    "recipe-not-text": "atzoo.config.load_recipe lets UnicodeDecodeError through (traceback)",
+    "eval-old-eval-json-not-text": "atzoo.eval.results.read_eval_json lets UnicodeDecodeError through (traceback)",
+}
+
+
+def params() -> list:
+    marks = {name: pytest.mark.xfail(raises=UnicodeDecodeError, strict=True, reason=reason)
+             for name, reason in KNOWN_FAULTS.items()}
+    return [pytest.param(name, marks=marks.get(name, ()), id=name) for name in CASES]
+
+
+# --------------------------------------------------------------------------- workspace
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workspace every case starts from (trained once, copied per case)."""
+    from accelerate.state import AcceleratorState
+
+    from atzoo.commands.train import make_config
+    from atzoo.engine import train
+
+    root = tmp_path_factory.mktemp("workspace")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        cfg = make_config("at", model="small_cnn", dataset="digits", overrides=TRAIN[4:])
+        train(cfg, out=root / RUN)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        AcceleratorState._reset_state()
+    finished = root / RUN
+    for name in ("mismatched", "damaged_model"):
+        folder = root / name
+        folder.mkdir()
+        for file in ("config.yaml", "model.safetensors", "model_meta.json"):
+            shutil.copy2(finished / file, folder / file)
+    meta = json.loads((root / "mismatched" / "model_meta.json").read_text())
+    (root / "mismatched" / "model_meta.json").write_text(json.dumps({**meta, "model": "resnet18"}))
+    weights = root / "damaged_model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    shutil.copytree(finished, root / "damaged_checkpoints")
+    for blob in (root / "damaged_checkpoints" / "checkpoints").glob("step-*/training.safetensors"):
+        blob.write_bytes(blob.read_bytes()[:-10])
+    binary = b"\xff\xfe\x00\x9c not text"
+    for name, garbled in (("garbled_config", "config.yaml"), ("garbled_meta", "model_meta.json"),
+                          ("garbled_eval", "eval.json")):
+        shutil.copytree(root / "mismatched", root / name)
+        shutil.copy2(finished / "model_meta.json", root / name / "model_meta.json")
+        (root / name / garbled).write_bytes(binary)
+    (root / "binary.yaml").write_bytes(binary)
+    (root / "notes").mkdir()
+    (root / "notes" / "thesis.tex").write_text("precious\n")
+    (root / "empty_data").mkdir()
+    (root / "unknown_key.yaml").write_text("optim:\n  lrr: 0.1\n")
+    (root / "wrong_type.yaml").write_text("optim:\n  epochs: ten\n")
+    rng = np.random.default_rng(0)
+    labels = np.arange(100, dtype=np.int64)  # CIFAR-100 shaped: 100 classes of 32x32 RGB
+    images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    np.savez(root / "cifar100_like.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root``: directories with their mtime, files with size, mtime, SHA-256."""
+    entries: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        stat = path.lstat()
+        key = str(path.relative_to(root))
+        if path.is_dir():
+            entries[key] = ("dir", stat.st_mtime_ns)
+        else:
+            entries[key] = ("file", stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return entries
+
+
+def workspace(template: Path, where: Path) -> Path:
+    shutil.copytree(template, where, copy_function=shutil.copy2)
+    return where
+
+
+def check_error_line(err: str, phrases: tuple[str, ...]) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("atzoo: error: "), lines[0]
+    for phrase in phrases:
+        assert phrase in lines[0], f"{phrase!r} not in {lines[0]!r}"
+
+
+@pytest.fixture()
+def isolated(monkeypatch: pytest.MonkeyPatch):
+    """No debug tracebacks; the global switches a run may set are restored."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.delenv("ATZOO_DEBUG", raising=False)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield monkeypatch
+    torch.use_deterministic_algorithms(deterministic)
+    AcceleratorState._reset_state()
+
+
+# --------------------------------------------------------------------------- the matrix
+
+
+@pytest.mark.parametrize("name", params())
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    name: str, template: Path, tmp_path: Path, isolated: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if name in NEEDS_PROC and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc")
+    ws = workspace(template, tmp_path / "ws")
+    isolated.chdir(ws)
+    isolated.setenv("ATZOO_DATA", str(ws / "empty_data"))  # no dataset is found or downloaded elsewhere
+    before = snapshot(ws)
+    capsys.readouterr()
+    code = run(list(CASES[name].argv))
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    check_error_line(captured.err, CASES[name].phrases)
+    assert captured.out == ""
+    assert "Traceback" not in captured.err + captured.out
+    assert snapshot(ws) == before
+
+
+def test_bad_input_in_real_processes(template: Path, tmp_path: Path) -> None:
+    """``python -m atzoo``: exit status 2, one stderr line, no traceback, nothing changed."""
+    env = {k: v for k, v in os.environ.items() if k != "ATZOO_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    started = {}
+    for name in PROCESS_CASES:
+        ws = workspace(template, tmp_path / name)
+        before = snapshot(ws)
+        proc = subprocess.Popen([sys.executable, "-m", "atzoo", *CASES[name].argv], cwd=ws,
+                                env={**env, "ATZOO_DATA": str(ws / "empty_data")},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started[name] = (proc, ws, before)
+    for name, (proc, ws, before) in started.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (name, err)
+        check_error_line(err, CASES[name].phrases)
+        assert out == "" and "Traceback" not in err + out, name
+        assert snapshot(ws) == before, name

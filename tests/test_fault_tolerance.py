@@ -1,0 +1,299 @@
+"""Kill -9 and resume: a crashed run finishes with the weights of an uninterrupted one.
+
+Real ``python -m atzoo train`` processes are killed with SIGKILL at chosen points
+(mid-epoch between checkpoints, right after a checkpoint, in the middle of writing one,
+after the final checkpoint but before the export) through the engine's crash hook
+(``ATZOO_TEST_CRASH_AT=<phase>:<step>``, see :data:`atzoo.engine.checkpoint.CRASH_ENV`),
+then resumed with ``atzoo train ... --resume``. The final ``model.safetensors``, the final
+checkpoint (weights, optimizer, scheduler, EMA, RNG, counters) and the logged losses must
+equal those of one uninterrupted run, bit for bit.
+
+One module-scoped fixture runs the uninterrupted reference and the runs to be killed.
+One killed run is a plain ``python -m atzoo train ...`` process; the others are forked,
+one after the other, by tests/crash_runs.py from a single interpreter that has imported
+atzoo once (each is still its own process running the same ``atzoo.cli.run``), which
+keeps the file well under a minute on a loaded two-core machine. Both start together.
+The resumes run in-process through :func:`atzoo.cli.run`. Every process uses one thread,
+as the test process does (conftest), so all of them compute with the same kernels.
+
+The run: AT with PGD-1 and an EMA on 96 digits, batch 16, 3 epochs = 18 optimizer steps;
+checkpoints every 4 steps and at each epoch end (steps 4, 6, 8, 12, 16, 18), the last 3 kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from atzoo.cli import run
+from atzoo.engine import read_metrics
+from atzoo.engine.checkpoint import CRASH_ENV, MANIFEST, CheckpointData, list_checkpoints, load_checkpoint
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"),
+                                reason="needs POSIX fork and SIGKILL")
+
+TRAIN = [
+    "train", "at", "--model", "small_cnn", "--dataset", "digits",
+    "data.train_subset=96", "data.test_subset=32", "data.batch_size=16", "optim.epochs=3",
+    "attack.steps=1", "run.deterministic=true", "run.checkpoint_every_steps=4", "run.keep_checkpoints=3",
+    "run.log_every=1", "run.evaluate=false", "run.trackers=[]", "averaging.ema=true", "averaging.ema_decay=0.9",
+]
+FINAL_STEP = 18
+#: Fields of state.json and metrics rows that measure time, or the log's own length
+#: (a resumed log holds extra "resume" events); everything else must match exactly.
+TIMING_KEYS = {"seconds", "images_per_s", "metrics_bytes", "message"}
+
+
+def step_dir(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Where a run is killed, and what the resume must start from."""
+
+    crash_at: str  # ATZOO_TEST_CRASH_AT
+    newest_after_kill: int | None  # global step of the newest complete checkpoint left
+    resumes_from: int | None  # None: no checkpoint, the resume starts from the beginning
+
+
+KILLS = {
+    "mid-epoch-between-checkpoints": Kill("step:10", newest_after_kill=8, resumes_from=8),
+    "right-after-mid-epoch-checkpoint": Kill("checkpoint-done:8", newest_after_kill=8, resumes_from=8),
+    "during-first-checkpoint-write": Kill("checkpoint-write:4", newest_after_kill=None, resumes_from=None),
+    "during-epoch-end-checkpoint-write": Kill("checkpoint-write:12", newest_after_kill=8, resumes_from=8),
+    "after-final-checkpoint-before-export": Kill("checkpoint-done:18", newest_after_kill=18, resumes_from=18),
+}
+
+
+@dataclass
+class Finished:
+    run_dir: Path
+    returncode: int
+    log: str  # the process's stdout and stderr
+
+
+def _env(crash_at: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, "ATZOO_DEBUG")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the test process runs single-threaded too
+    if crash_at is not None:
+        env[CRASH_ENV] = crash_at
+    return env
+
+
+#: The kill run as a plain ``python -m atzoo`` process (the others go through the helper).
+PLAIN_PROCESS = "mid-epoch-between-checkpoints"
+HELPER = Path(__file__).with_name("crash_runs.py")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Finished]:
+    """The uninterrupted reference run and every run to be killed, each its own process."""
+    root = tmp_path_factory.mktemp("kill")
+    jobs = [{"name": name, "argv": [*TRAIN, "--out", str(root / name)], "crash_at": crash_at,
+             "log": str(root / f"{name}.log")}
+            for name, crash_at in [("reference", None), *((n, k.crash_at) for n, k in KILLS.items())]
+            if name != PLAIN_PROCESS]
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    with open(root / f"{PLAIN_PROCESS}.log", "w") as log:
+        plain = subprocess.Popen([sys.executable, "-m", "atzoo", *TRAIN, "--out", str(root / PLAIN_PROCESS)],
+                                 cwd=root, env=_env(KILLS[PLAIN_PROCESS].crash_at), stdout=log, stderr=log)
+        helper = subprocess.run([sys.executable, str(HELPER), str(root / "jobs.json")], cwd=root, env=_env(None),
+                                capture_output=True, text=True, timeout=300)
+        codes = {PLAIN_PROCESS: plain.wait(timeout=300)}
+    assert helper.returncode == 0, helper.stderr
+    codes.update(json.loads((root / "jobs.json.result").read_text()))
+    finished = {name: Finished(root / name, code, (root / f"{name}.log").read_text()) for name, code in codes.items()}
+    reference = finished["reference"]
+    assert reference.returncode == 0, reference.log
+    return finished
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No crash hook in this process, one thread like the runs; global switches restored."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.delenv(CRASH_ENV, raising=False)
+    monkeypatch.delenv("ATZOO_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.set_num_threads(1)  # whatever an earlier test set: the same kernels as the killed runs
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+    AcceleratorState._reset_state()
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def without_timing(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: without_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
+
+
+def assert_same_objects(a: Any, b: Any, where: str) -> None:
+    """Nested dicts/lists of tensors and scalars are equal (tensors bit for bit)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            assert_same_objects(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_objects(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_checkpoint(ours: CheckpointData, ref: CheckpointData) -> None:
+    assert set(ours.tensors) == set(ref.tensors) == {"training", "method", "rng", "average"}
+    for stem in ref.tensors:
+        assert_same_objects(ours.tensors[stem], ref.tensors[stem], stem)
+    assert_same_objects(ours.pickled, ref.pickled, "optimizer.pt")
+    assert without_timing(ours.state) == without_timing(ref.state)
+
+
+def training_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The logged training rows (losses, accuracies, lr per step and epoch), timing removed."""
+    return [without_timing(r) for r in read_metrics(run_dir) if r["kind"] in ("step", "epoch", "epoch_start", "final")]
+
+
+def assert_matches_reference(run_dir: Path, reference: Path) -> None:
+    for name in ("model.safetensors", "model_last.safetensors", "model_meta.json"):
+        assert digest(run_dir / name) == digest(reference / name), f"{name} differs from the uninterrupted run"
+    names = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
+    assert names == [p.name for p in list_checkpoints(reference / "checkpoints")]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")], "temporaries left"
+    final = step_dir(FINAL_STEP)
+    assert_same_checkpoint(load_checkpoint(run_dir / "checkpoints" / final),
+                           load_checkpoint(reference / "checkpoints" / final))
+    assert training_rows(run_dir) == training_rows(reference)
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+def check_killed_state(run_dir: Path, kill: Kill) -> None:
+    """What the killed process left: the point it died at, nothing more."""
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    newest = checkpoints[-1].name if checkpoints else None
+    assert newest == (step_dir(kill.newest_after_kill) if kill.newest_after_kill is not None else None)
+    phase, _, step = kill.crash_at.partition(":")
+    temporaries = sorted((run_dir / "checkpoints").glob(f".tmp-{step_dir(int(step))}.*"))
+    if phase == "checkpoint-write":  # died with the files written, before manifest and rename
+        assert len(temporaries) == 1 and (temporaries[0] / "training.safetensors").is_file()
+        assert not (temporaries[0] / MANIFEST).exists()
+    else:
+        assert temporaries == []
+    if phase == "step":  # the log ran past the newest checkpoint: the resume must cut it back
+        with open(run_dir / "metrics.jsonl", "a") as log:  # and a row torn by a kill while appending
+            log.write('{"kind": "step", "epoch": 1, "ste')
+        assert [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"][-1] == int(step)
+    assert not (run_dir / "model.safetensors").exists()
+
+
+def resume(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``atzoo train ... --resume`` in this process; returns its stderr."""
+    capsys.readouterr()
+    code = run([*TRAIN, "--resume", "--out", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return err
+
+
+@pytest.mark.parametrize("case", list(KILLS))
+def test_sigkill_then_resume_is_bit_identical(case: str, runs: dict[str, Finished],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    kill, killed = KILLS[case], runs[case]
+    assert killed.returncode == -signal.SIGKILL, f"the run was not killed ({killed.returncode}): {killed.log}"
+    check_killed_state(killed.run_dir, kill)
+    err = resume(killed.run_dir, capsys)
+    if kill.resumes_from is None:
+        assert "starting from the beginning" in err
+    else:
+        assert f"resuming from {killed.run_dir / 'checkpoints' / step_dir(kill.resumes_from)}" in err
+    assert_matches_reference(killed.run_dir, runs["reference"].run_dir)
+    events = [r["event"] for r in read_metrics(killed.run_dir) if r["kind"] == "event"]
+    assert events.count("resume") == 1
+
+
+# --------------------------------------------------------------------------- damaged newest checkpoint
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a planted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: D105
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_code(checkpoint: Path, marker: Path) -> Path:
+    """Replaces optimizer.pt by a pickle that runs code, with a manifest that vouches for it."""
+    buffer = io.BytesIO()
+    torch.save({"optimizer": _Payload(marker), "scheduler": {}}, buffer)
+    blob = buffer.getvalue()
+    target = checkpoint / "optimizer.pt"
+    target.write_bytes(blob)
+    manifest = json.loads((checkpoint / MANIFEST).read_text())
+    manifest["files"]["optimizer.pt"] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (checkpoint / MANIFEST).write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize("damage", ["truncated-weights", "flipped-byte", "planted-pickle"])
+def test_damaged_newest_checkpoint_is_named_and_resume_falls_back(
+    damage: str, runs: dict[str, Finished], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = runs["reference"].run_dir
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    for name in ("model.safetensors", "model_last.safetensors", "model_meta.json"):
+        (run_dir / name).unlink()  # as if the process died after its final checkpoint
+    newest = run_dir / "checkpoints" / step_dir(FINAL_STEP)
+    marker = tmp_path / "code-ran"
+    if damage == "planted-pickle":
+        target = plant_code(newest, marker)
+        expected = f"skipping bad checkpoint: refusing to load checkpoint file {target}"
+    else:
+        target = newest / "training.safetensors"
+        blob = bytearray(target.read_bytes())
+        if damage == "truncated-weights":
+            del blob[-100:]
+            expected = f"skipping bad checkpoint: checkpoint file {target} is truncated"
+        else:
+            blob[len(blob) // 2] ^= 0x01
+            expected = f"skipping bad checkpoint: checkpoint file {target} is corrupted (SHA-256 mismatch)"
+        target.write_bytes(bytes(blob))
+    err = resume(run_dir, capsys)
+    assert expected in err
+    assert f"resuming from {run_dir / 'checkpoints' / step_dir(16)}" in err
+    assert not marker.exists(), "loading a checkpoint ran code"
+    assert_matches_reference(run_dir, reference)  # the damaged step-18 was recomputed and rewritten
+    events = [r for r in read_metrics(run_dir) if r["kind"] == "event" and r["event"] == "checkpoint_skipped"]
+    assert len(events) == 1 and str(target) in events[0]["message"]
