@@ -383,6 +383,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe file not found: {path}")
     try:
         values = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe {path} is not a text file (expected YAML)") from None
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
@@ -487,6 +489,12 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.log_every >= 1, f"run.log_every must be >= 1, got {cfg.run.log_every}"),
         (cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}"),
         (0 < cfg.averaging.ema_decay < 1, f"averaging.ema_decay must be in (0, 1), got {cfg.averaging.ema_decay}"),
+        (cfg.run.max_steps is None or cfg.run.max_steps >= 1,
+         f"run.max_steps must be >= 1 (or null for no limit), got {cfg.run.max_steps}"),
+        (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
+        (cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}"),
+        (cfg.run.checkpoint_every_steps >= 0,
+         f"run.checkpoint_every_steps must be >= 0, got {cfg.run.checkpoint_every_steps}"),
         (cfg.averaging.swa_every_steps >= 1,
          f"averaging.swa_every_steps must be >= 1, got {cfg.averaging.swa_every_steps}"),
     ]

@@ -123,17 +123,10 @@ CASES: dict[str, Case] = {
 NEEDS_PROC = {"out-dir-in-proc"}
 #: Run again as real processes (all at once): three commands, three kinds of mistake.
 PROCESS_CASES = ("unknown-method", "eval-eps-zero", "default-run-dir-exists")
-#: Known faults in modules outside this test's fixes; strict, so a fix makes them fail.
-KNOWN_FAULTS = {
-    "recipe-not-text": "atzoo.config.load_recipe lets UnicodeDecodeError through (traceback)",
-    "eval-old-eval-json-not-text": "atzoo.eval.results.read_eval_json lets UnicodeDecodeError through (traceback)",
-}
 
 
 def params() -> list:
-    marks = {name: pytest.mark.xfail(raises=UnicodeDecodeError, strict=True, reason=reason)
-             for name, reason in KNOWN_FAULTS.items()}
-    return [pytest.param(name, marks=marks.get(name, ()), id=name) for name in CASES]
+    return [pytest.param(name, id=name) for name in CASES]
 
 
 # --------------------------------------------------------------------------- workspace

@@ -69,6 +69,8 @@ def test_int_is_accepted_for_float_but_not_the_reverse() -> None:
         ("optim.epochs=-1", r"optim.epochs must be >= 1"),
         ("data.batch_size=0", r"data.batch_size must be >= 1"),
         ("method.gamma=3", r"unknown config key 'method.gamma'"),
+        ("run.max_steps=0", r"run.max_steps must be >= 1"),
+        ("data.num_workers=-1", r"data.num_workers must be >= 0"),
         ("method.name=atx", r"unknown method 'atx'. Did you mean 'at'\?"),
         ("noequals", r"must look like section.key=value"),
     ],

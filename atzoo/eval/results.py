@@ -48,8 +48,9 @@ def read_eval_json(path: str | Path) -> dict[str, Any]:
         return {}
     try:
         payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AtzooError(f"{path} is not valid JSON ({exc}); move it away to evaluate again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = "not text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise AtzooError(f"{path} is not valid JSON ({reason}); move it away to evaluate again") from None
     if not isinstance(payload, dict):
         raise AtzooError(f"{path} does not hold a JSON object; move it away to evaluate again")
     return payload
