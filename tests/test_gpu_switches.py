@@ -4,9 +4,10 @@
   model, and a training step gives the same loss and weights.
 * ``run.precision=bf16``: the attack stays in the eps-ball and in [0, 1] under autocast,
   and a training step runs its convolutions in bfloat16 with a finite loss.
-* ``model.compile``: a compiled model gives the eager outputs, and a compiled training
-  module (as the engine compiles it) the eager step. Compiling takes tens of seconds on
-  a small CPU, so these run only with ``ATZOO_TEST_COMPILE=1``.
+* ``model.compile``: a compiled model gives the eager outputs; the engine compiles the
+  network itself (so the attack's passes run compiled too), and a few AR-AT steps through
+  the real engine end with the eager weights. Compiling takes tens of seconds on a small
+  CPU, so these run only with ``ATZOO_TEST_COMPILE=1``.
 """
 
 from __future__ import annotations
@@ -148,15 +149,32 @@ def test_compiled_model_gives_the_eager_outputs() -> None:
 
 
 @needs_compile
-def test_compiled_training_module_gives_the_eager_step() -> None:
+def test_compiled_training_step_gives_the_eager_step() -> None:
     h_ref, x, y = harness("at")
     torch.manual_seed(1)
     loss_ref = train_step(h_ref, x, y)
     h_c, x, y = harness("at", compile=True)
-    h_c.wrapped.compile()  # what the engine does with model.compile=true
-    assert getattr(h_c.wrapped, "_compiled_call_impl", None) is not None  # calls now go through torch.compile
+    h_c.core.model.compile()  # what the engine does with model.compile=true
+    assert getattr(h_c.core.model, "_compiled_call_impl", None) is not None  # attack calls go through it too
     torch.manual_seed(1)
     loss_c = train_step(h_c, x, y)
     assert loss_c == pytest.approx(loss_ref, rel=1e-4)
     for key, value in params(h_ref).items():
         torch.testing.assert_close(params(h_c)[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@needs_compile
+def test_engine_compiled_arat_run_ends_with_the_eager_weights(tmp_path, monkeypatch) -> None:
+    """Routed BN, route switches and feature-tap hooks all pass through the compiled network."""
+    from safetensors.torch import load_file
+
+    from atzoo.cli import run
+
+    monkeypatch.chdir(tmp_path)
+    common = ["train", "arat", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1",
+              "run.max_steps=3", "run.evaluate=false", "run.trackers=[]", "run.deterministic=true"]
+    assert run([*common, "--out", "eager"]) == 0
+    assert run([*common, "--out", "compiled", "model.compile=true"]) == 0
+    eager, compiled = load_file("eager/model.safetensors"), load_file("compiled/model.safetensors")
+    for key, value in eager.items():
+        torch.testing.assert_close(compiled[key], value, rtol=1e-4, atol=1e-4, msg=key)
