@@ -88,7 +88,7 @@ class StepCostSettings:
             a random batch (its shape and classes override the three above).
         precision: ``no``, ``bf16`` or ``fp16`` (``run.precision``).
         channels_last: NHWC memory format (``model.channels_last``).
-        compile: ``torch.compile`` the training module (``model.compile``), after the
+        compile: ``torch.compile`` the network (``model.compile``; the attack too), after the
             instrumented step.
         threads: torch intra-op threads on CPU (``None``: leave torch's setting).
         seed: seed of the weights, the batch and the attacks' random starts.
@@ -584,7 +584,7 @@ def run_step_cost(settings: StepCostSettings, *, progress: Progress | None = Non
         tick(f"{h.name}: counted passes")
     if settings.compile:
         for h in harnesses:
-            h.wrapped.compile()  # as the engine does with model.compile
+            h.core.model.compile()  # as the engine does with model.compile (attack included)
     for r in range(settings.warmup):
         for h in _rotated(harnesses, r):
             losses[h.name].append(train_step(h, x, y))

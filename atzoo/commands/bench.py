@@ -173,7 +173,7 @@ def step_cost_command(
     num_classes: int = typer.Option(10, "--num-classes", help="Classes of the random labels."),
     precision: str = typer.Option("no", "--precision", help="no | bf16 | fp16 (as run.precision)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format (model.channels_last)."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the training module (model.compile)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the network, attack included (model.compile)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: unchanged)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the weights, the batch and the attacks."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
