@@ -16,7 +16,6 @@ from pathlib import Path
 from atzoo.errors import AtzooError
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
-from atzoo.report.plot import plot_tradeoff
 from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown
 from atzoo.report.runs import RunRecord, load_run, load_runs
 
@@ -70,6 +69,8 @@ def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
     for name, text in texts.items():
         _write_atomic(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
         written[name] = folder / name
+    from atzoo.report.plot import plot_tradeoff  # matplotlib is slow to import: only when plotting
+
     _write_atomic(folder / "tradeoff.png", lambda p: plot_tradeoff(board, p))
     written["tradeoff.png"] = folder / "tradeoff.png"
     return written
