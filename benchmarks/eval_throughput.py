@@ -11,28 +11,8 @@ Any option of ``atzoo bench eval --help`` is accepted.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from atzoo.cli import run
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def option(argv: list[str], name: str, default: str) -> str:
-    """The value given to ``name`` (``--name value`` or ``--name=value``), else ``default``."""
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return default
-
-
-def main(argv: list[str]) -> int:
-    if option(argv, "--json", "") == "":
-        argv = [*argv, "--json", str(RESULTS / f"eval_throughput_{option(argv, '--device', 'cpu')}.json")]
-    return run(["bench", "eval", *argv])
-
+from _bench_cli import run_bench  # benchmarks/ is on sys.path when this script runs
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_bench("eval", "eval_throughput", sys.argv[1:]))

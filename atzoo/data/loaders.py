@@ -13,6 +13,8 @@ device. See :mod:`atzoo.data.sampling` for order, sharding and resumption.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,7 +34,7 @@ DeviceLike = torch.device | str
 # --------------------------------------------------------------------------- training
 
 
-class TrainLoader:
+class TrainLoader(ABC):
     """One process's training batches; order and augmentation are a function of (seed, epoch).
 
     Call :meth:`set_epoch` before iterating each epoch (as with ``DistributedSampler``).
@@ -88,12 +90,13 @@ class TrainLoader:
         """Dataset indices this process visits in the current epoch, in order (CPU)."""
         return self.plan().indices
 
+    @abstractmethod
     def plan(self) -> EpochPlan:
         """This rank's plan for the current epoch (indices and augmentation draws)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _batches(self, plan: EpochPlan, start: int) -> Iterator[Batch]:
-        raise NotImplementedError
+        """Batches ``start, start + 1, ...`` of ``plan`` (in memory or through a DataLoader)."""
 
     def _bounds(self, batch: int) -> tuple[int, int]:
         return batch * self.batch_size, min((batch + 1) * self.batch_size, self._per_rank)
@@ -165,7 +168,7 @@ class DatasetTrainLoader(TrainLoader):
 # --------------------------------------------------------------------------- evaluation
 
 
-class EvalLoader:
+class EvalLoader(ABC):
     """This process's contiguous shard of a split, unaugmented, each example exactly once.
 
     Attributes:
@@ -188,8 +191,9 @@ class EvalLoader:
     def __len__(self) -> int:
         return math.ceil(self.num_examples / self.batch_size)
 
+    @abstractmethod
     def __iter__(self) -> Iterator[Batch]:
-        raise NotImplementedError
+        """This rank's test batches, each example once."""
 
 
 class TensorEvalLoader(EvalLoader):

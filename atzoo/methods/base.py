@@ -25,6 +25,7 @@ passes per step (two BN routes, a teacher) synchronise gradients correctly.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -85,7 +86,7 @@ class EpochContext:
 REGULARIZER_PREFIXES: tuple[str, ...] = ("align", "kl", "mse", "rep", "robust", "inv")
 
 
-class Method:
+class Method(ABC):
     """Base class of every registered method.
 
     Subclasses set ``config_class`` (a frozen :class:`MethodConfig` dataclass holding
@@ -144,11 +145,11 @@ class Method:
             clean_probs=clean_probs, mode=a.bn_mode, route=route,
         )
 
+    @abstractmethod
     def compute_loss(
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor
     ) -> LossOutput:
         """All forward passes of one training step; returns the named loss parts."""
-        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss")
 
     # ------------------------------------------------------------------ hooks
     def on_epoch_start(self, ctx: EpochContext) -> dict[str, float]:
