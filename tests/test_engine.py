@@ -279,6 +279,16 @@ def test_resume_without_checkpoint_starts_from_scratch(tmp_path: Path) -> None:
     assert (out / "model.safetensors").is_file()
 
 
+def test_resume_clears_temporaries_left_by_a_killed_export(tmp_path: Path) -> None:
+    out = train(fast_config("standard", "run.max_steps=1", "run.evaluate=false"), out=tmp_path / "r")
+    stale = out / ".tmp-model.safetensors.4242"  # what a kill during the atomic export leaves
+    stale.write_bytes(b"half a file")
+    (out / "notes.txt").write_text("mine")
+    train(fast_config("standard", "run.max_steps=1", "run.evaluate=false"), out=out, resume=True)
+    assert not stale.exists()
+    assert (out / "notes.txt").read_text() == "mine"  # only atzoo's own temporaries go
+
+
 def test_force_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     folder = tmp_path / "notes"
     folder.mkdir()

@@ -49,6 +49,7 @@ from atzoo.engine.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     crash_point,
+    remove_stale_temporaries,
     find_resume_checkpoint,
     join_tensors,
     plain_state_dict,
@@ -384,6 +385,7 @@ class Trainer:
                 prepare_run_dir(self.run_dir, force=force)
             else:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(self.run_dir)  # e.g. an export cut short by a kill
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self.acc.wait_for_everyone()
         if point is not None:
