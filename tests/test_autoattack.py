@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atzoo.attacks import pgd, run_autoattack
@@ -20,25 +19,12 @@ from atzoo.attacks.autoattack import autoattack_package
 from atzoo.attacks.sharding import ProcessGroup, ShardedRun, assign_chunks, chunk_bounds, save_state
 from atzoo.errors import AtzooError, ConfigError
 
+from digits_model import DigitsMLP, train_digits_mlp
+
 EPS = 0.05  # on 8x8 digits: PGD-20 leaves about 70 % of the tiny model's predictions intact
 N_EX = 32
 CHUNK = 8
 CUSTOM = ["apgd-ce"]
-
-
-class DigitsMLP(nn.Module):
-    """A tiny classifier for 8x8 digits with BatchNorm, forward_features and fc."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU())
-        self.fc = nn.Linear(32, 10)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
 
 
 def digits_tensors() -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -52,19 +38,8 @@ def digits_tensors() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, Tensor, Tensor]:
     """A DigitsMLP trained for a few epochs (about a second); the first N_EX test digits."""
-    torch.manual_seed(0)
     x, y, x_test, y_test = digits_tensors()
-    model = DigitsMLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    return model, x_test[:N_EX], y_test[:N_EX]
+    return train_digits_mlp(x, y), x_test[:N_EX], y_test[:N_EX]
 
 
 @pytest.fixture(scope="module")

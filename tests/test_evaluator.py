@@ -16,25 +16,12 @@ from atzoo.config import AttackConfig, EvalConfig
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.eval import evaluate, load_run_model, masking_flags, parse_attacks, read_eval_json
 
+from digits_model import train_digits_mlp
+
 EPS = 0.05
 N_TEST = 64
 REQUIRED = {"method", "model", "dataset", "norm", "eps", "n_examples", "clean_acc", "pgd20_acc", "autoattack_acc",
             "per_class", "invariance_cos", "attacks", "flags", "atzoo_version", "timestamp"}
-
-
-class DigitsMLP(nn.Module):
-    """A tiny classifier for 8x8 digits with BatchNorm, forward_features and fc."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU())
-        self.fc = nn.Linear(32, 10)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
 
 
 class Quantized(nn.Module):
@@ -62,18 +49,7 @@ def bundle():
 @pytest.fixture(scope="module")
 def trained(bundle) -> nn.Module:
     """A DigitsMLP trained for a few epochs on the digits training set (about a second)."""
-    torch.manual_seed(0)
-    x, y = bundle.train.x.float() / 255, bundle.train.y
-    model = DigitsMLP()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(4):
-        for idx in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    for p in model.parameters():
-        p.grad = None
-    return model.eval()
+    return train_digits_mlp(bundle.train.x.float() / 255, bundle.train.y)
 
 
 def test_x(bundle) -> tuple[Tensor, Tensor]:
