@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from atzoo.config import RunConfig, build_config, load_recipe
+from atzoo.config import Resolution, RunConfig, annotated_yaml, load_recipe, parse_override, resolve_config
 from atzoo.errors import ConfigError
 
 
@@ -43,17 +43,75 @@ def make_config(
     Raises:
         ConfigError: the recipe or an override names another method than ``method``.
     """
+    return resolve_train_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                                seed=seed, recipe=recipe, overrides=overrides).config
+
+
+def resolve_train_config(
+    method: str,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    recipe: Path | None = None,
+    overrides: list[str] | None = None,
+    auto_recipe: bool = False,
+) -> Resolution:
+    """:func:`make_config` with the source of every value (and the recipe used).
+
+    Args:
+        auto_recipe: without ``recipe``, start from the shipped recipe of (method,
+            dataset, model) when there is one (:func:`atzoo.recipes.default_recipe`);
+            otherwise the method's paper defaults are the base.
+    """
     named = recipe_method(recipe)
     if named is not None and named != method:
         raise ConfigError(f"recipe {recipe} is for method '{named}', not '{method}'; use 'atzoo train {named}'")
-    cfg = build_config(
+    if recipe is None and auto_recipe:
+        recipe = shipped_recipe(method, model, dataset, list(overrides or []))
+    resolution = resolve_config(
         recipe, list(overrides or []),
         method={"name": method}, model={"name": model}, data={"name": dataset, "batch_size": batch_size},
         optim={"epochs": epochs}, run={"seed": seed},
     )
-    if cfg.method.name != method:
-        raise ConfigError(f"method.name={cfg.method.name} contradicts the command's method '{method}'")
-    return cfg
+    if resolution.config.method.name != method:
+        raise ConfigError(f"method.name={resolution.config.method.name} contradicts the command's method '{method}'")
+    return resolution
+
+
+def shipped_recipe(method: str, model: str | None, dataset: str | None, overrides: list[str]) -> Path | None:
+    """The shipped recipe for the command's (method, dataset, model), the names taken from
+    the flags or from ``data.name=``/``model.name=`` overrides (the last one wins)."""
+    from atzoo.config import DataConfig, ModelConfig
+    from atzoo.recipes import default_recipe
+
+    names = {"data": dataset, "model": model}
+    for text in overrides:
+        section, leaf, value = parse_override(text)
+        if leaf == "name" and section in names and isinstance(value, str):
+            names[section] = value
+    return default_recipe(method, names["data"] or DataConfig.name, names["model"] or ModelConfig.name)
+
+
+def announce(resolution: Resolution, *, explicit: bool) -> None:
+    """One stderr line naming the base of the config (shipped recipe or paper defaults),
+    then the schedule-rescaling note, if any (main process only)."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    console = Console(stderr=True)
+    method = resolution.config.method.name
+    if resolution.recipe is not None and not explicit:
+        console.print(f"using the shipped recipe {resolution.recipe} (pass --recipe to choose another)",
+                      highlight=False, soft_wrap=True)
+    elif resolution.recipe is None:
+        console.print(f"no shipped recipe for {method} on {resolution.config.data.name} with "
+                      f"{resolution.config.model.name}; using {method}'s paper defaults", highlight=False, soft_wrap=True)
+    for note in resolution.notes:
+        console.print(note, highlight=False, soft_wrap=True)
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
@@ -79,14 +137,27 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint."),
+        print_config: bool = typer.Option(
+            False, "--print-config", help="Print the resolved config (with each value's source) and exit."
+        ),
     ) -> None:
-        """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
+        """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json.
+
+        Without --recipe, the shipped recipe of (METHOD, --dataset, --model) is used when
+        there is one; otherwise the method's own paper defaults.
+        """
         import json
 
+        resolution = resolve_train_config(method, model=model, dataset=dataset, epochs=epochs,
+                                          batch_size=batch_size, seed=seed, recipe=recipe, overrides=overrides,
+                                          auto_recipe=True)
+        if print_config:
+            typer.echo(annotated_yaml(resolution), nl=False)
+            return
+        announce(resolution, explicit=recipe is not None)
         from atzoo.engine import train
 
-        cfg = make_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
-                          recipe=recipe, overrides=overrides)
+        cfg = resolution.config
         run_dir = train(cfg, out=out, force=force, resume=resume)
         from accelerate import PartialState
 

@@ -382,6 +382,20 @@ class ARAT(TwoBranchMethod):
     config: ARATConfig
     summary = "AR-AT (Waseda et al. 2025): asymmetric invariance loss, predictor, split-BN, auto-balance"
 
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The paper's and the official code's settings: CE-PGD-10, eps 8/255, step 2/255,
+        uniform start, train mode; SGD lr 0.1 (0.02 during epoch 1), momentum 0.9, wd 5e-4,
+        batch 128, 100 epochs, x0.1 from epochs 75 and 90; SWA (when on) every 500 steps
+        from epoch 50 (``--swa_start 50``, 1-based: 0-based epoch 49)."""
+        return {
+            "attack": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": "uniform",
+                       "bn_mode": "train"},
+            "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise",
+                      "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02},
+            "averaging": {"swa_start_epoch": 49, "swa_every_steps": 500},
+        }
+
     def __init__(self, config: MethodConfig, run: RunConfig) -> None:
         super().__init__(config, run)
         self.tap_names: list[str] | None = None
