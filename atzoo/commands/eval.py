@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
-from atzoo.errors import ConfigError, DataError
+from atzoo.errors import AtzooError, ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
 MAX_SEED = 2**32 - 1
@@ -59,10 +59,24 @@ def eval_command(
     bundle = _dataset(name, cfg, meta)
     accelerator = _accelerator()
     model.to(accelerator.device)
+    earlier = len(_previous(run_dir))
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
+        if len(payload.get("previous") or []) > earlier:
+            Console().print("note: the earlier results in eval.json were on another threat model or set of images; "
+                            "they are kept under 'previous'", highlight=False)
+
+
+def _previous(run_dir: Path) -> list[Any]:
+    """The ``previous`` list of the run's eval.json (empty when absent or unreadable)."""
+    from atzoo.eval.results import EVAL_FILE, read_eval_json
+
+    try:
+        return list(read_eval_json(run_dir / EVAL_FILE).get("previous") or [])
+    except AtzooError:
+        return []
 
 
 def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:

@@ -95,23 +95,21 @@ def shipped_recipe(method: str, model: str | None, dataset: str | None, override
     return default_recipe(method, names["data"] or DataConfig.name, names["model"] or ModelConfig.name)
 
 
-def announce(resolution: Resolution, *, explicit: bool) -> None:
-    """One stderr line naming the base of the config (shipped recipe or paper defaults),
-    then the schedule-rescaling note, if any (main process only)."""
-    from accelerate import PartialState
+def announce(resolution: Resolution, *, explicit: bool) -> list[str]:
+    """The lines that say what the config was built from: the shipped recipe or the
+    method's paper defaults (one line), then the schedule-rescaling note, if any.
 
-    if not PartialState().is_main_process:
-        return
-    console = Console(stderr=True)
+    The engine prints them (and logs them to metrics.jsonl) once the run has started, so
+    an error before that stays the only line on stderr.
+    """
     method = resolution.config.method.name
+    lines: list[str] = []
     if resolution.recipe is not None and not explicit:
-        console.print(f"using the shipped recipe {resolution.recipe} (pass --recipe to choose another)",
-                      highlight=False, soft_wrap=True)
+        lines.append(f"using the shipped recipe {resolution.recipe} (pass --recipe to choose another)")
     elif resolution.recipe is None:
-        console.print(f"no shipped recipe for {method} on {resolution.config.data.name} with "
-                      f"{resolution.config.model.name}; using {method}'s paper defaults", highlight=False, soft_wrap=True)
-    for note in resolution.notes:
-        console.print(note, highlight=False, soft_wrap=True)
+        lines.append(f"no shipped recipe for {method} on {resolution.config.data.name} with "
+                     f"{resolution.config.model.name}; using {method}'s paper defaults")
+    return lines + list(resolution.notes)
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
@@ -154,11 +152,10 @@ def register(app: typer.Typer) -> None:
         if print_config:
             typer.echo(annotated_yaml(resolution), nl=False)
             return
-        announce(resolution, explicit=recipe is not None)
         from atzoo.engine import train
 
         cfg = resolution.config
-        run_dir = train(cfg, out=out, force=force, resume=resume)
+        run_dir = train(cfg, out=out, force=force, resume=resume, notes=announce(resolution, explicit=recipe is not None))
         from accelerate import PartialState
 
         if not PartialState().is_main_process:

@@ -83,7 +83,8 @@ class NonFiniteLossError(AtzooError):
 # --------------------------------------------------------------------------- entry point
 
 
-def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, resume: bool = False) -> Path:
+def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, resume: bool = False,
+          notes: list[str] | None = None) -> Path:
     """Trains ``cfg`` and returns the run directory.
 
     Args:
@@ -92,6 +93,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
         force: replace an existing run directory.
         resume: continue the run in the directory from its newest good checkpoint
             (start from scratch when it has none).
+        notes: lines about how the config was made (the recipe used, a rescaled
+            schedule), printed and logged as ``config`` events once the run starts.
 
     Raises:
         AtzooError: the directory exists without ``force``/``resume``, the config does
@@ -110,6 +113,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
     trainer = Trainer(cfg, run_dir, accelerator, method)
     trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
+    for note in notes or []:
+        trainer._event("config", note)
     trainer.fit()
     trainer.finish()
     return run_dir
