@@ -44,6 +44,7 @@ class DataConfig:
     num_workers: int = 2  # only for datasets too large to hold in memory
     train_subset: Optional[int] = None  # first N training images (debugging, demo)
     test_subset: Optional[int] = None  # first N test images
+    val_size: Optional[int] = None  # held-out training images for eval.val_every; null: min(1000, N/10)
 
 
 @dataclass
@@ -97,10 +98,13 @@ class EvalConfig:
     norm: Optional[Literal["linf", "l2"]] = None  # None: the training attack's
     eps: Optional[float] = None  # None: the training attack's
     pgd_step_size: Optional[float] = None  # None: 2/255 for L-inf, eps/4 for L2
-    n_ex: Optional[int] = 1000  # AutoAttack subset; None = the whole test set
+    n_ex: Optional[int] = 1000  # the first N test images, for every attack; None = the whole test set
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
     batch_size: int = 256
     invariance: bool = True  # mean cos(clean, PGD-20) penultimate features
+    val_every: int = 0  # epochs between validations on data.val_size held-out training images; 0 = off
+    val_attack: str = "pgd10"  # the robust accuracy of the validation (pgd<N>)
+    weights: Literal["last", "best"] = "last"  # exported and evaluated: last epoch or best validation
 
 
 @dataclass
@@ -644,6 +648,12 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints must be >= 1, got {cfg.run.keep_checkpoints}"),
         (cfg.run.log_every >= 1, f"run.log_every must be >= 1, got {cfg.run.log_every}"),
         (cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}"),
+        (cfg.eval.val_every >= 0, f"eval.val_every must be >= 0 (0 = no validation), got {cfg.eval.val_every}"),
+        (cfg.data.val_size is None or cfg.data.val_size >= 1, f"data.val_size must be >= 1, got {cfg.data.val_size}"),
+        (cfg.eval.weights == "last" or cfg.eval.val_every >= 1,
+         "eval.weights=best needs a validation: set eval.val_every (e.g. eval.val_every=1)"),
+        (cfg.eval.weights == "last" or not (cfg.averaging.swa or cfg.averaging.ema),
+         "eval.weights=best picks among the epochs' weights, averaging exports the average; choose one"),
         (0 < cfg.averaging.ema_decay < 1, f"averaging.ema_decay must be in (0, 1), got {cfg.averaging.ema_decay}"),
         (cfg.run.max_steps is None or cfg.run.max_steps >= 1,
          f"run.max_steps must be >= 1 (or null for no limit), got {cfg.run.max_steps}"),

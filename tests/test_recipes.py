@@ -49,7 +49,7 @@ def test_recipe_evaluates_under_its_stated_threat_model(path: Path) -> None:
     norm = cfg.eval.norm or cfg.attack.norm
     eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.attack.eps
     if "l2" in path.parts or norm == "l2":
-        assert (norm, eps) == ("l2", pytest.approx(0.5)) and cfg.attack.step_size == pytest.approx(0.1)
+        assert (norm, eps) == ("l2", pytest.approx(128 / 255)) and cfg.attack.step_size == pytest.approx(0.1)
     else:  # every L-inf recipe is compared at 8/255, whatever its training attack
         assert (norm, eps) == ("linf", pytest.approx(8 / 255))
 

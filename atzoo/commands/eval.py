@@ -29,7 +29,9 @@ def eval_command(
     attacks: Optional[str] = typer.Option(
         None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa. Default: the run's eval.attacks."
     ),
-    n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
+    n_ex: Optional[int] = typer.Option(
+        None, "--n-ex", help="Evaluate every attack on the first N test images (the same set for all)."
+    ),
     aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),
     aa_attacks: Optional[str] = typer.Option(
         None, "--aa-attacks", help="For --aa-version custom: e.g. apgd-ce,apgd-t."
@@ -37,7 +39,9 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size per process."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: the run's)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
+    norm: Optional[str] = typer.Option(
+        None, "--norm", help="linf | l2 (default: the run's). Another norm without --eps: 8/255 (linf), 0.5 (l2)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -95,6 +99,9 @@ def _eval_config(cfg: RunConfig, **flags: Any) -> EvalConfig:
     """The run's eval section with the command-line flags applied (types checked)."""
     types = typing.get_type_hints(EvalConfig)
     values = dataclasses.asdict(cfg.eval)
+    run_norm = cfg.eval.norm or cfg.attack.norm
+    if flags.get("norm") is not None and flags["norm"] != run_norm and flags.get("eps") is None:
+        values["eps"] = None  # another norm: its default radius, not the run's number for run_norm
     for key, value in flags.items():
         if key == "eps" and isinstance(value, str):
             value = _number(value)

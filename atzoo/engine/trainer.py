@@ -61,6 +61,7 @@ from atzoo.engine.progress import Reporter
 from atzoo.engine.rng import capture_rng, restore_rng
 from atzoo.engine.rundir import MetricsLog, check_run_dir, prepare_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
+from atzoo.engine.validation import Validator, carve_validation, val_size
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError
 from atzoo.methods.base import EpochContext, Method, create_method
 
@@ -216,7 +217,8 @@ def sum_parts(parts: dict[str, Tensor]) -> Tensor:
 def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     """``section.key`` entries that differ between two configs and matter for training."""
     a, b = config_to_dict(old), config_to_dict(new)
-    keys = [f"{s}.{k}" for s in _RESUME_CHECKED_SECTIONS for k in sorted(set(a[s]) | set(b[s]))] + ["run.seed"]
+    keys = [f"{s}.{k}" for s in _RESUME_CHECKED_SECTIONS for k in sorted(set(a[s]) | set(b[s]))]
+    keys += ["run.seed", "eval.val_every", "eval.val_attack"]  # the held-out split and best weights follow them
     return [k for k in keys if k not in _RESUME_FREE_KEYS and _lookup(a, k) != _lookup(b, k)]
 
 
@@ -308,7 +310,8 @@ class Trainer:
         if cfg.run.deterministic:  # cuBLAS needs this for deterministic matmuls on GPUs
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)  # same initial weights on every rank
-        self.bundle = self._load_data()
+        self.bundle, val_bundle = self._load_data()
+        self.validator = Validator(cfg, val_bundle, accelerator) if val_bundle is not None else None
         self.core = self._build_module()
         self.loader = self._train_loader(augment=cfg.data.augment)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -336,8 +339,10 @@ class Trainer:
         from atzoo.data import create_dataset
 
         d = self.cfg.data
-        return create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
-                              test_subset=d.test_subset)
+        bundle = create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
+                                test_subset=d.test_subset)
+        # eval.val_every: a held-out part of the training set (never the test set) for validation.
+        return carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
 
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
@@ -449,6 +454,7 @@ class Trainer:
             "window": self.window.state_dict(),
             "epoch_meter": self.epoch_meter.state_dict(),
             "metrics_bytes": self.metrics.size(),
+            "validation": self.validator.state_dict() if self.validator is not None else None,
             "atzoo_version": __version__,
         }
         pickled = {"optimizer": {"optimizer": self.optimizer.state_dict(),
@@ -494,6 +500,8 @@ class Trainer:
             self.window = Meter.from_state(state["window"])
             self.epoch_meter = Meter.from_state(state["epoch_meter"])
             self.resume_metrics_bytes = int(state["metrics_bytes"])
+            if self.validator is not None:
+                self.validator.load_state_dict(state.get("validation"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step
@@ -678,6 +686,21 @@ class Trainer:
         self.metrics.write(row)
         self.track("epoch", row)
 
+    def validate(self, epoch: int) -> None:
+        """``eval.val_every``: held-out clean/PGD accuracy to metrics.jsonl, the trackers and
+        the console; the most robust weights to ``model_best.safetensors``."""
+        from atzoo.engine.validation import epoch_line
+
+        row = None
+        if self.validator is not None and self.validator.due(epoch):
+            row = {**self.validator.run(self.method.export(self.core.model), epoch), "step": self.position.global_step}
+            self.metrics.write(row)
+            self.track("val", row)
+            if row["best"] and self.is_main:
+                self.export(self.method.export(self.core.model), "model_best.safetensors", "best")
+        self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.epoch_meter.summary(), self.last_lr,
+                                         row, self.reporter.eta(self.position.global_step)))
+
     def log_step_diagnostics(self) -> None:
         """Gradient similarity/conflict and feature drift of the AR-AT paper (main process)."""
         if not self.is_main:
@@ -699,8 +722,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ epoch end
     def end_epoch(self, epoch: int) -> None:
-        """Epoch summary, then the epoch checkpoint (if due) at the start of the next epoch."""
+        """Epoch summary, validation (if due), then the epoch checkpoint (if due)."""
         self.log_epoch(epoch)
+        self.validate(epoch)
         self.position.epoch += 1
         self.position.batch = 0
         every = self.cfg.run.checkpoint_every
@@ -725,9 +749,22 @@ class Trainer:
         self.metrics.write(final)
         for tracker in self.acc.trackers:
             tracker.finish()
+        if self.is_main:
+            self.write_curves()
+
+    def write_curves(self) -> None:
+        """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
+        from atzoo.report.curves import plot_curves, run_curves
+
+        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
 
     def deployable_model(self) -> tuple[nn.Module, str]:
-        """The exported network and which weights it holds (``swa``, ``ema`` or ``last``)."""
+        """The exported network and which weights it holds (``swa``, ``ema``, ``best`` or ``last``)."""
+        if self.cfg.eval.weights == "best" and self.validator is not None and self.validator.best.epoch >= 0:
+            from atzoo.engine.validation import load_best
+
+            self.acc.wait_for_everyone()  # the main process wrote model_best.safetensors
+            return load_best(self.method.export(self.core.model), self.run_dir), "best"
         if not self.average.enabled or self.average.n_averaged == 0:
             if self.average.enabled:
                 self._event("averaging", f"{self.average.kind} has no update yet; exporting the last iterate")
@@ -782,6 +819,10 @@ class Trainer:
         payload = evaluate(model, self.bundle, self.cfg.eval, attack_cfg=self.cfg.attack, accelerator=self.acc,
                            progress=show, out=self.run_dir, meta=self.model_meta(weights), seed=self.cfg.run.seed)
         payload["weights"] = weights
+        if self.validator is not None:
+            payload["validation"] = {"best_epoch": self.validator.best.epoch, "attack": self.validator.attack_name,
+                                     "best_robust_acc": self.validator.best.state_dict()["robust_acc"],
+                                     "n_val": len(self.validator.bundle.test)}
         if self.is_main:
             atomic_write_json(self.run_dir / "eval.json", payload)
         self.acc.wait_for_everyone()

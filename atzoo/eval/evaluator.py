@@ -74,6 +74,9 @@ STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
 _ALIASES = {"autoattack": "aa"}
+#: Default radius per norm (CIFAR): L-inf 8/255, L2 0.5 (the L2 recipes evaluate at 128/255,
+#: as the official AR-AT evaluation does, by setting ``eval.eps``).
+DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 _VALID = "clean, pgd<N> (e.g. pgd20), aa"
 
 
@@ -126,9 +129,17 @@ class ThreatModel:
 
     @classmethod
     def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig) -> "ThreatModel":
-        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2)."""
+        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2).
+
+        An evaluation norm other than the training attack's, given without ``eps``, takes
+        that norm's default radius (:data:`DEFAULT_EPS`: 8/255 L-inf, 0.5 L2), never the
+        other norm's number.
+        """
         norm = cfg.norm or attack_cfg.norm
-        eps = cfg.eps if cfg.eps is not None else attack_cfg.eps
+        if cfg.eps is not None:
+            eps = cfg.eps
+        else:
+            eps = attack_cfg.eps if norm == attack_cfg.norm else DEFAULT_EPS.get(norm, attack_cfg.eps)
         if norm not in ("linf", "l2"):
             raise ConfigError(f"eval norm must be one of linf, l2, got {norm!r}")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 < eps <= 1):
