@@ -22,6 +22,9 @@ def compare_command(
     paper: bool = typer.Option(
         False, "--paper", help="Add the papers' reported numbers (from zoo_cards/) as marked reference rows."
     ),
+    curves: bool = typer.Option(
+        False, "--curves", help="Also write curves.png: loss, train/validation accuracy and lr per epoch of every run."
+    ),
 ) -> None:
     """Rank runs by clean + AutoAttack accuracy, one table per dataset/model/threat model.
 
@@ -30,6 +33,10 @@ def compare_command(
     page and the clean-vs-robust trade-off plot.
     """
     board, written = compare(list(run_dirs or []), out=out, paper=paper)
+    if curves:
+        from atzoo.report.curves import write_compare_curves
+
+        written["curves.png"] = write_compare_curves(list(run_dirs or []), out)
     console = Console()
     console.print(rich_leaderboard(board))
     console.print(f"wrote {', '.join(written)} to {out}/")

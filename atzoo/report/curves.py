@@ -34,6 +34,8 @@ def run_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     after a resume, the last row of an epoch wins.
     """
     series: dict[str, dict[int, float]] = {}
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return {}  # e.g. a run directory holding only an evaluated model
     for row in read_metrics(run_dir):
         if row.get("kind") == "epoch" and not row.get("partial"):
             values = {"loss": row.get("loss"), "lr": row.get("lr"),
@@ -87,3 +89,18 @@ def _line(ax: Any, points: list[tuple[int, float]] | None, colour: str, style: s
     if points:
         xs, ys = zip(*points)
         ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=2.2 if bold else 1.2, label=label)
+
+
+def write_compare_curves(run_dirs: list[Path], out: str | Path) -> Path:
+    """``out/curves.png`` with the curves of every run (labelled by the run directory's name)."""
+    from atzoo.engine.checkpoint import atomic_write_bytes
+
+    labels: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for run_dir in run_dirs:
+        label = Path(run_dir).name
+        while label in labels:  # two runs with one folder name: keep both
+            label += "'"
+        labels[label] = run_curves(run_dir)
+    target = Path(out) / "curves.png"
+    atomic_write_bytes(target, plot_curves(labels))
+    return target
