@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from atzoo.common import load_yaml
 from atzoo.errors import ConfigError
 
 # --------------------------------------------------------------------------- sections
@@ -368,11 +369,7 @@ def to_yaml(cfg: RunConfig) -> str:
 
 def from_yaml(text: str, source: str = "<string>") -> RunConfig:
     """Parses a YAML recipe."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{source} is not valid YAML: {first}") from None
+    values = load_yaml(text, source, ConfigError)
     return config_from_dict(values)
 
 
@@ -382,12 +379,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"recipe {path} is not a text file (expected YAML)") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
+    values = load_yaml(text, f"recipe {path}", ConfigError)
     if values is None:
         return {}
     if not isinstance(values, dict):

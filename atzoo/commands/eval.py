@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from atzoo.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
 from atzoo.errors import ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
-MAX_SEED = 2**32 - 1
 
 
 def eval_command(

@@ -38,13 +38,14 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+from atzoo.common import TMP_PREFIX as _TMP_PREFIX
+from atzoo.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from atzoo.errors import CheckpointError
 
 FORMAT = "atzoo-checkpoint-1"
 MANIFEST = "MANIFEST.json"
 STATE = "state.json"
 _NAME = re.compile(r"^step-(\d+)$")
-_TMP_PREFIX = ".tmp-"
 _TENSOR_REF = "__tensor__"
 _TUPLE = "__tuple__"
 
@@ -67,20 +68,6 @@ def crash_point(phase: str, global_step: int) -> None:
 # --------------------------------------------------------------------------- atomic files
 
 
-def fsync_dir(path: Path) -> None:
-    """Flushes a directory entry (a rename or a new file) to disk where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_synced(path: Path, data: bytes) -> str:
     """Writes ``data`` to ``path``, fsyncs it, and returns its SHA-256 hex digest."""
     with open(path, "wb") as handle:
@@ -88,28 +75,6 @@ def write_synced(path: Path, data: bytes) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replaces ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        write_synced(tmp, data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: Path) -> str:

@@ -42,6 +42,7 @@ from atzoo.attacks import pgd, run_autoattack, unwrap_model
 from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
+from atzoo.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
@@ -511,22 +512,16 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def _check_state(model: nn.Module, state: dict[str, Tensor], weights: Path, meta: dict[str, Any]) -> None:
     """One-line CheckpointError when ``state`` does not fit ``model``."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({_few(shapes)})")
-    if problems:
-        raise CheckpointError(
-            f"{weights} does not match model '{meta.get('model')}' with {meta.get('num_classes')} classes: "
-            + "; ".join(problems)
-        )
+    bad = compare_state_dicts(expected, state)
+    if bad is None:
+        return
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad.wrong_shape]
+    problems = [f"{len(keys)} {what} ({_few(keys)})" for keys, what in (
+        (bad.missing, "missing keys"), (bad.unexpected, "unexpected keys"), (shapes, "shape mismatches")) if keys]
+    raise CheckpointError(
+        f"{weights} does not match model '{meta.get('model')}' with {meta.get('num_classes')} classes: "
+        + "; ".join(problems)
+    )
 
 
 def _few(items: list[str], k: int = 3) -> str:

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from atzoo.common import compare_state_dicts
 from atzoo.config import MethodConfig
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.methods.base import LossOutput, Method
@@ -106,16 +107,14 @@ def load_weights(module: nn.Module, path: str | Path, *, what: str) -> None:
     """
     state, file = read_state_dict(path, what=what)
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        if wrong:
-            k = wrong[0]
+    bad = compare_state_dicts(expected, state)
+    if bad is not None:
+        if bad.wrong_shape:
+            k = bad.wrong_shape[0]
             detail = f"'{k}' has shape {list(state[k].shape)}, the model needs {list(expected[k].shape)}"
         else:
-            detail = f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. "
-            detail += f"'{(missing or unexpected)[0]}')"
+            detail = f"{len(bad.missing)} missing and {len(bad.unexpected)} unexpected tensors (e.g. "
+            detail += f"'{(bad.missing or bad.unexpected)[0]}')"
         raise CheckpointError(f"{what}: {file} does not match the architecture{_meta_hint(file)}: {detail}")
     module.load_state_dict(state)
 
