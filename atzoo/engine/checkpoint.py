@@ -48,6 +48,7 @@ STATE = "state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 _TENSOR_REF = "__tensor__"
 _TUPLE = "__tuple__"
+_INT_KEYS = "__int_keys__"
 
 #: Crash-test hook. With ``ATZOO_TEST_CRASH_AT=<phase>:<global step>`` in the environment
 #: the process kills itself (SIGKILL: no clean-up, like ``kill -9`` or a lost node) at that
@@ -93,7 +94,8 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     """Replaces every tensor in a nested dict/list by a reference, collecting the tensors.
 
     The result is JSON-serialisable; ``tensors`` maps ``prefix/path`` to each tensor.
-    Tuples are marked so that :func:`join_tensors` gives them back as tuples.
+    Tuples, and dicts with integer keys (an optimizer's ``state_dict``), are marked so
+    that :func:`join_tensors` gives them back as they were.
 
     Raises:
         TypeError: a leaf is neither a tensor nor a JSON scalar (a bug in the caller).
@@ -102,8 +104,10 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
         tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {_TENSOR_REF: prefix}
     if isinstance(obj, dict):
+        if obj and all(isinstance(k, int) and not isinstance(k, bool) for k in obj):  # e.g. optimizer state
+            return {_INT_KEYS: {str(k): split_tensors(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
         if not all(isinstance(k, str) for k in obj):
-            raise TypeError(f"state keys must be strings at {prefix!r}")
+            raise TypeError(f"state keys must be strings (or all integers) at {prefix!r}")
         return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         items = [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
@@ -122,6 +126,8 @@ def join_tensors(obj: Any, tensors: dict[str, Tensor]) -> Any:
             return tensors[obj[_TENSOR_REF]]
         if set(obj) == {_TUPLE}:
             return tuple(join_tensors(v, tensors) for v in obj[_TUPLE])
+        if set(obj) == {_INT_KEYS}:
+            return {int(k): join_tensors(v, tensors) for k, v in obj[_INT_KEYS].items()}
         return {k: join_tensors(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [join_tensors(v, tensors) for v in obj]

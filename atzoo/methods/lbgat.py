@@ -123,6 +123,9 @@ class LBGAT(Method):
     """LBGAT: a robust student guided by the logits of a jointly trained natural teacher."""
 
     config_class = LBGATConfig
+    # Only the student's TRADES term is a regulariser: MSE(f(x'), g(x)) is LBGAT's main
+    # (robust classification) term and CE(g(x), y) trains the teacher.
+    regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "LBGAT (Cui et al. 2021), MSE(f(x'), g(x)) + CE(g(x), y) + beta KL; joint natural teacher"
     config: LBGATConfig
@@ -137,8 +140,8 @@ class LBGAT(Method):
         from atzoo.models import create_model
 
         inferred = student_shape(model)
-        num_classes = self.run.model.num_classes or inferred[0]
-        in_channels = self.run.model.in_channels or inferred[1]
+        num_classes = self.ctx.model.num_classes or inferred[0]
+        in_channels = self.ctx.model.in_channels or inferred[1]
         if num_classes is None or in_channels is None:
             raise ConfigError(
                 "lbgat cannot tell the student's number of classes and input channels to build its "
@@ -151,7 +154,7 @@ class LBGAT(Method):
 
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
         # Only the student is switched to the attack's mode; the teacher is not touched.
-        clean_probs = clean_distribution(model, x, self.run.attack.bn_mode or "eval")
+        clean_probs = clean_distribution(model, x, self.ctx.attack.mode)
         return self.training_pgd(model, x, y, loss="kl", clean_probs=clean_probs)
 
     def compute_loss(
