@@ -272,5 +272,6 @@ def test_method_state_may_hold_an_optimizer_state_dict() -> None:
     restored = join_tensors(json.loads(json.dumps(plain)), tensors)
     fresh = torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1, momentum=0.9)
     fresh.load_state_dict(restored["proxy_opt"])
-    assert torch.equal(fresh.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+    momentum = [o.state_dict()["state"][0]["momentum_buffer"] for o in (fresh, opt)]
+    assert torch.equal(*momentum)
     assert restored["count"] == 2
