@@ -136,7 +136,7 @@ class LBGAT(Method):
         Those come from ``model.num_classes``/``model.in_channels`` when set, else from
         the student itself (its head ``fc`` and first convolution).
         """
-        from atzoo.methods.arrest import load_weights
+        from atzoo.models.weights import load_weights
         from atzoo.models import create_model
 
         inferred = student_shape(model)
