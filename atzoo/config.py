@@ -507,9 +507,10 @@ def validate(cfg: RunConfig) -> None:
 
 def _check_attack_name(name: str) -> None:
     """``attack.name`` must be a registered per-batch attack (AutoAttack is evaluation only)."""
-    from atzoo.attacks.registered import batch_attack_names
+    from atzoo.registry import ATTACKS, load_builtins
 
-    names = batch_attack_names()
+    load_builtins()
+    names = [n for n, fn in ATTACKS.items() if getattr(fn, "per_batch", True)]  # all but AutoAttack
     if name not in names:
         import difflib
 
