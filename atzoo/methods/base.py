@@ -30,16 +30,22 @@ Life cycle inside the engine (``atzoo/engine``)::
 
 Hook contract (``before_step``, ``before_optimizer_step``, ``after_optimizer_step``):
 
-* each is called once per loader batch, on every process, in the order above, inside the
-  engine's autocast; ``step.model`` is the unwrapped network whose parameters the
-  optimizer owns, so a hook may change them in place under ``torch.no_grad()`` (what it
-  changes in ``before_step`` it must undo by ``after_optimizer_step`` of the same batch);
+* each is called once per loader batch, on every process, in the order above (the same
+  ``step`` object each time, within ``accelerator.accumulate``); ``before_step`` runs inside
+  the engine's autocast, the other two outside it. ``step.model`` is the unwrapped network
+  whose parameters the optimizer owns, so a hook may change them in place under
+  ``torch.no_grad()`` (what it changes in ``before_step`` it must undo by
+  ``after_optimizer_step`` of the same batch: the forward, backward and
+  ``optimizer.step()`` then run at the changed weights and the change is removed
+  afterwards, as in AWP's official code);
+* ``step.synced`` is False on the first k-1 batches of an ``optim.grad_accum = k`` step:
+  there ``optimizer.step()`` does not change the weights and gradients keep accumulating;
 * a hook may run extra forward/backward passes on its *own* modules (e.g. a proxy copy
   made with :func:`proxy_copy`, with its own optimizer): they are not in the
   ``TrainingModule``, so the engine's optimizer and DDP never see them; with several
   processes such a module sees only this process's batch;
-* a hook must not call ``backward`` through ``step.model``'s parameters' ``.grad`` outside
-  the training forward (use ``torch.autograd.grad`` or a proxy), and returns nothing;
+* a hook must not put gradients into ``step.model``'s parameters (no ``backward`` through
+  them: use ``torch.autograd.grad`` or a proxy) and returns nothing;
 * anything a resumed run needs (a proxy optimizer's state, counters) goes into
   :meth:`Method.state_dict` -- tensors, plain Python values, dicts with string or integer
   keys (so ``optimizer.state_dict()`` can be stored as it is). Checkpoints are taken
