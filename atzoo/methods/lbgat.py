@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from atzoo.config import MethodConfig
 from atzoo.errors import ConfigError
 from atzoo.methods.base import LossOutput, Method
-from atzoo.methods.trades import clean_distribution, kl_batchmean
+from atzoo.methods.trades import TRADES, kl_batchmean
 from atzoo.registry import METHODS
 
 
@@ -152,10 +152,8 @@ class LBGAT(Method):
             load_weights(teacher, self.config.teacher_checkpoint, what="method.teacher_checkpoint")
         return {"teacher": teacher}
 
-    def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
-        # Only the student is switched to the attack's mode; the teacher is not touched.
-        clean_probs = clean_distribution(model, x, self.ctx.attack.mode)
-        return self.training_pgd(model, x, y, loss="kl", clean_probs=clean_probs)
+    # TRADES's KL-PGD on the student (official code); the teacher is not touched.
+    attack = TRADES.attack
 
     def compute_loss(
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor
