@@ -117,9 +117,9 @@ def decode_flags(text: str, n: int) -> Any:
 def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
     """Headline accuracies (percent) from the per-example outcomes of one set of images.
 
-    ``clean_acc``: correct clean. ``pgd<N>_acc``: correct clean and under PGD-N.
-    ``autoattack_acc``: correct clean, under AutoAttack and under every PGD run on the set
-    (the per-example worst case). ``raw_acc`` keeps each attack's accuracy alone, which
+    ``clean_acc``: correct clean. ``pgd<N>_acc`` (any per-batch attack's ``<name>_acc``):
+    correct clean and under that attack. ``autoattack_acc``: correct clean, under
+    AutoAttack and under every other attack run on the set (the per-example worst case). ``raw_acc`` keeps each attack's accuracy alone, which
     the masking flags compare.
 
     Args:
@@ -133,7 +133,7 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
     pct = lambda mask: 100.0 * float(mask.mean())  # noqa: E731
     out: dict[str, Any] = {"clean_acc": pct(clean), "raw_acc": {k: pct(v) for k, v in flags.items()}}
     worst = clean.copy()
-    for name in sorted(k for k in flags if _PGD_KEY.match(f"{k}_acc")):
+    for name in sorted(k for k in flags if k not in ("clean", "aa")):  # pgd<N>, fgsm, registered attacks
         out[f"{name}_acc"] = pct(clean & flags[name])
         worst &= flags[name]
     if "aa" in flags:
