@@ -141,3 +141,35 @@ def test_swa_start_scales_unless_given() -> None:
     assert scaled.swa_start_epoch == round(49 * 20 / 100)
     given = _optim(20, "arat_swa_cifar10_resnet18.yaml", ("averaging.swa_start_epoch=5",)).config.averaging
     assert given.swa_start_epoch == 5
+
+
+# --------------------------------------------------------------------------- the official AR-AT attack quirk
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_official_inplace_start_switch(inplace: bool) -> None:
+    import torch
+
+    from atzoo.methods.base import create_method
+
+    cfg = build_config(None, ["model.name=small_cnn", "model.in_channels=1", "model.num_classes=10",
+                              "method.split_bn=false", "method.layers=relu3", "attack.steps=1",
+                              f"method.official_inplace_start={str(inplace).lower()}"],
+                       method={"name": "arat"}, data={"name": "digits"})
+    assert build_config(None, [], method={"name": "arat"}).method.official_inplace_start is False  # off by default
+    method = create_method("arat", cfg)
+    from atzoo.models import create_model
+
+    model = method.prepare_model(create_model("small_cnn", 10, 1))
+    x = torch.rand(4, 1, 8, 8) * 0.5 + 0.25
+    x_orig, y = x.clone(), torch.arange(4)
+    eps, modules = cfg.attack.eps, method.build_modules(model)
+    torch.manual_seed(123)
+    x_adv = method.attack(model, modules, x, y)
+    torch.manual_seed(123)
+    start = torch.empty_like(x).uniform_(-eps, eps)
+    if inplace:  # the clean input the loss sees is x + start (unclamped), and PGD projects around it
+        assert torch.equal(x, x_orig + start)
+        assert (x_adv - x).abs().max() <= eps + 1e-6 and (x_adv - x_orig).abs().max() > eps
+    else:
+        assert torch.equal(x, x_orig) and (x_adv - x_orig).abs().max() <= eps + 1e-6

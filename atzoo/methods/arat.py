@@ -95,6 +95,12 @@ class TwoBranchConfig(MethodConfig):
         alpha: weight of ``CE(f(x'), y)`` when ``auto_balance`` is off.
         beta: weight of ``CE(f_aux(x), y)`` when ``auto_balance`` is off.
         calibration_samples: samples (over all processes) for the auto-balance accuracy.
+        official_inplace_start: reproduce a quirk of the official ``attacks.py``
+            (``adv_bx = bx.detach(); adv_bx += U(-eps, eps)``), which writes the attack's
+            random start into the caller's clean batch: the clean branch and the ``sg(z)``
+            targets then see ``x + U(-eps, eps)`` (unclamped) and PGD projects around that
+            noisy batch (up to 2 eps from ``x``). Off by default: atzoo follows the paper's
+            equations, which use the clean ``x``. For exact-reproduction studies only.
     """
 
     stop_grad: bool = True
@@ -103,6 +109,7 @@ class TwoBranchConfig(MethodConfig):
     alpha: float = 1.0
     beta: float = 1.0
     calibration_samples: int = 1000
+    official_inplace_start: bool = False
 
     def validate(self) -> None:
         for key in ("alpha", "beta"):
@@ -272,8 +279,24 @@ class TwoBranchMethod(Method):
 
     # ------------------------------------------------------------------ each step
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
-        """CE-PGD on the main branch (``adv`` route), train mode by default (official code)."""
+        """CE-PGD on the main branch (``adv`` route), train mode by default (official code).
+
+        With ``method.official_inplace_start`` the random start is first added to ``x`` in
+        place, as the official code does (see :class:`TwoBranchConfig`); the loss then sees
+        the noisy batch as its clean input.
+        """
+        if self.config.official_inplace_start:
+            return self.official_inplace_attack(model, x, y)
         return self.training_pgd(model, x, y, loss="ce", route=self.adv_route)
+
+    def official_inplace_attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The official attack: ``x += U(-eps, eps)`` in place (unclamped), then PGD from and
+        around that noisy batch without a further random start."""
+        attack = self.ctx.attack
+        with torch.no_grad():
+            x.add_(torch.empty_like(x).uniform_(-attack.eps, attack.eps))
+        settings = {**attack.settings, **({"random_start": "none"} if "random_start" in attack.settings else {})}
+        return dataclasses.replace(attack, settings=settings)(model, x, y, loss="ce", route=self.adv_route)
 
     def ce_weights(self) -> tuple[float, float]:
         """``(a, b)``: auto-balanced from the last measurement, else the fixed ``alpha``, ``beta``."""
