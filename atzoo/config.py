@@ -545,8 +545,8 @@ def scale_schedule(values: dict[str, Any], lower: dict[str, Any], sources: dict[
 
     A schedule is designed for a number of epochs (the recipe's, the method's or the
     default one); run for ``E'`` instead of ``E`` epochs, its epoch-valued settings are
-    multiplied by ``E'/E`` (milestones rounded and kept inside the run, warm-up kept as
-    a fraction of an epoch, SWA start rounded), so a 30-epoch run still decays its
+    multiplied by ``E'/E`` (milestones rounded, at least 1; warm-up kept as a fraction of
+    an epoch; SWA start rounded and kept inside the run), so a 30-epoch run still decays its
     learning rate. Values the user gave as flags or overrides are kept as given.
 
     Returns:
@@ -588,8 +588,9 @@ def _schedule_key_used(values: dict[str, Any], key: str) -> bool:
 def _scaled(leaf: str, value: Any, ratio: float, epochs: int) -> Any:
     """One schedule value times ``ratio``, kept inside a run of ``epochs`` epochs."""
     if leaf == "milestones" and isinstance(value, list):
-        last = max(epochs - 1, 0)
-        return [min(max(round(m * ratio), min(1, last)), last) if isinstance(m, int) else m for m in value]
+        # Never before the first epoch's end (a decay from the start is no schedule); a
+        # milestone that lands at or past the end is not reached, as in the paper's own run.
+        return [max(round(m * ratio), 1) if isinstance(m, int) else m for m in value]
     if leaf == "warmup_epochs" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return round(value * ratio, 6)
     if leaf == "swa_start_epoch" and isinstance(value, int) and not isinstance(value, bool):

@@ -89,7 +89,7 @@ def test_announce_names_the_recipe_or_the_paper_defaults() -> None:
                     explicit=False)
     assert err[0].startswith("using the shipped recipe ") and "trades_cifar10_resnet18.yaml" in err[0]
     assert err[1] == "no shipped recipe for mart on digits with small_cnn; using mart's paper defaults"
-    assert err[2].startswith("optim.epochs 90 -> 30: scaled in proportion optim.milestones [74, 89] -> [25, 29]")
+    assert err[2].startswith("optim.epochs 90 -> 30: scaled in proportion optim.milestones [74, 89] -> [25, 30]")
 
 
 # --------------------------------------------------------------------------- schedules that scale
@@ -117,6 +117,11 @@ def test_explicit_milestones_and_warmup_win() -> None:
     assert resolution.notes == []
 
 
+def test_one_epoch_never_decays_from_the_start() -> None:
+    optim = _optim(1, "arat_cifar10_resnet18.yaml").config.optim
+    assert optim.milestones == [1, 1] and lr_factor(optim, steps_per_epoch=4)(3) == pytest.approx(1.0)
+
+
 def test_unchanged_epochs_keep_the_paper_schedule() -> None:
     optim = _optim(100, "arat_cifar10_resnet18.yaml").config.optim
     assert optim.milestones == [75, 90] and optim.warmup_epochs == 1
@@ -124,7 +129,7 @@ def test_unchanged_epochs_keep_the_paper_schedule() -> None:
 
 def test_warmup_scales_to_a_fraction_of_an_epoch() -> None:
     optim = _optim(3, "arat_cifar10_resnet18.yaml").config.optim
-    assert optim.warmup_epochs == pytest.approx(0.03) and optim.milestones == [2, 2]
+    assert optim.warmup_epochs == pytest.approx(0.03) and optim.milestones == [2, 3]
     factor = lr_factor(optim, steps_per_epoch=100)  # 3 warm-up steps of 300
     assert [factor(s) for s in (0, 2, 3)] == pytest.approx([0.2, 0.2, 1.0])
 
@@ -173,3 +178,39 @@ def test_official_inplace_start_switch(inplace: bool) -> None:
         assert (x_adv - x).abs().max() <= eps + 1e-6 and (x_adv - x_orig).abs().max() > eps
     else:
         assert torch.equal(x, x_orig) and (x_adv - x_orig).abs().max() <= eps + 1e-6
+
+
+def test_imagenette_is_set_up_as_the_official_arat_code() -> None:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from atzoo.data.vision import imagenette_transforms
+
+    train, test = imagenette_transforms()
+    assert [type(t) for t in train.transforms] == [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor]
+    assert train.transforms[0].size == (128, 128) and train.transforms[0].padding == 4
+    assert [type(t) for t in test.transforms] == [T.CenterCrop, T.ToTensor]
+    image = Image.new("RGB", (213, 160))  # an imagenette2-160 image: shorter side 160 px
+    assert train(image).shape == test(image).shape == (3, 128, 128)
+    for path in sorted((REPO / "recipes").glob("*imagenette*.yaml")):
+        cfg = build_config(path)
+        assert cfg.model.name == "resnet18", path.name  # the CIFAR-style ResNet-18 (3x3 stride-1 stem)
+        if cfg.method.name == "lbgat":
+            assert cfg.optim.lr == 0.01 and cfg.method.teacher == "resnet18"  # appendix: 0.1 diverged
+        if cfg.method.name == "arat":
+            assert cfg.method.split_bn is True
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("at_*.yaml")), ids=lambda p: p.stem)
+def test_at_recipes_use_the_robustness_defaults_the_paper_ran(path: Path) -> None:
+    cfg = build_config(path)  # ndb796 code aligned to MadryLab robustness' CIFAR defaults
+    assert (cfg.attack.steps, cfg.attack.bn_mode, cfg.attack.eps, cfg.attack.step_size) == (
+        7, "eval", pytest.approx(8 / 255), pytest.approx(2 / 255))
+    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.weight_decay, cfg.optim.lr) == (150, [50, 100], 5e-4, 0.1)
+    assert cfg.optim.warmup_lr is None
+
+
+def test_swa_recipes_start_where_the_official_code_does() -> None:
+    for path in sorted((REPO / "recipes").glob("arat_swa_*.yaml")):
+        averaging = build_config(path).averaging  # --swa_start 50, 1-based: 0-based epoch 49
+        assert (averaging.swa, averaging.swa_start_epoch, averaging.swa_every_steps) == (True, 49, 500)

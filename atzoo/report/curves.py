@@ -75,9 +75,9 @@ def plot_curves(runs: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    acc_ax.legend(fontsize=7)
-    if len(runs) > 1:
-        loss_ax.legend(fontsize=7)
+    for ax in (acc_ax, loss_ax) if len(runs) > 1 else (acc_ax,):
+        if ax.get_legend_handles_labels()[0]:  # nothing drawn yet (no finished epoch): no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
