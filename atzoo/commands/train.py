@@ -113,10 +113,13 @@ def announce(resolution: Resolution, *, explicit: bool) -> list[str]:
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
-    """``clean 81.20  pgd20 43.10  autoattack 40.20`` (percent) from eval.json's accuracies."""
+    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images)`` (percent)
+    from eval.json's accuracies, which are all measured on one set of images."""
     names = (("clean_acc", "clean"), ("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack"))
-    return "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
+    line = "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
                      if isinstance(eval_payload.get(key), (int, float)))
+    n = eval_payload.get("n_examples")
+    return f"{line}  (the same {n} test images)" if isinstance(n, int) and line else line
 
 
 def register(app: typer.Typer) -> None:
