@@ -9,8 +9,10 @@ The ``method`` section is special: its schema is the frozen config dataclass tha
 selected method declares (``Method.config_class``), so ``method.gamma`` exists for AR-AT
 but is an unknown key for AT. ``method.name`` selects it.
 
-Resolution order (later wins): dataclass defaults -> method-specific defaults for the
-training attack -> recipe file -> command-line flags -> ``section.key=value`` overrides.
+Resolution order (later wins): dataclass defaults -> the method's paper defaults
+(``Method.paper_defaults``: its training attack and optimiser) -> recipe file ->
+command-line flags -> ``section.key=value`` overrides; :func:`resolve_config` records the
+source of every value and rescales the schedule when ``optim.epochs`` is changed.
 """
 
 from __future__ import annotations
