@@ -27,24 +27,14 @@ def recipe_method(recipe: Path | None) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def make_config(
-    method: str,
-    *,
-    model: str | None = None,
-    dataset: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-    recipe: Path | None = None,
-    overrides: list[str] | None = None,
-) -> RunConfig:
-    """The resolved RunConfig of ``atzoo train`` (recipe < flags < ``section.key=value``).
+def make_config(method: str, **options: Any) -> RunConfig:
+    """The resolved RunConfig of ``atzoo train`` (recipe < flags < ``section.key=value``);
+    ``options`` are those of :func:`resolve_train_config`.
 
     Raises:
         ConfigError: the recipe or an override names another method than ``method``.
     """
-    return resolve_train_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                                seed=seed, recipe=recipe, overrides=overrides).config
+    return resolve_train_config(method, **options).config
 
 
 def resolve_train_config(
