@@ -26,7 +26,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, brief
+from atzoo.safe_read import load_yaml, read_yaml_file
 
 # --------------------------------------------------------------------------- sections
 
@@ -254,7 +255,7 @@ def _coerce_float(value: Any, key: str, tp: Any) -> float:
     else:
         raise _type_error(key, tp, value)
     if not math.isfinite(result):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number, got {brief(value)}")
     return result
 
 
@@ -277,7 +278,7 @@ def _is_number(text: str) -> bool:
 
 
 def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"{key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return ConfigError(f"{key} expects {_type_name(tp)}, got {brief(value)} ({type(value).__name__})")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -329,7 +330,7 @@ def build_method_config(values: dict[str, Any]) -> MethodConfig:
         raise ConfigError(f"section 'method' must be a mapping, got {type(values).__name__}")
     name = values.get("name", MethodConfig.name)
     if not isinstance(name, str):
-        raise ConfigError(f"method.name expects str, got {name!r}")
+        raise ConfigError(f"method.name expects str, got {brief(name)}")
     cls = method_config_class(name)
     return _build_section(cls, {**values, "name": name}, "method")
 
@@ -367,13 +368,17 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def from_yaml(text: str, source: str = "<string>") -> RunConfig:
-    """Parses a YAML recipe."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{source} is not valid YAML: {first}") from None
-    return config_from_dict(values)
+    """Parses a YAML recipe (bounded: no aliases, size and depth limits)."""
+    return config_from_dict(load_yaml(text, source))
+
+
+def read_config_file(path: str | Path) -> RunConfig:
+    """A run's ``config.yaml`` (for eval, resume, ARREST's pretraining run).
+
+    Raises:
+        ConfigError: the file is unreadable, not UTF-8, not bounded YAML, or not a config.
+    """
+    return config_from_dict(read_yaml_file(path, "config"))
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -381,13 +386,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise ConfigError(f"recipe {path} is not a text file (expected YAML)") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
+    values = read_yaml_file(path, "recipe")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -408,24 +407,35 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if section not in SECTIONS:
         raise ConfigError(_unknown_key_message(section, None, list(SECTIONS)))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override '{key}'") if raw.strip() else None
+    except ConfigError as exc:
+        if "anchors and aliases" in str(exc) or "nest" in str(exc):  # refused, not read as a string
+            raise
         value = raw
     return section, leaf, value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Returns a copy of the nested dict ``values`` with each override set."""
-    merged = {k: dict(v or {}) for k, v in (values or {}).items()}
+    merged = {k: _section_dict(k, v) for k, v in (values or {}).items()}
     for text in overrides:
         section, leaf, value = parse_override(text)
         merged.setdefault(section, {})[leaf] = value
     return merged
 
 
+def _section_dict(section: str, values: Any) -> dict[str, Any]:
+    """A copy of one section's mapping (a recipe may hold anything there)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{section}' must be a mapping, got {type(values).__name__}")
+    return dict(values)
+
+
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Section-wise merge of two nested dicts (``update`` wins)."""
-    merged = {k: dict(v or {}) for k, v in (base or {}).items()}
+    merged = {k: _section_dict(k, v) for k, v in (base or {}).items()}
     for section, values in (update or {}).items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section].update(values)

@@ -7,6 +7,9 @@ exit code 2, without a traceback (``ATZOO_DEBUG=1`` shows the traceback).
 
 from __future__ import annotations
 
+import re
+import reprlib
+
 
 class AtzooError(Exception):
     """A problem with the user's input; its message is one self-contained line."""
@@ -31,3 +34,56 @@ class DataError(AtzooError):
 
 class CheckpointError(AtzooError):
     """A checkpoint is missing, corrupted, unsafe, or does not match the model."""
+
+
+class InterruptedRun(AtzooError):
+    """The user stopped a run (SIGINT / Ctrl-C); the message says how to resume it."""
+
+    exit_code = 130
+
+
+class RunDirError(AtzooError):
+    """A run directory may not be written, or another atzoo process holds it."""
+
+
+#: The longest message the CLI prints; anything longer is cut (a value taken from a file
+#: must never fill a terminal or a log).
+MAX_MESSAGE_CHARS = 400
+
+#: Phrases of library messages that tell a user to switch a safety off; never shown.
+_UNSAFE_HINTS = re.compile(
+    r"[^.;(]*\b(weights_only\s*=\s*False|allow_pickle\s*=\s*True|allow_pickle|weights_only|"
+    r"can still be loaded|trust the source)\b[^.;)]*[.;]?",
+    re.IGNORECASE,
+)
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """A bounded ``repr`` of ``value`` for error messages (a file may hold anything).
+
+    ``reprlib`` stops at a few items per container and a few levels, so even a YAML alias
+    bomb or a gigabyte string costs microseconds here.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def one_line(message: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """The one line the CLI prints for ``message``: its first line, without any hint to
+    turn a safety off (torch's ``weights_only=False``, numpy's ``allow_pickle``), cut to
+    ``limit`` characters."""
+    text = str(message).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "unknown error"
+    cleaned = re.sub(r"\(\s*\)", "", _UNSAFE_HINTS.sub("", first))
+    cleaned = " ".join(cleaned.split()) or "refused unsafe content"
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _make_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxtuple, short.maxset = 2, 4, 4, 4, 4
+    short.maxstring, short.maxother, short.maxlong = 40, 40, 40
+    return short
+
+
+_REPR = _make_repr()

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
+from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
@@ -69,11 +69,7 @@ def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:
     """The run's resolved config (and True), or defaults and False for a bare checkpoint."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
-        try:
-            text = config_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{config_file} is not a UTF-8 text file, so not an atzoo config") from None
-        return from_yaml(text, source=str(config_file)), True
+        return read_config_file(config_file), True
     return RunConfig(), False
 
 

@@ -39,7 +39,7 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from atzoo import __version__
-from atzoo.config import RunConfig, config_to_dict, from_yaml, to_yaml
+from atzoo.config import RunConfig, config_to_dict, read_config_file, to_yaml
 from atzoo.engine.averaging import WeightAverage, averaging_kind, recompute_bn_stats
 from atzoo.engine.checkpoint import (
     CheckpointData,
@@ -408,11 +408,7 @@ class Trainer:
         saved = self.run_dir / "config.yaml"
         if not resume or not saved.is_file():
             return
-        try:
-            text = saved.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{saved} is not a UTF-8 text file, so not an atzoo config") from None
-        differences = config_differences(from_yaml(text, str(saved)), self.cfg)
+        differences = config_differences(read_config_file(saved), self.cfg)
         if differences:
             raise ConfigError(
                 f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "

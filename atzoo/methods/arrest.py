@@ -353,10 +353,10 @@ def pretrain_dir(run: "RunConfig") -> Path:
 
 def check_pretrain_settings(out: Path, cfg: "RunConfig") -> None:
     """Raises ConfigError when the run in ``out`` was trained with other settings than ``cfg``."""
-    from atzoo.config import from_yaml
+    from atzoo.config import read_config_file
     from atzoo.engine.trainer import config_differences
 
-    saved = from_yaml((out / "config.yaml").read_text(), str(out / "config.yaml"))
+    saved = read_config_file(out / "config.yaml")
     differences = config_differences(saved, cfg)
     if saved.run.max_steps != cfg.run.max_steps:
         differences.append("run.max_steps")

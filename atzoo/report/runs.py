@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from atzoo.errors import AtzooError
+from atzoo.safe_read import read_json_file, read_text, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
+
+#: The largest metrics.jsonl compare reads (a long run with run.log_every=1 logs ~20 MB).
+METRICS_MAX_BYTES = 256 << 20
 
 #: Keys of a metrics.jsonl row that hold the wall-clock seconds of one training epoch,
 #: in the order they are looked up. The engine writes ``{"kind": "epoch", ...}`` rows
@@ -99,12 +101,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AtzooError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise AtzooError(f"{path} is not a UTF-8 text file") from None
+    return read_json_file(path, path.name)
 
 
 def _accuracy(payload: dict[str, Any], key: str, where: Path) -> float | None:
@@ -138,11 +135,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """Flattened ``config.yaml`` (empty when absent)."""
     if not path.is_file():
         return {}
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AtzooError(f"{path} is not valid YAML: {first}") from None
+    values = read_yaml_file(path, "config", error=AtzooError)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -163,7 +156,7 @@ def read_epoch_seconds(path: Path) -> list[float]:
     if not path.is_file():
         return []
     by_epoch: dict[Any, float] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "metrics log", error=AtzooError, limit=METRICS_MAX_BYTES).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
