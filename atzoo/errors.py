@@ -50,12 +50,10 @@ class RunDirError(AtzooError):
 #: must never fill a terminal or a log).
 MAX_MESSAGE_CHARS = 400
 
-#: Phrases of library messages that tell a user to switch a safety off; never shown.
-_UNSAFE_HINTS = re.compile(
-    r"[^.;(]*\b(weights_only\s*=\s*False|allow_pickle\s*=\s*True|allow_pickle|weights_only|"
-    r"can still be loaded|trust the source)\b[^.;)]*[.;]?",
-    re.IGNORECASE,
-)
+#: Words of library sentences that tell a user to switch a safety off (torch's
+#: "re-running with weights_only=False", numpy's "allow_pickle"); such sentences are dropped.
+_UNSAFE_HINTS = ("weights_only", "weights only", "allow_pickle", "trusted source", "trust the source",
+                 "can still be loaded", "re-running")
 
 
 def brief(value: object, limit: int = 60) -> str:
@@ -74,8 +72,9 @@ def one_line(message: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     ``limit`` characters."""
     text = str(message).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "unknown error"
-    cleaned = re.sub(r"\(\s*\)", "", _UNSAFE_HINTS.sub("", first))
-    cleaned = " ".join(cleaned.split()) or "refused unsafe content"
+    sentences = re.split(r"(?<=[.!?;])\s+|\s+\(", first)
+    kept = [part for part in sentences if not any(word in part.lower() for word in _UNSAFE_HINTS)]
+    cleaned = " ".join(" ".join(kept).split()) or "refused unsafe content"
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 

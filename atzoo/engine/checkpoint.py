@@ -352,13 +352,26 @@ def load_pickle_safely(file: Path) -> Any:
         CheckpointError: the file is not a torch pickle, or it asks to build objects
             that the safe unpickler does not allow (which is how a planted payload shows).
     """
+    return safe_torch_load(file, "checkpoint file")
+
+
+def safe_torch_load(file: Path, what: str) -> Any:
+    """The one place atzoo reads a torch pickle: ``weights_only=True``, and an error that
+    names what the file asked for, never torch's advice to switch the safety off.
+
+    Raises:
+        CheckpointError: ``refusing to load <what> <file>: ...`` for a pickle that would
+            build objects (run code), ``<what> <file> cannot be read`` for anything else.
+    """
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"refusing to load checkpoint file {file}: {reason}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint file {file} cannot be read ({type(exc).__name__})") from None
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f"it asks to build '{wanted.group(1)}'" if wanted else "it is not a torch file of plain tensors"
+        raise CheckpointError(f"refusing to load {what} {file}: {detail}; atzoo loads only tensors and "
+                              "plain containers from a pickle") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError, IndexError) as exc:
+        raise CheckpointError(f"{what} {file} cannot be read ({type(exc).__name__})") from None
 
 
 def load_checkpoint(path: str | Path) -> CheckpointData:

@@ -59,7 +59,8 @@ from atzoo.engine.checkpoint import (
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.progress import Reporter
 from atzoo.engine.rng import capture_rng, restore_rng
-from atzoo.engine.rundir import MetricsLog, check_run_dir, prepare_run_dir, resolve_run_dir
+from atzoo.engine.preflight import check_evaluation, check_settings
+from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError
 from atzoo.methods.base import EpochContext, Method, create_method
@@ -101,6 +102,7 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     run_dir = resolve_run_dir(cfg, out)
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
     check_seed(cfg.run.seed)
+    check_settings(cfg)
     check_run_dir(run_dir, force=force, resume=resume)
     # Record where this run lives, so methods that place side runs next to it (ARREST's
     # pretraining into "<run dir>-pretrain") see the directory given by --out too.
@@ -109,9 +111,15 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     trackers = select_trackers(cfg.run.trackers)
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
     trainer = Trainer(cfg, run_dir, accelerator, method)
-    trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
-    trainer.fit()
-    trainer.finish()
+    if cfg.run.evaluate:
+        check_evaluation(cfg, trainer.bundle)
+    # The claim creates, locks and (for --force) swaps the directory; an error before the
+    # first optimizer step undoes all of it (docs/reliability.md).
+    with RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main) as claim:
+        trainer.claim = claim
+        trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
+        trainer.fit()
+        trainer.finish()
     return run_dir
 
 
@@ -324,6 +332,7 @@ class Trainer:
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.claim = RunDirClaim(run_dir, force=False, resume=False, enabled=False)  # train() sets the real one
         self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
 
     # ------------------------------------------------------------------ building
@@ -381,10 +390,8 @@ class Trainer:
         if point is not None:
             self.restore(point)  # includes every process's RNG state
         if self.is_main:
-            if not resume:
-                prepare_run_dir(self.run_dir, force=force)
-            else:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.claim.acquire()
+            if resume:
                 remove_stale_temporaries(self.run_dir)  # e.g. an export cut short by a kill
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self.acc.wait_for_everyone()
@@ -612,6 +619,7 @@ class Trainer:
 
     def after_optimizer_step(self) -> bool:
         """Scheduler, averaging, logging and step checkpoints; True when max_steps is reached."""
+        self.claim.started()  # a --force-replaced old run is deleted only now
         lr = self.last_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if not self.acc.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
             self.scheduler.step()

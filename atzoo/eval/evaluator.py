@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from atzoo import __version__
 from atzoo.attacks import pgd, run_autoattack, unwrap_model
-from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
+from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.config import AttackConfig, EvalConfig
@@ -357,6 +357,7 @@ def evaluate(
     threat = ThreatModel.resolve(cfg, attack_cfg)
     if "aa" in attacks:
         check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
+        check_autoattack_classes(cfg.aa_version, aa_attacks, bundle.num_classes, bundle.name)
     n_test = len(bundle.test)
     n_sub = n_test if cfg.n_ex is None else min(cfg.n_ex, n_test)
     group = _group(accelerator)

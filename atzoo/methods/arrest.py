@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from atzoo.config import MethodConfig
@@ -84,12 +85,14 @@ def read_state_dict(path: str | Path, *, what: str) -> tuple[dict[str, Tensor], 
 
             state = load_file(str(file))
         elif file.suffix in (".pt", ".pth", ".bin"):
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            from atzoo.engine.checkpoint import safe_torch_load
+
+            state = safe_torch_load(file, f"{what}:")
             if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
                 state = state.get("state_dict", state.get("model"))
         else:
             raise CheckpointError(f"{what}: {file} is not a .safetensors, .pt or .pth file")
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what}: cannot read {file}: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
