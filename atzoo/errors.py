@@ -72,10 +72,14 @@ def one_line(message: object, limit: int = MAX_MESSAGE_CHARS) -> str:
     ``limit`` characters."""
     text = str(message).strip()
     first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "unknown error"
-    sentences = re.split(r"(?<=[.!?;])\s+|\s+\(", first)
-    kept = [part for part in sentences if not any(word in part.lower() for word in _UNSAFE_HINTS)]
+    first = re.sub(r"\s*\([^()]*\)", lambda m: "" if _is_hint(m.group(0)) else m.group(0), first)
+    kept = [part for part in re.split(r"(?<=[.!?;])\s+", first) if not _is_hint(part)]
     cleaned = " ".join(" ".join(kept).split()) or "refused unsafe content"
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _is_hint(text: str) -> bool:
+    return any(word in text.lower() for word in _UNSAFE_HINTS)
 
 
 def _make_repr() -> reprlib.Repr:
