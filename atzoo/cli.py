@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo import __version__
-from atzoo.errors import AtzooError, one_line
+from atzoo.errors import AtzooError, InterruptedRun, one_line
 
 app = typer.Typer(
     name="atzoo",
@@ -113,8 +113,11 @@ def _fail(message: object, code: int = 2, prefix: str = "error: ") -> int:
 
 def error_exit(exc: BaseException) -> int:
     """Prints the one line for ``exc`` and returns the exit code (see the module doc)."""
+    if isinstance(exc, InterruptedRun):  # the resume command must survive whole
+        print(f"atzoo: {one_line(exc, limit=10_000)}", file=sys.stderr)
+        return exc.exit_code
     if isinstance(exc, AtzooError):
-        return _fail(str(exc), exc.exit_code, "" if exc.exit_code == 130 else "error: ")
+        return _fail(str(exc), exc.exit_code)
     if isinstance(exc, USAGE_ERRORS):
         ctx = getattr(exc, "ctx", None)
         hint = f" (see 'atzoo {ctx.info_name} --help')" if ctx is not None and ctx.parent else " (see 'atzoo --help')"

@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from atzoo.config import RunConfig, build_config, load_recipe
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, InterruptedRun
 
 
 def recipe_method(recipe: Path | None) -> str | None:
@@ -63,6 +64,25 @@ def summary_line(eval_payload: dict[str, Any]) -> str:
                      if isinstance(eval_payload.get(key), (int, float)))
 
 
+def _flag_args(flags: dict[str, Any]) -> list[str]:
+    return [str(part) for flag, value in flags.items() if value is not None for part in (flag, value)]
+
+
+def interrupted(run_dir: Path, args: list[str]) -> InterruptedRun:
+    """The error of a run stopped by Ctrl-C (SIGINT): the line says how to continue it.
+
+    ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
+    when the directory holds the run (from its newest checkpoint, or from the start when
+    it has none yet), else that nothing was kept.
+    """
+    from atzoo.engine.rundir import looks_like_run
+
+    if not looks_like_run(run_dir):
+        return InterruptedRun(f"interrupted before the run started; nothing was kept in {run_dir}")
+    command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(run_dir)])
+    return InterruptedRun(f"interrupted; continue the run in {run_dir} with: {command}")
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``atzoo train`` to the CLI."""
 
@@ -83,11 +103,16 @@ def register(app: typer.Typer) -> None:
         """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
         import json
 
-        from atzoo.engine import train
+        from atzoo.engine import resolve_run_dir, train
 
         cfg = make_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
                           recipe=recipe, overrides=overrides)
-        run_dir = train(cfg, out=out, force=force, resume=resume)
+        flags = {"--model": model, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
+                 "--recipe": recipe, "--seed": seed}
+        try:
+            run_dir = train(cfg, out=out, force=force, resume=resume)
+        except KeyboardInterrupt:
+            raise interrupted(resolve_run_dir(cfg, out), [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
 
         if not PartialState().is_main_process:

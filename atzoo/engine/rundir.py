@@ -29,7 +29,8 @@ from typing import Any
 
 from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
-from atzoo.errors import ConfigError, RunDirError, brief
+from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
+from atzoo.paths import check_output_path
 
 #: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
 #: deletes such directories, never an arbitrary folder given by mistake.
@@ -143,13 +144,10 @@ def check_run_dir(path: Path, *, force: bool, resume: bool) -> None:
             raise RunDirError(f"{flag} atzoo run directories, and {shown} holds other files")
         if force and _contains_cwd(real):
             raise RunDirError(f"--force would replace {shown}, which holds the current folder; run from elsewhere")
-    ancestor = real
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():  # root may write anywhere, but never below a file
-        raise RunDirError(f"cannot write the run directory {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write the run directory {path}: {ancestor} is not writable")
+    try:  # root may write anywhere, but never below a file
+        check_output_path(path, "the run directory", directory=True)
+    except AtzooError as exc:
+        raise RunDirError(str(exc)) from None
 
 
 class RunDirClaim:

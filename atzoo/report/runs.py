@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
 from atzoo.safe_read import read_json_file, read_text, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
@@ -109,9 +109,9 @@ def _accuracy(payload: dict[str, Any], key: str, where: Path) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise AtzooError(f"{where}: '{key}' must be a percentage or null, got {value!r}")
+        raise AtzooError(f"{where}: '{key}' must be a percentage or null, got {brief(value)}")
     if not 0.0 <= float(value) <= 100.0:
-        raise AtzooError(f"{where}: '{key}' must be a percentage in [0, 100], got {value!r}")
+        raise AtzooError(f"{where}: '{key}' must be a percentage in [0, 100], got {brief(value)}")
     return float(value)
 
 
@@ -125,9 +125,9 @@ def read_eval(path: Path) -> dict[str, Any]:
         raise AtzooError(f"{path} lacks key(s) {', '.join(missing)} (an eval.json written by 'atzoo eval' has them)")
     eps = payload["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise AtzooError(f"{path}: 'eps' must be a number in (0, 1], got {eps!r}")
+        raise AtzooError(f"{path}: 'eps' must be a number in (0, 1], got {brief(eps)}")
     if payload["norm"] not in ("linf", "l2"):
-        raise AtzooError(f"{path}: 'norm' must be 'linf' or 'l2', got {payload['norm']!r}")
+        raise AtzooError(f"{path}: 'norm' must be 'linf' or 'l2', got {brief(payload['norm'])}")
     return payload
 
 
