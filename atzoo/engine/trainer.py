@@ -104,6 +104,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     check_seed(cfg.run.seed)
     check_settings(cfg)
     check_run_dir(run_dir, force=force, resume=resume)
+    if resume:
+        check_resume_config(run_dir, cfg)
     # Record where this run lives, so methods that place side runs next to it (ARREST's
     # pretraining into "<run dir>-pretrain") see the directory given by --out too.
     cfg.run.out = str(run_dir)
@@ -121,6 +123,24 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
         trainer.fit()
         trainer.finish()
     return run_dir
+
+
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """``--resume`` continues only the configuration in the run's config.yaml (checked
+    before anything is built or written).
+
+    Raises:
+        ConfigError: config.yaml is unreadable, or a setting that affects training differs.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    differences = config_differences(read_config_file(saved), cfg)
+    if differences:
+        raise ConfigError(
+            f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
+            "(use --force or another --out for a new run)"
+        )
 
 
 def check_seed(seed: int) -> None:
@@ -386,7 +406,6 @@ class Trainer:
         checkpoint) happens before the first write.
         """
         point = find_resume_checkpoint(self.run_dir / "checkpoints") if resume else None
-        self._check_resume_config(resume)
         if point is not None:
             self.restore(point)  # includes every process's RNG state
         if self.is_main:
@@ -410,17 +429,6 @@ class Trainer:
             self._event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if trackers:
             self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
-
-    def _check_resume_config(self, resume: bool) -> None:
-        saved = self.run_dir / "config.yaml"
-        if not resume or not saved.is_file():
-            return
-        differences = config_differences(read_config_file(saved), self.cfg)
-        if differences:
-            raise ConfigError(
-                f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
-                "(use --force or another --out for a new run)"
-            )
 
     def _event(self, event: str, text: str, **extra: Any) -> None:
         self.reporter.message(text)
