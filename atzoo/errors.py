@@ -37,9 +37,20 @@ class CheckpointError(AtzooError):
 
 
 class InterruptedRun(AtzooError):
-    """The user stopped a run (SIGINT / Ctrl-C); the message says how to resume it."""
+    """The user stopped a run (SIGINT / Ctrl-C).
+
+    Attributes:
+        run_dir: the run directory.
+        resumable: whether it holds this run (``--resume`` continues it); False when the
+            run was stopped before it started and everything was undone (``--force``: the
+            old run is back in place).
+    """
 
     exit_code = 130
+
+    def __init__(self, message: str, run_dir: object = None, resumable: bool = False) -> None:
+        super().__init__(message)
+        self.run_dir, self.resumable = run_dir, resumable
 
 
 class RunDirError(AtzooError):

@@ -68,19 +68,18 @@ def _flag_args(flags: dict[str, Any]) -> list[str]:
     return [str(part) for flag, value in flags.items() if value is not None for part in (flag, value)]
 
 
-def interrupted(run_dir: Path, args: list[str]) -> InterruptedRun:
-    """The error of a run stopped by Ctrl-C (SIGINT): the line says how to continue it.
+def interrupted(exc: InterruptedRun, args: list[str]) -> InterruptedRun:
+    """The line of a run stopped by Ctrl-C (SIGINT), with the command that continues it:
 
     ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
-    when the directory holds the run (from its newest checkpoint, or from the start when
-    it has none yet), else that nothing was kept.
+    (from its newest checkpoint, or from the start when it has none yet). A run stopped
+    before its first step left nothing (``--force``: the old run is back in place):
+    ``atzoo: interrupted before the run started; nothing was changed in DIR``.
     """
-    from atzoo.engine.rundir import looks_like_run
-
-    if not looks_like_run(run_dir):
-        return InterruptedRun(f"interrupted before the run started; nothing was kept in {run_dir}")
-    command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(run_dir)])
-    return InterruptedRun(f"interrupted; continue the run in {run_dir} with: {command}")
+    if not exc.resumable:
+        return InterruptedRun(f"interrupted before the run started; nothing was changed in {exc.run_dir}")
+    command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(exc.run_dir)])
+    return InterruptedRun(f"interrupted; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True)
 
 
 def register(app: typer.Typer) -> None:
@@ -103,7 +102,7 @@ def register(app: typer.Typer) -> None:
         """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
         import json
 
-        from atzoo.engine import resolve_run_dir, train
+        from atzoo.engine import train
 
         cfg = make_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
                           recipe=recipe, overrides=overrides)
@@ -111,8 +110,8 @@ def register(app: typer.Typer) -> None:
                  "--recipe": recipe, "--seed": seed}
         try:
             run_dir = train(cfg, out=out, force=force, resume=resume)
-        except KeyboardInterrupt:
-            raise interrupted(resolve_run_dir(cfg, out), [method, *_flag_args(flags), *(overrides or [])]) from None
+        except InterruptedRun as exc:
+            raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
 
         if not PartialState().is_main_process:

@@ -170,7 +170,6 @@ class RunDirClaim:
         self.path, self.force, self.resume, self.enabled = path, force, resume, enabled
         self.real = Path(os.path.realpath(path))
         self.lock = RunLock(self.real)
-        self.old_lock: RunLock | None = None
         self.aside: Path | None = None
         self.created: list[Path] = []
         self.is_started = False
@@ -195,7 +194,9 @@ class RunDirClaim:
             raise RunDirError(f"--resume only continues atzoo run directories, and {self.path} holds other files")
 
     def _move_old_run_aside(self) -> None:
-        self.old_lock = RunLock(self.real).acquire()  # nobody is running in it
+        holder = RunLock(self.real).live_holder()  # read-only: the old run stays byte for byte
+        if holder is not None:
+            raise RunDirError(f"run directory {self.path} is in use by {holder.describe()}; wait for it to finish")
         aside = self.real.with_name(f".{self.real.name}.replaced-{os.getpid()}")
         try:
             os.rename(self.real, aside)
@@ -219,8 +220,6 @@ class RunDirClaim:
         if self.aside is not None:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.aside = None
-        if self.old_lock is not None:
-            self.old_lock.release()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.enabled:
@@ -230,8 +229,6 @@ class RunDirClaim:
         elif not self.is_started:
             self._undo()
         self.lock.release()
-        if self.old_lock is not None:
-            self.old_lock.release()
 
     def _undo(self) -> None:
         """Back to the state before :meth:`acquire`: new folders removed, the old run back."""

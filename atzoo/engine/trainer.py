@@ -62,7 +62,7 @@ from atzoo.engine.rng import capture_rng, restore_rng
 from atzoo.engine.preflight import check_evaluation, check_settings
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
-from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError
+from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError, InterruptedRun
 from atzoo.methods.base import EpochContext, Method, create_method
 
 #: Largest ``run.seed``: NumPy's generator, which ``set_seed`` seeds too, takes 32 bits.
@@ -117,11 +117,17 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
         check_evaluation(cfg, trainer.bundle)
     # The claim creates, locks and (for --force) swaps the directory; an error before the
     # first optimizer step undoes all of it (docs/reliability.md).
-    with RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main) as claim:
-        trainer.claim = claim
-        trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
-        trainer.fit()
-        trainer.finish()
+    claim = RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main)
+    try:
+        with claim:
+            trainer.claim = claim
+            trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
+            trainer.fit()
+            trainer.finish()
+    except KeyboardInterrupt:
+        kept = resume or claim.is_started
+        raise InterruptedRun(f"interrupted; {'the run is in' if kept else 'nothing was changed in'} {run_dir}",
+                             run_dir=run_dir, resumable=kept) from None
     return run_dir
 
 
