@@ -47,6 +47,7 @@ def eval_command(
     if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
         raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
     run_dir = path if path.is_dir() else path.parent
+    _check_not_training(run_dir)
     cfg, has_config = _run_config(run_dir)
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
                             eps=eps, norm=norm)
@@ -63,6 +64,17 @@ def eval_command(
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
+
+
+def _check_not_training(run_dir: Path) -> None:
+    """Refuses a run directory that a training process holds (its model is not final)."""
+    from atzoo.engine.lock import RunLock
+    from atzoo.errors import RunDirError
+
+    holder = RunLock(run_dir).live_holder()
+    if holder is not None:
+        raise RunDirError(f"run directory {run_dir} is in use by {holder.describe()}; evaluate it once that "
+                          "run has finished")
 
 
 def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:
