@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atzoo.common import load_yaml
 from atzoo.errors import AtzooError
-from atzoo.safe_read import load_yaml
 
 #: Folder holding the cards: ``$ATZOO_CARDS`` or ``zoo_cards/`` next to the package.
 DEFAULT_CARDS_DIR = Path(__file__).resolve().parents[1] / "zoo_cards"
@@ -178,7 +178,7 @@ def split_front_matter(text: str, source: str) -> tuple[dict[str, Any], str]:
         end = next(i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---")
     except StopIteration:
         raise AtzooError(f"card {source} has no closing '---' line after its front matter") from None
-    meta = load_yaml("".join(lines[1:end]), f"card {source} front matter", error=AtzooError)
+    meta = load_yaml("".join(lines[1:end]), f"card {source} front matter")
     if not isinstance(meta, dict):
         raise AtzooError(f"card {source} front matter must be a mapping of keys")
     return meta, "".join(lines[end + 1 :]).lstrip("\n")

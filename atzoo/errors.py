@@ -36,6 +36,10 @@ class CheckpointError(AtzooError):
     """A checkpoint is missing, corrupted, unsafe, or does not match the model."""
 
 
+class NonFiniteLossError(AtzooError):
+    """The training loss (or the weights) became NaN or infinite; the run stopped."""
+
+
 class InterruptedRun(AtzooError):
     """The user stopped a run (SIGINT / Ctrl-C).
 

@@ -1,78 +1,27 @@
-"""Bounded readers for every YAML and JSON file atzoo reads (recipes, overrides, a run's
-``config.yaml``, ``eval.json``, ``model_meta.json``, the AutoAttack state, zoo cards).
+"""Bounded readers for every file atzoo reads that someone else may have written: a run's
+``config.yaml`` and recipes (YAML), ``eval.json``, ``model_meta.json``, the AutoAttack
+state (JSON), and torch pickles (``method.pretrained``, ``method.teacher_checkpoint``,
+the optimizer state of a checkpoint).
 
-A file is read only up to :data:`MAX_FILE_BYTES`; YAML is parsed by :class:`BoundedLoader`,
-PyYAML's safe loader (plain data only, no tags that build objects) without anchors and
-aliases (a 1 KB "billion laughs" file would otherwise expand into gigabytes) and with a
-nesting limit (deep ``[[[[...`` would exhaust the parser's recursion). Problems are
-:class:`~atzoo.errors.ConfigError` or the caller's error class, one line naming the file.
+A file is read only up to :data:`MAX_FILE_BYTES`; YAML is parsed by
+:func:`atzoo.common.load_yaml` (no anchors or aliases, depth limit); pickles only with
+``torch.load(weights_only=True)``. Problems are one line naming the file, raised as the
+caller's error class. Ground floor: imports only ``atzoo.errors`` and ``atzoo.common``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from atzoo.errors import AtzooError, ConfigError
+from atzoo.common import MAX_YAML_CHARS, load_yaml
+from atzoo.errors import AtzooError, CheckpointError, ConfigError
 
 #: The largest YAML or JSON file atzoo reads (a recipe is ~1 KB, an eval.json a few KB).
-MAX_FILE_BYTES = int(os.environ.get("ATZOO_MAX_FILE_BYTES", 4 << 20))
-#: The deepest nesting of YAML collections (a config has two levels).
-MAX_DEPTH = 32
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses anchors, aliases and deep nesting.
-
-    Both checks happen while composing, before any node is expanded, so a hostile file
-    fails in microseconds.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, "YAML anchors and aliases (&name, *name) are not accepted", event.start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"nesting deeper than {MAX_DEPTH} levels", event.start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def load_yaml(text: str, source: str, *, error: type[AtzooError] = ConfigError) -> Any:
-    """Parses YAML ``text`` with :class:`BoundedLoader`.
-
-    Raises:
-        ``error``: the text is too large or not valid (bounded) YAML; names ``source``.
-    """
-    if len(text) > MAX_FILE_BYTES:
-        raise error(f"{source} is larger than {MAX_FILE_BYTES} bytes; not a config")
-    try:
-        return yaml.load(text, Loader=BoundedLoader)  # noqa: S506 - BoundedLoader is a SafeLoader
-    except yaml.YAMLError as exc:
-        raise error(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
-    except RecursionError:
-        raise error(f"{source} is not valid YAML: nested too deeply") from None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    problem = getattr(exc, "problem", None)
-    mark = getattr(exc, "problem_mark", None)
-    if problem:
-        return f"{problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+MAX_FILE_BYTES = MAX_YAML_CHARS
 
 
 def read_text(path: str | Path, what: str, *, error: type[AtzooError] = ConfigError,
@@ -98,7 +47,7 @@ def read_text(path: str | Path, what: str, *, error: type[AtzooError] = ConfigEr
 
 def read_yaml_file(path: str | Path, what: str, *, error: type[AtzooError] = ConfigError) -> Any:
     """:func:`read_text` then :func:`load_yaml` (``what`` names the file's role: recipe, config)."""
-    return load_yaml(read_text(path, what, error=error), f"{what} {path}", error=error)
+    return load_yaml(read_text(path, what, error=error), f"{what} {path}", error)
 
 
 def read_json_file(path: str | Path, what: str, *, error: type[AtzooError] = AtzooError) -> Any:
@@ -113,3 +62,24 @@ def read_json_file(path: str | Path, what: str, *, error: type[AtzooError] = Atz
     except (ValueError, RecursionError) as exc:
         reason = str(exc).splitlines()[0] if isinstance(exc, ValueError) else "nested too deeply"
         raise error(f"{what} {path} is not valid JSON ({reason})") from None
+
+
+def safe_torch_load(file: Path, what: str) -> Any:
+    """The one place atzoo reads a torch pickle: ``weights_only=True``, and an error that
+    names what the file asked for, never torch's advice to switch the safety off.
+
+    Raises:
+        CheckpointError: ``refusing to load <what> <file>: ...`` for a pickle that would
+            build objects (run code), ``<what> <file> cannot be read`` for anything else.
+    """
+    import torch
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f"it asks to build '{wanted.group(1)}'" if wanted else "it is not a torch file of plain tensors"
+        raise CheckpointError(f"refusing to load {what} {file}: {detail}; atzoo loads only tensors and "
+                              "plain containers from a pickle") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError, IndexError) as exc:
+        raise CheckpointError(f"{what} {file} cannot be read ({type(exc).__name__})") from None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atzoo.common import flatten
 from atzoo.errors import AtzooError, brief
 from atzoo.safe_read import read_json_file, read_text, read_yaml_file
 
@@ -86,18 +87,6 @@ class RunRecord:
     def fingerprint(self) -> tuple[tuple[str, str], ...]:
         """The configuration without seed and bookkeeping: equal for seeds of one setting."""
         return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in NON_SEMANTIC_KEYS))
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _read_json(path: Path) -> Any:
