@@ -449,6 +449,8 @@ def test_a_second_run_refuses_a_folder_in_use_naming_the_holder_and_a_dead_holde
             assert err.startswith(f"atzoo: error: run directory {run_dir} is in use by atzoo process {holder.pid} "
                                   "on this host"), err
             assert len(err.splitlines()) == 1
+        assert run(["eval", str(run_dir), "--attacks", "clean"]) == 2  # its model is not final yet
+        assert f"is in use by atzoo process {holder.pid}" in capsys.readouterr().err
         assert tree(tmp_path) == before
     finally:
         holder.kill()

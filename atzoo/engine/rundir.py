@@ -224,30 +224,37 @@ class RunDirClaim:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.enabled:
             return
-        if exc_type is None:
-            self.started()
-        elif not self.is_started:
-            self._undo()
-        self.lock.release()
+        try:
+            if exc_type is None:
+                self.started()
+            elif not self.is_started:
+                self._undo()
+        finally:
+            self.lock.release()
 
     def _undo(self) -> None:
-        """Back to the state before :meth:`acquire`: new folders removed, the old run back."""
+        """Back to the state before :meth:`acquire`: what this run created is removed (only
+        while it holds the lock: a folder another process took is never touched), the old
+        run renamed back."""
         if self.resume:
             return  # a resume never removes anything; its checkpoints stay
-        self.lock.release()
-        if self.real in self.created or self.aside is not None:
-            shutil.rmtree(self.real, ignore_errors=True)
-        else:  # a folder that existed empty: empty it again
-            for name in entries(self.real):
-                target = self.real / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-        for folder in reversed(self.created[:-1] if self.created[-1:] == [self.real] else self.created):
-            try:
-                folder.rmdir()  # only if still empty: another run may have arrived in it
-            except OSError:
-                break
+        if self.lock.held:
+            if self.real in self.created or self.aside is not None:
+                shutil.rmtree(self.real, ignore_errors=True)
+            else:  # a folder that existed empty: empty it again
+                for name in entries(self.real):
+                    target = self.real / name
+                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            self.lock.release()
+            for folder in reversed([p for p in self.created if p != self.real]):
+                try:
+                    folder.rmdir()  # only if still empty: another run may have arrived in it
+                except OSError:
+                    break
         if self.aside is not None:
             try:
+                if self.real.exists():
+                    raise FileExistsError(f"{self.path} exists again")
                 os.rename(self.aside, self.real)
             except OSError as exc:
                 raise RunDirError(f"the old run could not be moved back from {self.aside} to {self.path} "
