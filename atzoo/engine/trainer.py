@@ -87,10 +87,10 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     run_dir = resolve_run_dir(cfg, out)
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
     check_seed(cfg.run.seed)
-    check_settings(cfg)
     check_run_dir(run_dir, force=force, resume=resume)
     if resume:
         check_resume_config(run_dir, cfg)
+    check_settings(cfg)  # builds SGD once on a dummy tensor (torch's first optimizer costs ~1 s)
     needs = METHODS.get(cfg.method.name).needs(cfg.method)
     resources = satisfy_needs(needs, cfg, run_dir, train)  # e.g. <run dir>-pretrain, a run of its own
     method = create_method(cfg.method.name, cfg, resources=resources)
