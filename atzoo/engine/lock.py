@@ -140,10 +140,16 @@ class RunLock:
         Raises:
             RunDirError: another live process holds it (the message names its PID and host).
         """
+        use_flock = fcntl is not None
         for _ in range(10):  # a few retries: the file may be replaced while we open it
-            if fcntl is not None:
-                if self._acquire_flock():
-                    return self
+            if use_flock:
+                try:
+                    if self._acquire_flock():
+                        return self
+                except OSError as exc:  # a file system without flock (some network mounts)
+                    if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                        raise
+                    use_flock = False
             elif self._acquire_exclusive():
                 return self
         raise RunDirError(f"cannot lock the run directory {self.directory}: its lock file keeps changing")
