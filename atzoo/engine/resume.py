@@ -35,6 +35,7 @@ from atzoo.engine.checkpoint import (
 )
 from atzoo.engine.logs import Logging, Meter, tracker_config
 from atzoo.engine.rng import capture_rng, restore_rng
+from atzoo.engine.rundir import RunDirClaim
 from atzoo.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -95,6 +96,8 @@ class RunState(Logging):
         point = find_resume_checkpoint(self.run_dir / "checkpoints") if resume else None
         if point is not None:
             self.restore(point)  # includes every process's RNG state
+        if self.claim is None:  # a Trainer used without train(): the lock lasts until the process ends
+            self.claim = RunDirClaim(self.run_dir, force=force, resume=resume, enabled=self.is_main)
         if self.is_main:
             self.claim.acquire()  # created, checked again and locked (atzoo.engine.rundir.RunDirClaim)
             if resume:

@@ -189,7 +189,7 @@ class Trainer(Finishing):
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
-        self.claim = RunDirClaim(run_dir, force=False, resume=False, enabled=False)  # train() sets the real one
+        self.claim: RunDirClaim | None = None  # train() sets it; open_run_dir() makes one otherwise
         self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
 
     # ------------------------------------------------------------------ building
@@ -325,7 +325,8 @@ class Trainer(Finishing):
 
     def after_optimizer_step(self) -> bool:
         """Scheduler, averaging, logging and step checkpoints; True when max_steps is reached."""
-        self.claim.started()  # a --force-replaced old run is deleted only now
+        if self.claim is not None:
+            self.claim.started()  # a --force-replaced old run is deleted only now
         lr = self.last_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if not self.acc.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
             self.scheduler.step()
