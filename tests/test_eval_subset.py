@@ -32,7 +32,7 @@ def test_flags_round_trip_and_the_worst_case_order() -> None:
         assert head["pgd20_acc"] == pytest.approx(100 * (clean & pgd).mean())
         assert head["autoattack_acc"] == pytest.approx(100 * (clean & pgd & aa).mean())
         assert head["autoattack_acc"] <= head["pgd20_acc"] <= head["clean_acc"]
-        assert head["raw_acc"]["aa"] == pytest.approx(100 * aa.mean())
+        assert head["accuracy_alone"]["aa"] == pytest.approx(100 * aa.mean())
 
 
 def test_merge_on_the_same_set_recomputes_the_worst_case_and_another_set_is_kept() -> None:
@@ -72,7 +72,7 @@ def test_the_arat_papers_own_pairs_raise_no_flag(pgd20: float, aa: float) -> Non
 
 def test_a_masked_gap_is_flagged() -> None:
     assert AA_GAP_POINTS == 6.0
-    flags = masking_flags({"clean_acc": 80.0, "raw_acc": {"pgd20": 55.0, "aa": 40.0}, "autoattack_acc": 40.0,
+    flags = masking_flags({"clean_acc": 80.0, "accuracy_alone": {"pgd20": 55.0, "aa": 40.0}, "autoattack_acc": 40.0,
                            "pgd20_acc": 55.0})
     assert flags["aa_below_pgd20"] is True and "more than 6 points below PGD-20" in flags["messages"][0]
 
@@ -119,3 +119,11 @@ def test_eval_n_ex_puts_every_attack_on_one_set(run_dir: Path, capsys: pytest.Ca
     l2 = read_eval_json(run_dir / "eval.json")
     assert (l2["norm"], l2["eps"]) == ("l2", 0.5) and l2["previous"][-1]["autoattack_acc"] == again["autoattack_acc"]
     assert "kept under 'previous'" in capsys.readouterr().out
+
+
+def test_damaged_example_flags_are_a_one_line_error(tmp_path: Path) -> None:
+    from atzoo.errors import AtzooError
+
+    (tmp_path / "eval.json").write_text(json.dumps({"examples": {"n": 9, "flags": {"clean": "zz"}}}))
+    with pytest.raises(AtzooError, match=r"'examples.flags.clean' must be 2 bytes of hex for 9 examples"):
+        read_eval_json(tmp_path / "eval.json")

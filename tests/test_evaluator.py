@@ -94,10 +94,10 @@ def test_payload_equals_direct_computation(trained, bundle) -> None:
     pct = lambda flags: 100 * flags.float().mean().item()  # noqa: E731
     assert payload["clean_acc"] == pytest.approx(pct(clean))
     assert payload["pgd20_acc"] == pytest.approx(pct(robust & clean))  # worst case per example
-    assert payload["raw_acc"]["pgd20"] == pytest.approx(pct(robust))
+    assert payload["accuracy_alone"]["pgd20"] == pytest.approx(pct(robust))
     assert payload["invariance_cos"] == pytest.approx(cos, abs=1e-5)
     assert payload["autoattack_acc"] == pytest.approx(pct(aa.robust_flags & robust & clean))
-    assert payload["raw_acc"]["aa"] == pytest.approx(aa.robust_acc)
+    assert payload["accuracy_alone"]["aa"] == pytest.approx(aa.robust_acc)
     assert payload["aa_clean_acc"] == pytest.approx(aa.clean_acc) and payload["aa_n_examples"] == 16
     assert payload["autoattack_acc"] <= payload["pgd20_acc"] <= payload["clean_acc"]
     for k in range(10):

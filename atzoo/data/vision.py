@@ -163,7 +163,9 @@ def svhn(root: str | None = None, download: bool = True) -> DatasetBundle:
 # --------------------------------------------------------------------------- Imagenette
 
 
-def imagenette_transforms(size: int = IMAGENETTE_CROP) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
+def imagenette_transforms(
+    size: int = IMAGENETTE_CROP,
+) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
     """Training (``RandomCrop(128, padding=4)`` + flip) and evaluation (``CenterCrop(128)``)
     transforms of ``imagenette2-160``, as the official AR-AT code sets Imagenette up (the
     setting of the paper's Table 4); outputs are float in [0, 1] (no normalisation: that is

@@ -26,13 +26,13 @@ should not be trusted:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from atzoo.attacks.sharding import write_json_atomic
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
+from atzoo.safe_read import read_json_file
 
 EVAL_FILE = "eval.json"
 #: AutoAttack this many points below PGD-20 raises ``aa_below_pgd20`` (calibration: module docstring).
@@ -56,13 +56,51 @@ def read_eval_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = "not text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise AtzooError(f"{path} is not valid JSON ({reason}); move it away to evaluate again") from None
+        payload = read_json_file(path, "eval file")
+    except AtzooError as exc:
+        raise AtzooError(f"{exc}; move it away to evaluate again") from None
     if not isinstance(payload, dict):
         raise AtzooError(f"{path} does not hold a JSON object; move it away to evaluate again")
+    problem = _payload_problem(payload)
+    if problem:
+        raise AtzooError(f"{path} is damaged: {problem}; move it away to evaluate again")
     return payload
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the types of an eval.json written earlier (None: nothing)."""
+    for key, value in payload.items():
+        if key.endswith("_acc") and value is not None and (isinstance(value, bool)
+                                                            or not isinstance(value, (int, float))):
+            return f"'{key}' must be a number or null, got {brief(value)}"
+    expected = {"previous": list, "flags": dict, "dataset": str, "norm": str}
+    for key, kind in expected.items():
+        if key in payload and payload[key] is not None and not isinstance(payload[key], kind):
+            return f"'{key}' must be a {kind.__name__}, got {brief(payload[key])}"
+    if "eps" in payload and (isinstance(payload["eps"], bool) or not isinstance(payload["eps"], (int, float))):
+        return f"'eps' must be a number, got {brief(payload['eps'])}"
+    return _examples_problem(payload.get("examples"))
+
+
+def _examples_problem(examples: Any) -> str | None:
+    """What is wrong with an ``examples`` entry (per-example outcomes), None when nothing."""
+    if examples is None:
+        return None
+    n = examples.get("n") if isinstance(examples, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or not isinstance(examples.get("flags"), dict):
+        return f"'examples' must hold a count 'n' and a 'flags' mapping, got {brief(examples)}"
+    for name, text in examples["flags"].items():
+        if not isinstance(text, str) or len(text) != 2 * ((n + 7) // 8) or not _is_hex(text):
+            return f"'examples.flags.{name}' must be {(n + 7) // 8} bytes of hex for {n} examples"
+    return None
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
 
 
 def merge_payloads(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> dict[str, Any]:
@@ -119,8 +157,8 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
 
     ``clean_acc``: correct clean. ``pgd<N>_acc`` (any per-batch attack's ``<name>_acc``):
     correct clean and under that attack. ``autoattack_acc``: correct clean, under
-    AutoAttack and under every other attack run on the set (the per-example worst case). ``raw_acc`` keeps each attack's accuracy alone, which
-    the masking flags compare.
+    AutoAttack and under every other attack run on the set (the per-example worst case).
+    ``accuracy_alone`` keeps each attack's accuracy alone, which the masking flags compare.
 
     Args:
         examples: ``{"n": N, "flags": {attack name: encode_flags(...)}}``.
@@ -131,7 +169,7 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
         return {}
     clean = flags["clean"]
     pct = lambda mask: 100.0 * float(mask.mean())  # noqa: E731
-    out: dict[str, Any] = {"clean_acc": pct(clean), "raw_acc": {k: pct(v) for k, v in flags.items()}}
+    out: dict[str, Any] = {"clean_acc": pct(clean), "accuracy_alone": {k: pct(v) for k, v in flags.items()}}
     worst = clean.copy()
     for name in sorted(k for k in flags if k not in ("clean", "aa")):  # pgd<N>, fgsm, registered attacks
         out[f"{name}_acc"] = pct(clean & flags[name])
@@ -166,8 +204,8 @@ def masking_flags(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pgd_alone(p: dict[str, Any]) -> dict[str, float]:
-    """Each PGD's accuracy alone (``raw_acc``), else its headline accuracy."""
-    raw = p.get("raw_acc") or {}
+    """Each PGD's accuracy alone (``accuracy_alone``), else its headline accuracy."""
+    raw = p.get("accuracy_alone") or {}
     values = {k: v for k, v in p.items() if _PGD_KEY.match(k) and v is not None}
     values.update({f"{k}_acc": v for k, v in raw.items() if _PGD_KEY.match(f"{k}_acc") and v is not None})
     return values
@@ -183,13 +221,13 @@ def _robust_above_clean(p: dict[str, Any]) -> bool | None:
 
 def _pgd_reference(p: dict[str, Any]) -> float | None:
     """PGD-20 accuracy alone on the AutoAttack examples when known, else its headline value."""
-    raw = (p.get("raw_acc") or {}).get("pgd20")
+    raw = (p.get("accuracy_alone") or {}).get("pgd20")
     paired = raw if raw is not None else p.get("aa_subset_pgd20_acc")
     return paired if paired is not None else p.get("pgd20_acc")
 
 
 def _aa_alone(p: dict[str, Any]) -> float | None:
-    raw = (p.get("raw_acc") or {}).get("aa")
+    raw = (p.get("accuracy_alone") or {}).get("aa")
     return raw if raw is not None else p.get("autoattack_acc")
 
 
