@@ -532,7 +532,15 @@ def resolve_config(
     values = merge(lower, upper)
     notes = scale_schedule(values, lower, sources)
     cfg = resolve(config_from_dict(values))
+    for key in _method_attack_defaults(cfg.method.name):  # filled by resolve() from the method's class
+        sources.setdefault(f"attack.{key}", "method")
     return Resolution(cfg, sources, notes, Path(recipe) if recipe else None)
+
+
+def _method_attack_defaults(method: str) -> list[str]:
+    from atzoo.registry import METHODS
+
+    return list(getattr(METHODS.get(method), "attack_defaults", {}))
 
 
 def annotated_yaml(resolution: Resolution) -> str:
