@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from atzoo import __version__
 from atzoo.config import RunConfig, config_to_dict, from_yaml, to_yaml
 from atzoo.engine.averaging import WeightAverage, averaging_kind, recompute_bn_stats
+from atzoo.engine.cost import CostMeter, hardware_profile
 from atzoo.engine.checkpoint import (
     CheckpointData,
     ResumePoint,
@@ -63,6 +64,7 @@ from atzoo.engine.rundir import MetricsLog, check_run_dir, prepare_run_dir, reso
 from atzoo.engine.schedules import build_scheduler
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, DataError
 from atzoo.methods.base import EpochContext, Method, create_method
+from atzoo.provenance import run_identity
 
 #: Largest ``run.seed``: NumPy's generator, which ``set_seed`` seeds too, takes 32 bits.
 MAX_SEED = 2**32 - 1
@@ -320,6 +322,7 @@ class Trainer:
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()
+        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes, cfg.run.precision))
         self.last_lr = cfg.optim.lr
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
@@ -443,6 +446,7 @@ class Trainer:
             "rng": rng_json,
             "window": self.window.state_dict(),
             "epoch_meter": self.epoch_meter.state_dict(),
+            "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "atzoo_version": __version__,
         }
@@ -488,6 +492,7 @@ class Trainer:
             self.position = Position(**state["position"])
             self.window = Meter.from_state(state["window"])
             self.epoch_meter = Meter.from_state(state["epoch_meter"])
+            self.cost.load_state_dict(state.get("cost"))
             self.resume_metrics_bytes = int(state["metrics_bytes"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
@@ -543,7 +548,8 @@ class Trainer:
         self.acc.step = 0  # accumulation phase; epochs hold whole optimizer steps
         remaining = self.batches_per_epoch - self.position.batch
         for x, y in itertools.islice(self.loader.iter_from(self.position.batch), remaining):
-            self.train_batch(x, y)
+            with self.cost.step():  # CPU and wall time of the step itself (atzoo.engine.cost)
+                self.train_batch(x, y)
             if self.acc.sync_gradients and self.after_optimizer_step():
                 return  # run.max_steps reached mid-epoch (a checkpoint was written)
         self.end_epoch(epoch)
@@ -551,6 +557,7 @@ class Trainer:
     def start_epoch(self, epoch: int) -> None:
         """``method.on_epoch_start`` (e.g. AR-AT's auto-balance) and a fresh epoch meter."""
         self.epoch_meter = Meter()
+        self.cost.reset()
         context = EpochContext(
             epoch=epoch, model=self.core.model, modules=self.core.method_modules,
             calibration_batches=self._calibration_batches,
@@ -663,7 +670,7 @@ class Trainer:
         row = {"kind": "epoch", "epoch": epoch, "step": self.position.global_step, "partial": partial,
                "loss": summary["loss"], "parts": summary["parts"], "train_acc": summary["train_acc"],
                "lr": self.last_lr, "seconds": summary["seconds"],
-               "images_per_s": summary["images_per_s"]}
+               "images_per_s": summary["images_per_s"], "cost": self.cost.row()}
         if self.average.enabled:
             row["n_averaged"] = self.average.n_averaged
         if self.cfg.diagnostics.every > 0 and self.is_main:
@@ -766,6 +773,7 @@ class Trainer:
             "image_size": b.image_size, "normalize": self.cfg.model.normalize,
             "mean": list(b.mean), "std": list(b.std), "method": self.cfg.method.name,
             "dataset": self.cfg.data.name, "weights": weights, "atzoo_version": __version__,
+            **run_identity(self.cfg, b),  # data fingerprint and provenance (atzoo.provenance)
         }
 
     def evaluate(self, model: nn.Module, weights: str) -> dict[str, Any]:

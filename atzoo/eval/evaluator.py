@@ -43,8 +43,10 @@ from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.config import AttackConfig, EvalConfig
+from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+from atzoo.provenance import evaluation_provenance
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
 STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)
@@ -437,6 +439,9 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         **results,
         "atzoo_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # What the numbers were measured on (by content) and where they came from.
+        "dataset_identity": dataset_identity(bundle, trained_on=meta.get("dataset_identity")),
+        "provenance": evaluation_provenance(meta),
     }
     payload["flags"] = masking_flags(payload)
     return payload
