@@ -7,6 +7,7 @@ directories (``leaderboard_fixtures``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -93,6 +94,29 @@ def test_fingerprint_is_of_the_arrays_used() -> None:
     # What a run trained on, recorded in its meta, replaces the bundle's training split.
     evaluated = dataset_identity(full, trained_on={"train": subset["train"]})
     assert evaluated["fingerprint"] == subset["fingerprint"]
+
+
+def test_registered_sets_hash_once_and_reuse_the_cached_digest(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from atzoo.data import fingerprint
+
+    monkeypatch.setenv("ATZOO_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "data_batch"
+    source.write_bytes(b"cifar")
+    base = create_dataset("digits")
+    calls = []
+    real = fingerprint.split_digest
+    monkeypatch.setattr(fingerprint, "split_digest", lambda split: calls.append(1) or real(split))
+
+    def fresh():  # a new load of the "files": new tensors, no per-process memo
+        return dataclasses.replace(base.subset(train=50, test=20), name="cifar10", source_files=(str(source),))
+
+    first = dataset_identity(fresh())
+    assert len(calls) == 2 and (tmp_path / "cache" / "fingerprints.json").is_file()
+    assert dataset_identity(fresh()) == first and len(calls) == 2  # read from the cache
+    os.utime(source, ns=(1, 1))  # the files changed: hashed again
+    assert dataset_identity(fresh()) == first and len(calls) == 4
 
 
 def test_different_content_under_one_name_stays_apart_and_says_so(tmp_path: Path) -> None:
@@ -205,7 +229,8 @@ def test_machine_load_does_not_change_the_cost_ratio(tmp_path: Path) -> None:
     """AT trained while busy loops compete for the cores costs what it cost without them."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CPU time of one thread: no spinning of idle OpenMP workers
-    fast = [*TINY, "data.train_subset=320", "data.test_subset=16", "data.batch_size=32", "attack.steps=2"]
+    # Ten steps of 128 digits: enough work per step (~30 ms) for CPU time to be steady.
+    fast = [*TINY, "data.train_subset=1280", "data.test_subset=16", "data.batch_size=128", "attack.steps=2"]
 
     def run(method: str, name: str, load: int) -> Path:
         cfg = build_config(None, fast, method={"name": method}, model={"name": "small_cnn"}, data={"name": "digits"})
@@ -231,6 +256,8 @@ def test_machine_load_does_not_change_the_cost_ratio(tmp_path: Path) -> None:
         ratios.append(std_entry.cost_vs_at)
     cost = [next(r for r in read_metrics(run_) if r["kind"] == "epoch")["cost"] for run_ in (quiet, loaded)]
     assert cost[0]["steps"] == cost[1]["steps"] == 10
+    # Measured on the 2-core CI machine: within 15 % of each other, while the wall-clock
+    # ratio compare used to show moved by 75-85 % under the same load.
     assert ratios[1] == pytest.approx(ratios[0], rel=0.25), (ratios, cost)
 
 

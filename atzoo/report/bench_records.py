@@ -15,7 +15,7 @@ A later benchmark on the same profile updates the methods it measured and keeps 
 others. When ``atzoo compare`` meets runs whose own step times cannot be divided (AT
 ran on another device or precision), it shows the ratio recorded for the profile the
 run was made on, and says so; without a record it shows none. Records made on another
-machine can be copied into the folder (``atzoo reproduce --collect`` brings them along).
+machine can be copied into the folder.
 Only plain measurements are recorded: a benchmark with ``section.key=value`` overrides or
 variant rows measures something else than the methods' defaults.
 """
