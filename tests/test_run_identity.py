@@ -142,7 +142,7 @@ def test_runs_without_fingerprint_group_by_name_as_before(tmp_path: Path) -> Non
 
 def _cost_board(tmp_path: Path, at_costs: list, other_costs: list, method: str = "trades"):
     runs = [make_run(tmp_path, "at", "at", costs=at_costs, epoch_seconds=(10.0,)),
-            make_run(tmp_path, method, method, costs=other_costs, epoch_seconds=(30.0,))]
+            make_run(tmp_path, method, method, costs=other_costs, epoch_seconds=(30.0,) * max(1, len(other_costs)))]
     group = build_leaderboard(load_runs(runs)).groups[0]
     return group, {e.label: e for e in group.measured}
 
@@ -166,7 +166,7 @@ def test_two_device_or_precision_settings_give_no_ratio_and_say_why(tmp_path: Pa
     _, by = _cost_board(tmp_path / "p", [cost_row(cpu_s=8.0, wall_s=8.0)], [cost_row(cpu_s=1.0, wall_s=1.0,
                         precision="bf16")])
     assert by["trades"].cost_vs_at is None
-    assert "precision bf16 vs no" in by["trades"].cost_note
+    assert "it ran with precision bf16 (AT: no)" in by["trades"].cost_note
     runs = [tmp_path / "d" / "at", tmp_path / "d" / "mart"]
     make_run(tmp_path / "d", "at", "at", costs=[cost_row(cpu_s=8.0, wall_s=8.0)])
     make_run(tmp_path / "d", "mart", "mart", costs=[cost_row(cpu_s=1.0, wall_s=0.5, device="cuda",
@@ -174,11 +174,11 @@ def test_two_device_or_precision_settings_give_no_ratio_and_say_why(tmp_path: Pa
     capsys.readouterr()
     assert cli("compare", *map(str, runs), "--out", str(tmp_path / "lb")) == 0
     printed = " ".join(capsys.readouterr().out.split())
-    assert "No measured cost ratio for mart: it ran with device cuda vs cpu, device_name NVIDIA H200 vs Test CPU" \
+    assert "No measured cost ratio for mart: it ran with device cuda (AT: cpu), device_name NVIDIA H200 (AT: Test CPU" \
         in printed and "not comparable" in printed
     rows = list(csv.DictReader(io.StringIO((tmp_path / "lb" / "leaderboard.csv").read_text())))
     mart = next(r for r in rows if r["label"] == "mart")
-    assert mart["cost_vs_at"] == "" and "device cuda vs cpu" in mart["cost_note"]
+    assert mart["cost_vs_at"] == "" and "device cuda (AT: cpu)" in mart["cost_note"]
 
 
 def test_bench_record_fills_in_and_is_marked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,6 +200,12 @@ def test_bench_record_fills_in_and_is_marked(tmp_path: Path, monkeypatch: pytest
     assert "atzoo bench step-cost" in trades.cost_source and "NVIDIA H200" in trades.cost_source
     assert "| 1.37x (bench) |" in to_markdown(build_leaderboard(trades.runs + by["at"].runs))
     assert any("recorded benchmark ratio is shown instead" in n for n in group.notes)
+
+
+def test_an_epoch_resumed_on_other_hardware_does_not_count(tmp_path: Path) -> None:
+    resumed = {**cost_row(cpu_s=100.0, wall_s=100.0), "mixed": True}
+    _, by = _cost_board(tmp_path, [cost_row(cpu_s=8.0, wall_s=8.0)], [cost_row(cpu_s=12.0, wall_s=9.0), resumed])
+    assert by["trades"].cost_vs_at == pytest.approx(1.5)
 
 
 def test_legacy_runs_mixed_with_new_runs_give_no_ratio(tmp_path: Path) -> None:

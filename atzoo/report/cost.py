@@ -48,22 +48,32 @@ def basis(profile: dict[str, Any]) -> tuple[str, str]:
     return ("cpu_s", "process CPU time") if profile.get("device") == "cpu" else ("wall_s", "wall time")
 
 
+def timed_epochs(run: RunRecord) -> list[dict[str, Any]]:
+    """The cost rows of a run's epochs measured on one profile throughout.
+
+    An epoch resumed from a checkpoint made under another profile (or one without a
+    meter) is ``mixed``: part of its time was measured elsewhere, so it does not count.
+    """
+    return [c for c in run.epoch_costs if not c.get("mixed")]
+
+
 def run_profile(run: RunRecord) -> tuple[dict[str, Any] | None, str | None]:
     """(the one profile of a run's epochs, None) or (None, why the run has none)."""
     if not run.epoch_costs:
         return None, f"{run.path} recorded no CPU time or hardware profile"
-    if any(c.get("mixed") for c in run.epoch_costs):
-        return None, f"{run.path} was resumed on other hardware or settings within an epoch"
-    keys = {profile_key(c) for c in run.epoch_costs}
-    if len(keys) > 1:
+    epochs = timed_epochs(run)
+    if not epochs:
+        return None, f"{run.path} was resumed on other hardware or settings within each of its epochs"
+    if len({profile_key(c) for c in epochs}) > 1:
         return None, f"{run.path} ran its epochs on different hardware or settings"
-    return run.epoch_costs[0], None
+    return epochs[0], None
 
 
 def run_seconds(run: RunRecord, profile: dict[str, Any]) -> float:
     """Mean step seconds per epoch on the profile's basis (CPU or wall time)."""
     key, _ = basis(profile)
-    return sum(float(c[key]) for c in run.epoch_costs) / len(run.epoch_costs)
+    epochs = timed_epochs(run)
+    return sum(float(c[key]) for c in epochs) / len(epochs)
 
 
 def entry_profile(runs: Sequence[RunRecord]) -> tuple[dict[str, Any] | None, str | None]:
@@ -80,8 +90,8 @@ def entry_profile(runs: Sequence[RunRecord]) -> tuple[dict[str, Any] | None, str
 
 
 def differences(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """``device cpu vs cuda, precision no vs bf16``: the profile fields that differ."""
-    return ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in PROFILE_KEYS if a.get(k) != b.get(k))
+    """``device cuda (AT: cpu), precision bf16 (AT: no)``: the profile fields that differ."""
+    return ", ".join(f"{k} {a.get(k)} (AT: {b.get(k)})" for k in PROFILE_KEYS if a.get(k) != b.get(k))
 
 
 def measured_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[RunRecord]
@@ -98,7 +108,7 @@ def measured_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[Run
             return _legacy_ratio(entry_runs, reference_runs)
         return None, None, my_reason or f"AT: {ref_reason}"
     if profile_key(mine) != profile_key(ref):
-        return None, None, f"it ran with {differences(mine, ref)} (left: this entry, right: AT)"
+        return None, None, f"it ran with {differences(mine, ref)}"
     ratio = _mean([run_seconds(r, mine) for r in entry_runs]) / _mean([run_seconds(r, ref) for r in reference_runs])
     return ratio, f"{basis(mine)[1]} per epoch of training steps, same hardware: {describe(mine)}", None
 
