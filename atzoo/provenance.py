@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from atzoo.common import flatten
+
 #: Flattened config keys that do not change what a run learns; runs that differ only in
 #: these (and in the seed) are seeds of one configuration, and share a config hash.
 NON_SEMANTIC_KEYS: frozenset[str] = frozenset({
@@ -106,7 +108,7 @@ def config_hash(flat_config: dict[str, Any], dataset_fingerprint: str | None = N
     the same data mounted elsewhere gives the same hash.
 
     Args:
-        flat_config: ``section.key`` -> value (:func:`atzoo.report.runs.flatten`).
+        flat_config: ``section.key`` -> value (:func:`atzoo.common.flatten`).
         dataset_fingerprint: :func:`atzoo.data.fingerprint.dataset_identity`'s fingerprint.
     """
     items = {k: v for k, v in flat_config.items() if k not in NON_SEMANTIC_KEYS}
@@ -114,18 +116,6 @@ def config_hash(flat_config: dict[str, Any], dataset_fingerprint: str | None = N
         items["data.name"] = dataset_fingerprint
     text = json.dumps(sorted((k, repr(v)) for k, v in items.items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def provenance(*, seed: int | None = None, config: dict[str, Any] | None = None,
@@ -145,20 +135,6 @@ def provenance(*, seed: int | None = None, config: dict[str, Any] | None = None,
         "config_hash": config_hash(flat, dataset_fingerprint) if flat is not None else None,
         "machine": machine(),
     }
-
-
-def run_identity(cfg: Any, bundle: Any) -> dict[str, Any]:
-    """What a training run records about its data and origin (``model_meta.json``).
-
-    Returns ``{"dataset_identity": ..., "provenance": ...}``; the config hash folds in the
-    dataset's content fingerprint rather than its path.
-    """
-    from atzoo.config import config_to_dict
-    from atzoo.data.fingerprint import dataset_identity
-
-    identity = dataset_identity(bundle)
-    record = provenance(seed=cfg.run.seed, config=config_to_dict(cfg), dataset_fingerprint=identity["fingerprint"])
-    return {"dataset_identity": identity, "provenance": record}
 
 
 def evaluation_provenance(meta: dict[str, Any] | None) -> dict[str, Any]:

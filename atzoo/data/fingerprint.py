@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from atzoo.common import atomic_write_json
 from atzoo.data.bundle import DatasetBundle, ImageArrays, Split
 from atzoo.provenance import cache_dir
 
@@ -143,8 +144,6 @@ def _read_cache() -> dict[str, str]:
 
 def _write_cache(key: str, digest: str) -> None:
     """Adds one entry (atomic replace; a read-only home just means no cache)."""
-    from atzoo.engine.checkpoint import atomic_write_json
-
     values = _read_cache()
     values[key] = digest
     try:

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from atzoo.common import atomic_write_json
 from atzoo.provenance import cache_dir
 
 REFERENCE = "at"
@@ -72,8 +73,6 @@ def record_step_cost(payload: dict[str, Any], folder: Path | None = None) -> Pat
         }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        from atzoo.engine.checkpoint import atomic_write_json
-
         atomic_write_json(path, {"profile": profile, "methods": methods})
     except OSError:
         return None

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from atzoo.common import flatten, load_yaml
 from atzoo.errors import AtzooError
-from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash, flatten
+from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
@@ -146,11 +145,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """Flattened ``config.yaml`` (empty when absent)."""
     if not path.is_file():
         return {}
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AtzooError(f"{path} is not valid YAML: {first}") from None
+    values = load_yaml(path.read_text(encoding="utf-8"), str(path))
     if values is None:
         return {}
     if not isinstance(values, dict):
