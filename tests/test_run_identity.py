@@ -197,7 +197,7 @@ def test_bench_record_fills_in_and_is_marked(tmp_path: Path, monkeypatch: pytest
     group, by = _cost_board(tmp_path, [cost_row(cpu_s=8.0, wall_s=8.0)], [cost_row(cpu_s=1.0, wall_s=1.0, **gpu)])
     trades = by["trades"]
     assert trades.cost_vs_at == pytest.approx(1.37) and trades.cost_kind == "bench"
-    assert "atzoo bench step-cost" in trades.cost_source and "NVIDIA H200" in trades.cost_source
+    assert trades.cost_source == "atzoo bench step-cost (wall time, resnet18 batch 128) on NVIDIA H200, precision bf16"
     assert "| 1.37x (bench) |" in to_markdown(build_leaderboard(trades.runs + by["at"].runs))
     assert any("recorded benchmark ratio is shown instead" in n for n in group.notes)
 

@@ -105,5 +105,5 @@ def lookup_ratio(profile: dict[str, Any], method: str, folder: Path | None = Non
     if not isinstance(entry, dict) or not isinstance(entry.get("ratio"), (int, float)):
         return None
     source = (f"atzoo bench step-cost ({entry.get('basis', '?')}, {entry.get('model', '?')} batch "
-              f"{entry.get('batch_size', '?')}) on {profile['device_name']} [{profile['precision']}]")
+              f"{entry.get('batch_size', '?')}) on {profile['device_name']}, precision {profile['precision']}")
     return float(entry["ratio"]), source
