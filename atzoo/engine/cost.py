@@ -11,6 +11,9 @@ not logging, checkpoints or evaluation) twice:
   work happens off the CPU (each step ends with a device-to-host copy of the loss, so
   the step's kernels are finished when it is read).
 
+Both are the main process's: with several processes the profile records how many, and
+only runs with the same number are compared.
+
 Each epoch row of ``metrics.jsonl`` gets a ``cost`` object with both sums and the
 *hardware profile* they were taken on: device type and name (CPU model or GPU name),
 processes, torch threads, precision and host. ``atzoo compare`` divides costs only
