@@ -151,6 +151,8 @@ def test_ratio_on_cpu_divides_cpu_time_not_wall_time(tmp_path: Path) -> None:
     # AT's wall time was tripled by machine load; its CPU time was not.
     group, by = _cost_board(tmp_path, [cost_row(cpu_s=8.0, wall_s=30.0)], [cost_row(cpu_s=12.0, wall_s=15.0)])
     assert by["trades"].cost_vs_at == pytest.approx(1.5) and by["trades"].cost_kind == "measured"
+    assert by["at"].step_seconds.mean == pytest.approx(8.0) and by["at"].step_basis == "process CPU time"
+    assert by["at"].seconds_per_epoch.mean == pytest.approx(10.0)  # the wall clock of the epoch, as before
     assert by["at"].cost_vs_at == pytest.approx(1.0)
     assert any("process CPU time per epoch" in n and "Test CPU 9000" in n for n in group.notes)
 

@@ -89,6 +89,14 @@ def entry_profile(runs: Sequence[RunRecord]) -> tuple[dict[str, Any] | None, str
     return (profiles[0], None) if profiles else (None, "no runs")
 
 
+def step_seconds(runs: Sequence[RunRecord]) -> tuple[list[float], str | None]:
+    """Each run's step seconds per epoch and their basis, when the runs share one profile."""
+    profile, _ = entry_profile(runs)
+    if profile is None:
+        return [], None
+    return [run_seconds(r, profile) for r in runs], basis(profile)[1]
+
+
 def differences(a: dict[str, Any], b: dict[str, Any]) -> str:
     """``device cuda (AT: cpu), precision bf16 (AT: no)``: the profile fields that differ."""
     return ", ".join(f"{k} {a.get(k)} (AT: {b.get(k)})" for k in PROFILE_KEYS if a.get(k) != b.get(k))
@@ -109,7 +117,7 @@ def measured_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[Run
         return None, None, my_reason or f"AT: {ref_reason}"
     if profile_key(mine) != profile_key(ref):
         return None, None, f"it ran with {differences(mine, ref)}"
-    ratio = _mean([run_seconds(r, mine) for r in entry_runs]) / _mean([run_seconds(r, ref) for r in reference_runs])
+    ratio = _mean(step_seconds(entry_runs)[0]) / _mean(step_seconds(reference_runs)[0])
     return ratio, f"{basis(mine)[1]} per epoch of training steps, same hardware: {describe(mine)}", None
 
 

@@ -84,6 +84,8 @@ class Entry:
     pgd20: Stat | None = None
     autoattack: Stat | None = None
     seconds_per_epoch: Stat | None = None
+    step_seconds: Stat | None = None  # training-step seconds per epoch on the cost basis
+    step_basis: str | None = None  # "process CPU time" (CPU) | "wall time" (GPU)
     cost_vs_at: float | None = None
     cost_source: str | None = None  # where cost_vs_at comes from (atzoo.report.cost)
     cost_note: str | None = None  # why there is no measured ratio
@@ -128,7 +130,8 @@ class Entry:
             "seeds": self.seeds, "seed_values": [r.seed for r in self.runs],
             "clean": stat(self.clean), "pgd20": stat(self.pgd20), "autoattack": stat(self.autoattack),
             "robust_metric": self.robust_metric, "score": self.score, "pareto": self.pareto,
-            "seconds_per_epoch": stat(self.seconds_per_epoch), "cost_vs_at": self.cost_vs_at,
+            "seconds_per_epoch": stat(self.seconds_per_epoch), "step_seconds_per_epoch": stat(self.step_seconds),
+            "step_seconds_basis": self.step_basis, "cost_vs_at": self.cost_vs_at,
             "cost_kind": self.cost_kind, "cost_source": self.cost_source, "cost_note": self.cost_note,
             "runs": [str(r.path) for r in self.runs], "source": self.source,
             "provenance": [{"run": str(r.path), **r.provenance} for r in self.runs],
@@ -318,11 +321,13 @@ def _differing_keys(configs: Sequence[dict[str, str]]) -> list[str]:
 
 def aggregate(label: str, runs: Sequence[RunRecord]) -> Entry:
     """One measured entry from the seeds of one configuration."""
+    steps, step_basis = cost_rules.step_seconds(runs)
     return Entry(
         label=label, method=runs[0].method, kind="measured", runs=list(runs),
         clean=Stat.of([r.clean for r in runs]), pgd20=Stat.of([r.pgd20 for r in runs]),
         autoattack=Stat.of([r.autoattack for r in runs]),
         seconds_per_epoch=Stat.of([r.seconds_per_epoch for r in runs]),
+        step_seconds=Stat.of(steps), step_basis=step_basis,
     )
 
 

@@ -114,7 +114,8 @@ def to_markdown(board: Leaderboard) -> str:
 CSV_FIELDS: tuple[str, ...] = (
     "dataset", "model", "norm", "eps", "rank", "label", "method", "kind", "seeds",
     "clean_mean", "clean_std", "pgd20_mean", "pgd20_std", "autoattack_mean", "autoattack_std",
-    "robust_metric", "score", "seconds_per_epoch", "cost_vs_at", "cost_kind", "cost_source", "cost_note",
+    "robust_metric", "score", "seconds_per_epoch", "step_seconds_per_epoch", "step_seconds_basis",
+    "cost_vs_at", "cost_kind", "cost_source", "cost_note",
     "pareto", "source", "runs", "dataset_fingerprint",
     # provenance: distinct values over the entry's runs, ";"-joined ("?" = not recorded)
     "atzoo_version", "git_commit", "seed_values", "config_hash", "host", "machine",
@@ -127,6 +128,8 @@ def _csv_row(group: Group, entry: Entry) -> dict[str, Any]:
         "rank": entry.rank, "label": entry.label, "method": entry.method, "kind": entry.kind,
         "seeds": entry.seeds, "robust_metric": entry.robust_metric, "score": entry.score,
         "seconds_per_epoch": entry.seconds_per_epoch.mean if entry.seconds_per_epoch else None,
+        "step_seconds_per_epoch": entry.step_seconds.mean if entry.step_seconds else None,
+        "step_seconds_basis": entry.step_basis,
         "cost_vs_at": entry.cost_vs_at, "cost_kind": entry.cost_kind, "cost_source": entry.cost_source,
         "cost_note": entry.cost_note, "pareto": entry.pareto, "source": entry.source,
         "runs": ";".join(str(r.path) for r in entry.runs), "dataset_fingerprint": group.dataset_fingerprint,
