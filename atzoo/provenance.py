@@ -52,8 +52,11 @@ def git_commit(root: str | None = None) -> str | None:
     """
     folder = root or str(SOURCE_ROOT)
     try:
-        head = _git(folder, "rev-parse", "HEAD")
-        if head is None or not (Path(folder) / "atzoo").is_dir():
+        # The package must be tracked there: an installed copy inside some other checkout
+        # (a virtualenv in a repository) has no commit of its own.
+        tracked = _git(folder, "ls-files", "--error-unmatch", "--", "atzoo/__init__.py")
+        head = _git(folder, "rev-parse", "HEAD") if tracked else None
+        if head is None:
             return None
         dirty = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", "atzoo")
         return head + ("+dirty" if dirty else "")

@@ -304,6 +304,24 @@ def test_provenance_in_eval_json_and_every_leaderboard_format(tmp_path: Path) ->
     assert "Assembled from runs made on 2 machines" in written["leaderboard.md"].read_text()
 
 
+def test_git_commit_only_for_a_checkout_that_tracks_atzoo(tmp_path: Path) -> None:
+    assert git_commit.__wrapped__(str(tmp_path)) is None  # not a repository at all
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "README").write_text("x")
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    (tmp_path / "atzoo").mkdir()
+    (tmp_path / "atzoo" / "__init__.py").write_text("")  # an installed copy, untracked
+    assert git_commit.__wrapped__(str(tmp_path)) is None
+    subprocess.run([*git, "add", "atzoo"], check=True)
+    subprocess.run([*git, "commit", "-qm", "y"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_commit.__wrapped__(str(tmp_path)) == head
+    (tmp_path / "atzoo" / "__init__.py").write_text("changed = True\n")
+    assert git_commit.__wrapped__(str(tmp_path)) == head + "+dirty"
+
+
 def test_older_runs_get_seed_and_config_hash_from_config_yaml(tmp_path: Path) -> None:
     record = load_run(make_run(tmp_path, "old", "at", seed=4))
     assert record.provenance["seed"] == 4 and record.provenance["atzoo_version"] == "0.1.0"
