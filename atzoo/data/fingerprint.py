@@ -31,7 +31,9 @@ import torch
 
 from atzoo.common import atomic_write_json
 from atzoo.data.bundle import DatasetBundle, ImageArrays, Split
+from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
+from atzoo.safe_read import read_json_file
 
 #: Length of the hex digests kept (64 bits of SHA-256: collisions are not a concern here).
 DIGEST_CHARS = 16
@@ -135,10 +137,12 @@ def _cache_file() -> Path:
 
 
 def _read_cache() -> dict[str, str]:
+    if not _cache_file().is_file():
+        return {}
     try:
-        values = json.loads(_cache_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # absent or damaged: recompute (the cache is only a speed-up)
+        values = read_json_file(_cache_file(), "fingerprint cache")
+    except AtzooError:
+        return {}  # damaged: recompute (the cache is only a speed-up)
     return values if isinstance(values, dict) else {}
 
 

@@ -22,13 +22,14 @@ variant rows measures something else than the methods' defaults.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from atzoo.common import atomic_write_json
+from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
+from atzoo.safe_read import read_json_file
 
 REFERENCE = "at"
 
@@ -81,9 +82,11 @@ def record_step_cost(payload: dict[str, Any], folder: Path | None = None) -> Pat
 
 def read_record(path: Path) -> dict[str, Any]:
     """A record file's content ({} when absent or unreadable: records are a convenience)."""
+    if not path.is_file():
+        return {}
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        values = read_json_file(path, "step-cost record")
+    except AtzooError:
         return {}
     return values if isinstance(values, dict) and isinstance(values.get("methods", {}), dict) else {}
 
