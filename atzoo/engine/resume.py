@@ -140,6 +140,7 @@ class RunState(Logging):
             "rng": rng_json,
             "window": self.window.state_dict(),
             "epoch_meter": self.epoch_meter.state_dict(),
+            "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "validation": self.validator.state_dict() if self.validator is not None else None,
             "atzoo_version": __version__,
@@ -184,6 +185,7 @@ class RunState(Logging):
             self.position = Position(**state["position"])
             self.window = Meter.from_state(state["window"])
             self.epoch_meter = Meter.from_state(state["epoch_meter"])
+            self.cost.load_state_dict(state.get("cost"))
             self.resume_metrics_bytes = int(state["metrics_bytes"])
             if self.validator is not None:
                 self.validator.load_state_dict(state.get("validation"))
