@@ -69,6 +69,9 @@ class AttackConfig:
     random_start: Optional[Literal["uniform", "normal", "none"]] = None
     start_std: float = 0.001  # std of the normal start (TRADES, MART)
     bn_mode: Optional[Literal["eval", "train"]] = None  # model mode during the attack
+    # Autocast precision of the training attack; "same" follows run.precision (resolved
+    # to a concrete value, so config.yaml records what ran). See atzoo/precision.py.
+    precision: Literal["fp32", "bf16", "fp16", "same"] = "same"
 
 
 @dataclass
@@ -101,6 +104,7 @@ class EvalConfig:
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
     batch_size: int = 256
     invariance: bool = True  # mean cos(clean, PGD-20) penultimate features
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the evaluation attacks
 
 
 @dataclass
@@ -128,7 +132,7 @@ class RunSection:
     name: Optional[str] = None  # runs/<name>; default <method>-<model>-<dataset>-s<seed>
     out: Optional[str] = None  # explicit run directory (overrides name)
     seed: int = 0
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["no", "fp32", "bf16", "fp16"] = "no"  # training forward/backward; "no" = fp32
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume tests)
     log_every: int = 50  # steps between metrics.jsonl rows
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -465,6 +469,10 @@ def resolve(cfg: RunConfig) -> RunConfig:
         cfg.attack.random_start = "uniform"
     if cfg.attack.bn_mode is None:
         cfg.attack.bn_mode = "eval"
+    if cfg.attack.precision == "same":
+        from atzoo.precision import attack_precision
+
+        cfg.attack.precision = attack_precision("same", cfg.run.precision)  # type: ignore[assignment]
     cfg.method = cfg.method.resolve(cfg)
     validate(cfg)
     return cfg

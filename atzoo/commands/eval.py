@@ -19,6 +19,7 @@ from rich.table import Table
 
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
 from atzoo.errors import ConfigError, DataError
+from atzoo.precision import check_supported
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
 MAX_SEED = 2**32 - 1
@@ -39,6 +40,9 @@ def eval_command(
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="fp32 | bf16 | fp16: autocast of the attacks (default: the run's eval.precision, fp32)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
@@ -49,7 +53,7 @@ def eval_command(
     run_dir = path if path.is_dir() else path.parent
     cfg, has_config = _run_config(run_dir)
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
-                            eps=eps, norm=norm)
+                            eps=eps, norm=norm, precision=precision)
     custom = [a.strip() for a in aa_attacks.split(",") if a.strip()] if aa_attacks else None
     _check_inputs(eval_cfg, cfg.attack, custom)
     model, meta = load_run_model(path)
@@ -58,6 +62,7 @@ def eval_command(
         raise ConfigError(f"no dataset recorded for {path} (no config.yaml, no 'dataset' in the meta); pass --dataset")
     bundle = _dataset(name, cfg, meta)
     accelerator = _accelerator()
+    check_supported(eval_cfg.precision, accelerator.device, "--precision")
     model.to(accelerator.device)
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)

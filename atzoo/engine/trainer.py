@@ -38,7 +38,7 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from atzoo import __version__
+from atzoo import __version__, precision
 from atzoo.config import RunConfig, config_to_dict, from_yaml, to_yaml
 from atzoo.engine.averaging import WeightAverage, averaging_kind, recompute_bn_stats
 from atzoo.engine.checkpoint import (
@@ -137,8 +137,8 @@ def make_accelerator(cfg: RunConfig, run_dir: Path, trackers: list[str], method:
     AcceleratorState._reset_state(reset_partial_state=False)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
     try:
-        return Accelerator(
-            mixed_precision=cfg.run.precision,
+        accelerator = Accelerator(
+            mixed_precision=precision.accelerate_name(cfg.run.precision),
             gradient_accumulation_steps=cfg.optim.grad_accum,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
@@ -150,6 +150,16 @@ def make_accelerator(cfg: RunConfig, run_dir: Path, trackers: list[str], method:
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0]
         raise ConfigError(f"run.precision={cfg.run.precision} cannot be used here: {first}") from None
+    check_precisions(cfg, accelerator.device)
+    return accelerator
+
+
+def check_precisions(cfg: RunConfig, device: torch.device) -> None:
+    """Refuses (one line, before anything is written) a phase precision the device lacks."""
+    precision.check_supported(cfg.run.precision, device, "run.precision")
+    precision.check_supported(precision.attack_precision(cfg.attack.precision, cfg.run.precision), device,
+                              "attack.precision")
+    precision.check_supported(cfg.eval.precision, device, "eval.precision")
 
 
 def accelerator_available() -> bool:
@@ -300,6 +310,7 @@ class Trainer:
         self.method = method
         self.is_main = accelerator.is_main_process
         self.batch_size = per_process_batch(cfg.data.batch_size, accelerator.num_processes)
+        self.attack_precision = precision.attack_precision(cfg.attack.precision, cfg.run.precision)
         if cfg.run.deterministic:  # cuBLAS needs this for deterministic matmuls on GPUs
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)  # same initial weights on every rank
@@ -395,7 +406,8 @@ class Trainer:
                 self.metrics.truncate(0)
                 self._event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
             self._event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
-                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch -> {self.run_dir}")
+                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
+                                 f"{self.precision_summary()} -> {self.run_dir}")
             # Independent attack noise per process from here on (rank 0 keeps run.seed).
             set_seed(self.cfg.run.seed, device_specific=True)
         missing = sorted(set(self.cfg.run.trackers) - set(trackers))
@@ -403,6 +415,11 @@ class Trainer:
             self._event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if trackers:
             self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
+
+    def precision_summary(self) -> str:
+        """``train bf16, attack bf16, eval fp32``: the precision of each phase of this run."""
+        c = self.cfg
+        return precision.describe(c.run.precision, c.attack.precision, c.eval.precision)
 
     def _check_resume_config(self, resume: bool) -> None:
         saved = self.run_dir / "config.yaml"
@@ -576,8 +593,10 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.acc.accumulate(self.wrapped):
             with self.acc.autocast():
-                # The attack runs on the unwrapped network: input gradients only, no DDP hooks.
-                x_adv = self.method.attack(self.core.model, self.core.method_modules, x, y)
+                # The attack runs on the unwrapped network: input gradients only, no DDP hooks,
+                # under its own precision (attack.precision may differ from run.precision).
+                with precision.autocast(self.attack_precision, x.device):
+                    x_adv = self.method.attack(self.core.model, self.core.method_modules, x, y)
                 parts, logits, stats = self.wrapped(x, x_adv, y)
             loss = sum_parts(parts)
             values = self.reduce_step(parts, loss, logits, y)
@@ -744,7 +763,8 @@ class Trainer:
 
         def adversarial(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
             return pgd(net, x, y, eps=a.eps, step_size=a.step_size, steps=10, norm=a.norm,
-                       random_start=a.random_start or "uniform", start_std=a.start_std, mode="train", route=route)
+                       random_start=a.random_start or "uniform", start_std=a.start_std, mode="train", route=route,
+                       precision=self.attack_precision)
 
         loader = self._train_loader(augment=self.cfg.data.augment)
         loader.set_epoch(self.cfg.optim.epochs)  # a fixed, reproducible pass

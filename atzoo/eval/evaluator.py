@@ -45,6 +45,7 @@ from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+from atzoo.precision import autocast
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
 STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)
@@ -365,7 +366,9 @@ def evaluate(
         read_eval_json(out_path / EVAL_FILE)  # a damaged eval.json fails now, not after the attacks
     device = _device(model, accelerator)
     results: dict[str, Any] = {}
-    with attack_mode(unwrap_model(model), "eval", None) as net, \
+    # Every evaluation attack runs in eval.precision (fp32 unless asked), whatever autocast
+    # the caller is in: robustness is measured at full precision by default.
+    with attack_mode(unwrap_model(model), "eval", None) as net, autocast(cfg.precision, device), \
             _Progress(progress and group.is_main).show() as bars:
         steps_list = pgd_steps_of(attacks)
         if "clean" in attacks:
@@ -387,7 +390,7 @@ def evaluate(
             if 20 in steps_list:
                 results["aa_subset_pgd20_acc"] = results.pop("_subset_pgd20")
     results.pop("_subset_pgd20", None)
-    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None)
+    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None, cfg.precision)
     if out_path is not None:
         if group.is_main:
             payload = write_eval_json(out_path, payload, attacks)
@@ -421,7 +424,7 @@ def _class_names(bundle: Any) -> list[str]:
 
 
 def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: dict[str, Any],
-             n_examples: int | None) -> dict[str, Any]:
+             n_examples: int | None, precision: str) -> dict[str, Any]:
     payload = {
         "method": meta.get("method"),
         "model": meta.get("model"),
@@ -434,6 +437,7 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         "autoattack_acc": None,
         "per_class": None,
         "invariance_cos": None,
+        "precision": precision,
         **results,
         "atzoo_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
