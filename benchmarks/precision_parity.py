@@ -19,7 +19,7 @@ augmentation; only the precision differs. Every run is evaluated in fp32
 on that subset too). One process, one torch thread; each run's CPU time
 (``time.process_time``) and wall time are recorded.
 
-Writes ``benchmarks/results/precision_parity_cpu.jsonl`` (one line per finished run, so an
+Writes ``benchmarks/results/precision_parity_<cpu|cuda>.jsonl`` (one line per finished run, so an
 interrupted benchmark keeps its rows; a rerun skips the runs already there) and prints the
 table (``--table`` prints it from the file without training).
 """
@@ -57,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--test-images", type=int, default=512, help="clean and PGD-20 on the first N test images")
     p.add_argument("--aa-images", type=int, default=64, help="AutoAttack on the first N of them")
     p.add_argument("--data", default=str(DATA))
-    p.add_argument("--out", default=str(RESULTS / "precision_parity_cpu.jsonl"))
+    p.add_argument("--out", default=None, help="default: results/precision_parity_<cpu|cuda>.jsonl")
     p.add_argument("--table", action="store_true", help="only print the table of the results file")
     return p.parse_args(argv)
 
@@ -129,13 +129,14 @@ def _cell(values: list[float]) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where atzoo.engine.train runs
+    out = Path(args.out or RESULTS / f"precision_parity_{device}.jsonl")
     if args.table:
         print(table(read_rows(out)))
         return 0
-    import torch
-
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # CPU: one thread, so CPU time is comparable between runs
     done = {(r["method"], r["seed"], r["setting"]) for r in read_rows(out)}
     out.parent.mkdir(parents=True, exist_ok=True)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
