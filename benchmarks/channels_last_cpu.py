@@ -41,7 +41,8 @@ def main() -> None:
         for suffix in ("", "@fp32"):
             nchw, nhwc = rows[m + suffix], rows[f"{m}_nhwc{suffix}"]
             speedup = paired_ratio(nchw.cpu_times_s, nhwc.cpu_times_s)
-            print(f"{m}{suffix}: CPU s/step NCHW {min(nchw.cpu_times_s):.3f}-{max(nchw.cpu_times_s):.3f}, NHWC "
+            low, high = min(nchw.cpu_times_s), max(nchw.cpu_times_s)
+            print(f"{m}{suffix}: CPU s/step NCHW {low:.3f}-{high:.3f}, NHWC "
                   f"{min(nhwc.cpu_times_s):.3f}-{max(nhwc.cpu_times_s):.3f}; NCHW/NHWC per round (median) {speedup:.3f}")
     print(f"wrote {args.json}")
 

@@ -126,8 +126,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     for m in ("at", "mart"):
-        print(f"{m}: atzoo {result['median_cpu_s'][f'atzoo {m}']:.3f} s, plain {result['median_cpu_s'][f'plain {m}']:.3f} s "
-              f"CPU per step; atzoo/plain {result['atzoo_over_plain_cpu'][m]:.3f}")
+        median = result["median_cpu_s"]
+        print(f"{m}: atzoo {median[f'atzoo {m}']:.3f} s, plain {median[f'plain {m}']:.3f} s CPU per step; "
+              f"atzoo/plain {result['atzoo_over_plain_cpu'][m]:.3f}")
     print(f"wrote {args.json}")
 
 

@@ -113,7 +113,8 @@ def step_cost_table(payload: dict[str, Any]) -> Table:
     """The rich table of a step-cost result (``StepCostResult.as_dict()``)."""
     s, env = payload["settings"], payload["environment"]
     title = (f"training step: {s['model']}, batch {s['batch_size']}, PGD-{s['attack_steps']}, {env['device']} "
-             f"({env['torch_threads']} threads), precision {s['precision']} (attack {s.get('attack_precision', 'same')})"
+             f"({env['torch_threads']} threads), precision {s['precision']} "
+             f"(attack {s.get('attack_precision', 'same')})"
              f"{', channels-last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}, "
              f"median of {s['steps']} rounds")
     table = Table(title=title, title_justify="left")

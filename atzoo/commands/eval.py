@@ -43,7 +43,8 @@ def eval_command(
     norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help="fp32 | bf16 | fp16: autocast of the attacks (default: the run's eval.precision, fp32)."
+        None, "--precision",
+        help="fp32 | bf16 | fp16: autocast of the attacks (default: the run's eval.precision, fp32)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from atzoo import __version__
+from atzoo import __version__, precision
 from atzoo.common import atomic_write_bytes, atomic_write_json
 from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
@@ -61,7 +61,8 @@ class Finishing(RunState):
         attack = self.method.ctx.attack
 
         def adversarial(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            return attack(net, x, y, route=route, mode="train")
+            with precision.autocast(self.runner.attack_precision, x.device):  # as in training
+                return attack(net, x, y, route=route, mode="train")
 
         loader = self._train_loader(augment=self.cfg.data.augment)
         loader.set_epoch(self.cfg.optim.epochs)  # a fixed, reproducible pass

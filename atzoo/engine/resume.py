@@ -18,7 +18,7 @@ from typing import Any
 from accelerate.utils import gather_object, set_seed
 from torch import Tensor, nn
 
-from atzoo import __version__
+from atzoo import __version__, precision
 from atzoo.common import atomic_write_text
 from atzoo.config import RunConfig, config_to_dict, from_yaml, to_yaml
 from atzoo.engine.checkpoint import (
@@ -69,6 +69,11 @@ class Position:
 class RunState(Logging):
     """Opening the run directory, checkpoints and resume (a part of the trainer)."""
 
+    def precision_summary(self) -> str:
+        """``train bf16, attack bf16, eval fp32``: the precision of each phase of this run."""
+        c = self.cfg
+        return precision.describe(c.run.precision, c.attack.precision, c.eval.precision)
+
     def open_run_dir(self, *, force: bool, resume: bool, trackers: list[str]) -> None:
         """Fresh, replaced (``force``) or resumed directory; then trackers are started.
 
@@ -94,7 +99,8 @@ class RunState(Logging):
                 self.metrics.truncate(0)
                 self._event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
             self._event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
-                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch -> {self.run_dir}")
+                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
+                                 f"{self.precision_summary()} -> {self.run_dir}")
             # Independent attack noise per process from here on (rank 0 keeps run.seed).
             set_seed(self.cfg.run.seed, device_specific=True)
         missing = sorted(set(self.cfg.run.trackers) - set(trackers))
