@@ -226,3 +226,41 @@ def test_evaluation_attacks_run_in_fp32_unless_asked(monkeypatch) -> None:
     cfg.precision = "bf16"
     payload = evaluate(model, bundle, cfg, attack_cfg=AttackConfig(), progress=False)
     assert payload["precision"] == "bf16" and set(recorder) == {torch.bfloat16}
+
+
+# --------------------------------------------------------------------------- bench step-cost
+
+
+def test_step_cost_measures_fp32_twins_in_the_same_rounds() -> None:
+    from atzoo.bench import StepCostSettings, run_step_cost
+
+    settings = StepCostSettings(model="small_cnn", batch_size=4, methods=("at",), steps=2, warmup=0,
+                                attack_steps=1, image_size=8, threads=1, precision="bf16", attack_precision="same")
+    result = run_step_cost(settings)
+    rows = {r.method: r for r in result.rows}
+    assert list(rows) == ["at", "at@fp32"]
+    assert rows["at"].precision == "train bf16, attack bf16"
+    assert rows["at@fp32"].precision == "train fp32, attack fp32"
+    assert rows["at"].speedup_cpu is not None and rows["at@fp32"].speedup_cpu is None
+    assert rows["at@fp32"].ratio_cpu == 1.0  # the fp32 twin of AT is its own reference
+    assert len(rows["at"].cpu_times_s) == len(rows["at@fp32"].cpu_times_s) == 2
+    assert rows["at"].losses != rows["at@fp32"].losses  # really different arithmetic
+    assert result.as_dict()["methods"][0]["speedup_vs_fp32_cpu_time"] == rows["at"].speedup_cpu
+
+
+def test_step_cost_fp32_only_has_no_twins() -> None:
+    from atzoo.bench import StepCostSettings
+
+    assert not StepCostSettings(precision="no").fp32_twins
+    assert StepCostSettings(precision="fp32", attack_precision="bf16").fp32_twins
+    assert StepCostSettings(precision="bf16").phases == ("bf16", "bf16")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--attack-precision", "fp8"], "atzoo: error: unknown attack precision 'fp8'. Valid choices: fp32, bf16, fp16, same"),
+    (["--precision", "fp16"], "atzoo: error: --precision=fp16 cannot be used on cpu:"),
+])
+def test_bench_refuses_bad_precisions_in_one_line(args: list[str], expected: str, cli, capsys) -> None:
+    code = cli("bench", "step-cost", "--model", "small_cnn", "--batch-size", "4", "--steps", "1", *args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected)
