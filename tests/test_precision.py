@@ -168,7 +168,7 @@ def _config(*overrides: str):
                         data={"name": "digits"})
 
 
-def test_training_attack_and_forward_use_their_own_precisions(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_training_attack_and_forward_use_their_own_precisions(tmp_path: Path, monkeypatch, capsys, cli) -> None:
     from atzoo.engine import train
     from atzoo.methods.at import AT
 
@@ -195,6 +195,15 @@ def test_training_attack_and_forward_use_their_own_precisions(tmp_path: Path, mo
     saved = (out / "config.yaml").read_text()
     assert "precision: bf16" in saved and "precision: fp32" in saved
     assert json.loads((out / "eval.json").read_text())["precision"] == "fp32"
+    # atzoo eval: --precision is refused in one line where the device lacks it, recorded otherwise.
+    before = (out / "eval.json").read_bytes()
+    capsys.readouterr()
+    assert cli("eval", str(out), "--attacks", "clean", "--precision", "fp16", "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("atzoo: error: --precision=fp16 cannot be used on cpu:") and len(err.splitlines()) == 1
+    assert (out / "eval.json").read_bytes() == before
+    assert cli("eval", str(out), "--attacks", "clean,pgd20", "--precision", "bf16", "--no-progress") == 0
+    assert json.loads((out / "eval.json").read_text())["precision"] == "bf16"
 
 
 def test_fp16_training_on_cpu_is_refused_before_writing(tmp_path: Path, cli, capsys) -> None:
