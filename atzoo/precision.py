@@ -34,6 +34,9 @@ RUN_PRECISIONS: tuple[str, ...] = ("no", *PRECISIONS)
 #: ``attack.precision``: a concrete precision or ``same`` (as ``run.precision``).
 ATTACK_PRECISIONS: tuple[str, ...] = (*PRECISIONS, "same")
 
+#: Label suffix of the fp32 rows that ``atzoo bench step-cost`` measures beside lower precisions.
+FP32_TWIN_SUFFIX = "@fp32"
+
 _DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -101,6 +104,15 @@ def autocast(precision: str, device: torch.device | str) -> AbstractContextManag
     if name == "fp32":
         return torch.autocast(kind, enabled=False)
     return torch.autocast(kind, dtype=_DTYPES[name])
+
+
+def profile(run: str, attack: str = "same") -> str:
+    """The precision part of a hardware profile (``atzoo compare`` divides step times only
+    within one): Accelerate's name of ``run`` (``no``, ``bf16``, ``fp16``), plus
+    ``+attack-<p>`` when the training attack runs in another precision."""
+    concrete = attack_precision(attack, run)
+    name = accelerate_name(run)
+    return name if concrete == canonical(run) else f"{name}+attack-{concrete}"
 
 
 def describe(run: str, attack: str, evaluation: str) -> str:

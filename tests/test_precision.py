@@ -273,3 +273,27 @@ def test_bench_refuses_bad_precisions_in_one_line(args: list[str], expected: str
     code = cli("bench", "step-cost", "--model", "small_cnn", "--batch-size", "4", "--steps", "1", *args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith(expected)
+
+
+def test_profile_names_each_phase_once() -> None:
+    assert precision.profile("no") == precision.profile("fp32") == precision.profile("fp32", "fp32") == "no"
+    assert precision.profile("bf16") == precision.profile("bf16", "same") == "bf16"
+    assert precision.profile("fp32", "bf16") == "no+attack-bf16"
+    assert precision.profile("bf16", "fp32") == "bf16+attack-fp32"
+
+
+def test_bench_record_puts_fp32_twins_in_the_fp32_profile(tmp_path: Path, monkeypatch) -> None:
+    from atzoo.report.bench_records import lookup_ratio, record_step_cost
+
+    monkeypatch.setenv("ATZOO_CACHE", str(tmp_path / "cache"))
+    rows = [("at", 1.0), ("trades", 1.18), ("at@fp32", 1.0), ("trades@fp32", 1.20)]
+    payload = {"settings": {"precision": "bf16", "attack_precision": "bf16", "model": "resnet18", "batch_size": 32,
+                            "overrides": [], "variants": []},
+               "environment": {"device": "cpu", "device_name": "EPYC", "timestamp": "t"},
+               "methods": [{"method": m, "ratio_to_at_cpu_time": r, "finite": True} for m, r in rows]}
+    path = record_step_cost(payload)
+    assert path is not None and path.name == "cpu-epyc-bf16.json"
+    cpu = {"device": "cpu", "device_name": "EPYC"}
+    assert lookup_ratio({**cpu, "precision": "bf16"}, "trades")[0] == pytest.approx(1.18)
+    assert lookup_ratio({**cpu, "precision": "no"}, "trades")[0] == pytest.approx(1.20)
+    assert lookup_ratio({**cpu, "precision": "bf16"}, "trades@fp32") is None

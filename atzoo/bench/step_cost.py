@@ -64,7 +64,7 @@ TARGET_RATIOS: dict[str, float] = {
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "mps")
 PRECISIONS: tuple[str, ...] = prec.RUN_PRECISIONS
 #: Suffix of the float32 rows measured beside a lower-precision run.
-FP32_SUFFIX = "@fp32"
+FP32_SUFFIX = prec.FP32_TWIN_SUFFIX
 FP32_OVERRIDES: tuple[str, ...] = ("run.precision=fp32", "attack.precision=fp32")
 
 Progress = Callable[[str, int, int], None]

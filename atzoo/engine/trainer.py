@@ -189,7 +189,8 @@ class Trainer(Finishing):
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()
-        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes, cfg.run.precision))
+        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes,
+                                                   precision.profile(cfg.run.precision, cfg.attack.precision)))
         self.last_lr = cfg.optim.lr
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
