@@ -29,6 +29,7 @@ app = typer.Typer(
     help="atzoo: an adversarial-training zoo (AT, TRADES, MART, LBGAT, ARREST, AR-AT, Asym-TRADES).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
@@ -54,20 +55,47 @@ def _root(
 
 
 @app.command("list")
-def list_entries(kind: str = typer.Argument(..., help="methods | models | datasets | attacks")) -> None:
-    """List the registered methods, models, datasets or attacks."""
-    from atzoo.registry import get_registry, load_builtins
+def list_entries(kind: str = typer.Argument(..., help="methods | models | datasets | attacks | recipes")) -> None:
+    """List the registered methods, models, datasets or attacks, or the bundled recipes."""
+    import difflib
 
+    from atzoo.registry import REGISTRIES, get_registry, load_builtins
+
+    if kind == "recipes":
+        console.print(recipes_table())
+        return
+    if kind not in REGISTRIES and difflib.get_close_matches(kind, ["recipes"], n=1, cutoff=0.6):
+        raise AtzooError(f"unknown list '{kind}'. Did you mean 'recipes'? Valid choices: {', '.join(REGISTRIES)}, recipes")
     registry = get_registry(kind)
     load_builtins()
     table = Table(title=f"atzoo {kind}", show_lines=False)
     table.add_column("name", style="bold cyan")
     table.add_column("description")
+    if kind == "attacks":
+        table.add_column("atzoo eval --attacks", style="green")
     for name, obj in registry.items():
-        table.add_row(name, describe_entry(kind, name, obj))
+        eval_name = [getattr(obj, "eval_name", "-")] if kind == "attacks" else []
+        table.add_row(name, describe_entry(kind, name, obj), *eval_name)
     for prefix, help_text in registry.prefixes().items():
         table.add_row(f"{prefix}:...", help_text)
     console.print(table)
+
+
+def recipes_table() -> Table:
+    """The bundled recipes: name (for ``--recipe``), method, dataset, model, threat model."""
+    from atzoo.config import load_recipe
+    from atzoo.resources import list_recipes
+
+    table = Table(title="atzoo recipes (atzoo train METHOD --recipe NAME)")
+    table.add_column("name", style="bold cyan", no_wrap=True)
+    for column in ("method", "dataset", "model", "attack"):
+        table.add_column(column)
+    for name in list_recipes():
+        values = {k: v if isinstance(v, dict) else {} for k, v in load_recipe(name).items()}
+        attack = values.get("attack", {})
+        table.add_row(name, *(str(values.get(s, {}).get("name", "-")) for s in ("method", "data", "model")),
+                      f"{attack.get('norm', 'linf')} eps={attack.get('eps', '-')}")
+    return table
 
 
 def describe_entry(kind: str, name: str, obj: object) -> str:
@@ -121,9 +149,13 @@ def run(argv: list[str] | None = None) -> int:
             raise
         return _fail(str(exc))
     except USAGE_ERRORS as exc:  # type: ignore[misc]
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare 'atzoo' (or 'atzoo bench'): help, exit 0
+            if exc.format_message().strip():  # typer's rich help has printed itself already
+                print(exc.format_message())
+            return 0
         if debug:
             raise
-        ctx = getattr(exc, "ctx", None)
         hint = f" (see 'atzoo {ctx.info_name} --help')" if ctx is not None and ctx.parent else " (see 'atzoo --help')"
         return _fail(exc.format_message() + hint)
     except EXITS as exc:  # type: ignore[misc]

@@ -377,10 +377,13 @@ def from_yaml(text: str, source: str = "<string>") -> RunConfig:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Reads a recipe file into a nested dict (validated later by config_from_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+    """Reads a recipe (a file, or a bundled recipe's name) into a nested dict.
+
+    The dict is validated later by config_from_dict.
+    """
+    from atzoo.resources import find_recipe
+
+    path = find_recipe(path)
     try:
         values = yaml.safe_load(path.read_text())
     except UnicodeDecodeError:

@@ -44,6 +44,13 @@ fgsm.summary = "FGSM (Goodfellow et al. 2015): one signed step of eps"
 fgsm_rs.summary = "RS-FGSM (Wong et al. 2020): uniform random start, one step of 1.25 * eps"
 run_autoattack.summary = "reference AutoAttack (standard/plus/rand/custom), sharded over processes, resumable"
 
+# How ``atzoo eval --attacks`` (and ``atzoo.evaluate``) names each attack.
+pgd.eval_name = "pgd<N> (e.g. pgd50)"
+pgd20.eval_name = "pgd20"
+fgsm.eval_name = "fgsm"
+fgsm_rs.eval_name = "fgsm_rs"
+run_autoattack.eval_name = "aa (or autoattack)"
+
 ATTACKS.add("pgd", pgd)
 ATTACKS.add("pgd20", pgd20)
 ATTACKS.add("fgsm", fgsm)

@@ -27,7 +27,7 @@ MAX_SEED = 2**32 - 1
 def eval_command(
     path: Path = typer.Argument(..., help="A run directory, or a .safetensors file with its _meta.json beside it."),
     attacks: Optional[str] = typer.Option(
-        None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa. Default: the run's eval.attacks."
+        None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), fgsm, fgsm_rs, aa. Default: the run's eval.attacks."
     ),
     n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
     aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),
@@ -142,7 +142,8 @@ def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")
     rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
-    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items() if k.startswith("pgd") and k.endswith("_acc")]
+    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items()
+             if k.startswith(("pgd", "fgsm")) and k.endswith("_acc") and not k.startswith("pgd_")]
     rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
              ("invariance cos", payload.get("invariance_cos"))]
     for name, value in rows:

@@ -215,6 +215,24 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return [k for k in keys if k not in _RESUME_FREE_KEYS and _lookup(a, k) != _lookup(b, k)]
 
 
+def resume_refusals(saved: RunConfig, new: RunConfig) -> list[str]:
+    """``key: saved -> new`` for each difference that ``--resume`` cannot continue across.
+
+    A longer ``optim.epochs`` is allowed where the schedule is a function of the epoch
+    alone (``piecewise``, ``constant``): the run continues at the last learning rate.
+    A cosine or one-cycle schedule spans the whole run, so changing its length would
+    change the learning rate of the steps already taken.
+    """
+    a, b = config_to_dict(saved), config_to_dict(new)
+    refusals = []
+    for key in config_differences(saved, new):
+        if key == "optim.epochs" and b["optim"]["epochs"] > a["optim"]["epochs"] \
+                and new.optim.schedule in ("piecewise", "constant"):
+            continue
+        refusals.append(f"{key}: {_lookup(a, key)!r} -> {_lookup(b, key)!r}")
+    return refusals
+
+
 def _lookup(values: dict[str, Any], key: str) -> Any:
     section, _, leaf = key.partition(".")
     return values[section].get(leaf)
@@ -412,12 +430,15 @@ class Trainer:
             text = saved.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"{saved} is not a UTF-8 text file, so not an atzoo config") from None
-        differences = config_differences(from_yaml(text, str(saved)), self.cfg)
-        if differences:
+        previous = from_yaml(text, str(saved))
+        refusals = resume_refusals(previous, self.cfg)
+        if refusals:
             raise ConfigError(
-                f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
-                "(use --force or another --out for a new run)"
+                f"--resume continues {saved} unchanged, but {'; '.join(refusals)} "
+                "(drop those settings, or use --force or another --out for a new run)"
             )
+        if self.cfg.optim.epochs != previous.optim.epochs:
+            self.reporter.message(f"extending the run from {previous.optim.epochs} to {self.cfg.optim.epochs} epochs")
 
     def _event(self, event: str, text: str, **extra: Any) -> None:
         self.reporter.message(text)

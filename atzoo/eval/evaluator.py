@@ -54,7 +54,9 @@ STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
 _ALIASES = {"autoattack": "aa"}
-_VALID = "clean, pgd<N> (e.g. pgd20), aa"
+#: One-step attacks of the evaluator: FGSM (step eps) and RS-FGSM (random start, step 1.25 eps).
+ONE_STEP_ATTACKS: dict[str, bool] = {"fgsm": False, "fgsm_rs": True}  # name -> random start
+_VALID = "clean, pgd<N> (e.g. pgd20), fgsm, fgsm_rs, aa (or autoattack)"
 
 
 # --------------------------------------------------------------------------- attack names
@@ -63,7 +65,8 @@ _VALID = "clean, pgd<N> (e.g. pgd20), aa"
 def parse_attacks(names: Sequence[str]) -> list[str]:
     """Normalises evaluation attack names: ``clean``, ``pgd<N>`` (N >= 1), ``aa``.
 
-    ``autoattack`` is accepted for ``aa``; duplicates are dropped; any PGD implies
+    ``autoattack`` is accepted for ``aa``; ``fgsm`` and ``fgsm_rs`` are the one-step
+    attacks of ``atzoo list attacks``; duplicates are dropped; any PGD or FGSM implies
     ``clean`` (it is measured in the same pass and needed by the flags).
 
     Raises:
@@ -75,15 +78,16 @@ def parse_attacks(names: Sequence[str]) -> list[str]:
         match = _PGD_NAME.match(name)
         if match and int(match.group(1)) < 1:
             raise ConfigError(f"attack '{raw}' has zero steps; PGD needs at least 1 step (e.g. pgd20)")
-        if name not in ("clean", "aa") and not match:
-            close = difflib.get_close_matches(name, ["clean", "pgd20", "pgd50", "aa", "autoattack"], n=1, cutoff=0.5)
+        if name not in ("clean", "aa", *ONE_STEP_ATTACKS) and not match:
+            choices = ["clean", "pgd20", "pgd50", "aa", "autoattack", *ONE_STEP_ATTACKS]
+            close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown attack '{raw}'.{hint} Valid choices: {_VALID}")
         if name not in result:
             result.append(name)
     if not result:
         raise ConfigError(f"no attack given. Valid choices: {_VALID}")
-    if any(_PGD_NAME.match(n) for n in result) and "clean" not in result:
+    if any(_PGD_NAME.match(n) or n in ONE_STEP_ATTACKS for n in result) and "clean" not in result:
         result.insert(0, "clean")
     return result
 
@@ -211,19 +215,22 @@ def _test_pass(
 ) -> _PassTotals:
     """Clean and PGD-N accuracy per class over this process's shard, then summed."""
     from atzoo.data import make_eval_loader
+    from atzoo.models import has_penultimate_features
 
     loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
     classes = bundle.num_classes
+    one_step = [a for a in parse_attacks(cfg.attacks) if a in ONE_STEP_ATTACKS]
     totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
-                         for n in ["clean"] + [f"pgd{s}" for s in steps_list]},
+                         for n in ["clean"] + [f"pgd{s}" for s in steps_list] + one_step},
                          torch.zeros((), device=device), torch.zeros(2, device=device))
-    invariance = cfg.invariance and 20 in steps_list
-    task = progress.task("clean + " + ", ".join(f"PGD-{s}" for s in steps_list) if steps_list else "clean",
-                         len(loader))
+    invariance = cfg.invariance and 20 in steps_list and has_penultimate_features(net)
+    adversarial = [f"PGD-{s}" for s in steps_list] + [a.upper() for a in one_step]
+    task = progress.task("clean + " + ", ".join(adversarial) if adversarial else "clean", len(loader))
     offset = loader.start
     for x, y in loader:
         _evaluate_batch(net, x, y, threat, steps_list, totals, invariance=invariance, seed=seed + offset,
                         first_index=offset, n_sub=n_sub)
+        _one_step_batch(net, x, y, threat, one_step, totals, seed=seed + offset)
         offset += x.shape[0]
         progress.advance(task)
     totals.total = _all_reduce_sum(totals.total, accelerator)
@@ -258,6 +265,18 @@ def _evaluate_batch(
             totals.subset_pgd20 += torch.stack([correct[in_subset].sum(), in_subset.sum()]).to(totals.subset_pgd20)
         if z_clean is not None and z_adv is not None:
             totals.cos_sum += F.cosine_similarity(z_clean.float().flatten(1), z_adv.float().flatten(1), dim=1).sum()
+
+
+def _one_step_batch(net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, names: list[str],
+                    totals: _PassTotals, *, seed: int) -> None:
+    """Adds one batch's FGSM / RS-FGSM per-class counts to ``totals``."""
+    from atzoo.attacks import fgsm
+
+    for name in names:
+        x_adv = fgsm(net, x, y, eps=threat.eps, norm=threat.norm, random_start=ONE_STEP_ATTACKS[name], mode="eval",
+                     generator=_generator(x.device, seed))
+        with torch.no_grad():
+            _count(totals.correct[name], net(x_adv), y)
 
 
 def _count(per_class: Tensor, logits: Tensor, y: Tensor) -> Tensor:
@@ -371,7 +390,7 @@ def evaluate(
         if "clean" in attacks:
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
                                 accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub)
-            results.update(_pass_results(totals, bundle, steps_list, cfg, threat))
+            results.update(_pass_results(totals, bundle, steps_list, cfg, threat, net))
         m = min(STEP_CHECK_EXAMPLES, n_sub)
         need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
         if need:
@@ -396,8 +415,10 @@ def evaluate(
 
 
 def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
-                  threat: ThreatModel) -> dict[str, Any]:
+                  threat: ThreatModel, net: nn.Module) -> dict[str, Any]:
     """Accuracies (percent), per-class accuracies and the invariance from the test pass."""
+    from atzoo.models import has_penultimate_features
+
     n = float(totals.total.sum().item())
     results: dict[str, Any] = {"per_class": {}, "attacks": {"clean": {}}}
     for name, correct in totals.correct.items():
@@ -408,8 +429,12 @@ def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: 
         }
     for steps in steps_list:
         results["attacks"][f"pgd{steps}"] = threat.pgd_settings(steps)
+    for name in (n for n in totals.correct if n in ONE_STEP_ATTACKS):
+        results["attacks"][name] = {"norm": threat.norm, "eps": threat.eps, "random_start": ONE_STEP_ATTACKS[name],
+                                    "step_size": (1.25 if ONE_STEP_ATTACKS[name] else 1.0) * threat.eps}
     if 20 in steps_list:
-        results["invariance_cos"] = totals.cos_sum.item() / n if cfg.invariance else None
+        measured = cfg.invariance and has_penultimate_features(net)
+        results["invariance_cos"] = totals.cos_sum.item() / n if measured else None
         correct, count = totals.subset_pgd20.tolist()
         results["_subset_pgd20"] = 100.0 * correct / count if count else None
     return results

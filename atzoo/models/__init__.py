@@ -47,6 +47,7 @@ __all__ = [
     "describe_model",
     "export_route",
     "get_route",
+    "has_penultimate_features",
     "has_routed_bn",
     "parameter_count",
     "penultimate_features",
@@ -96,6 +97,15 @@ def create_model(
 def _is_bare_timm(model: nn.Module) -> bool:
     """A timm network used directly (its ``forward_features`` returns an unpooled map)."""
     return hasattr(model, "forward_head") and hasattr(model, "get_classifier")
+
+
+def has_penultimate_features(model: nn.Module) -> bool:
+    """Whether :func:`penultimate_features` works on ``model`` (atzoo and timm models).
+
+    Any other classifier (an ``nn.Sequential``, a torchvision network) is evaluated on its
+    logits alone; measurements that need features (invariance) are skipped for it.
+    """
+    return _is_bare_timm(model) or (hasattr(model, "forward_features") and isinstance(getattr(model, "fc", None), nn.Module))
 
 
 def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:
