@@ -17,11 +17,11 @@ from atzoo.errors import AtzooError
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
 from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown
-from atzoo.report.runs import RunRecord, load_run, load_runs
+from atzoo.report.runs import RunRecord, collect_runs, load_run, load_runs
 
 __all__ = [
     "DEFAULT_OUT", "OUTPUT_FILES", "Entry", "Group", "Leaderboard", "RunRecord", "Stat", "build_leaderboard",
-    "compare", "format_eps", "load_run", "load_runs", "prepare_out_dir", "rich_leaderboard", "write_outputs",
+    "collect_runs", "compare", "format_eps", "load_run", "load_runs", "prepare_out_dir", "rich_leaderboard", "write_outputs",
 ]
 
 #: Where ``atzoo compare`` writes when ``--out`` is not given (relative to the cwd).
@@ -86,7 +86,8 @@ def compare(
     the output folder as it was.
 
     Args:
-        run_dirs: run directories (each with an ``eval.json``).
+        run_dirs: run directories, or folders searched for them; runs without an
+            ``eval.json`` are left out and listed in ``board.skipped``.
         out: output folder (created if missing); ``None`` writes nothing.
         paper: add the zoo cards' reported numbers as reference rows.
         cards_dir: folder of zoo cards (default: the repository's ``zoo_cards/``).
@@ -96,6 +97,8 @@ def compare(
     """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AtzooError(f"--out {out} exists and is not a folder; choose a folder for the leaderboard files")
-    board = build_leaderboard(load_runs(list(run_dirs)), paper=paper, cards_dir=cards_dir)
+    runs, skipped = collect_runs(list(run_dirs))
+    board = build_leaderboard(runs, paper=paper, cards_dir=cards_dir)
+    board.skipped = skipped
     written = write_outputs(board, out) if out is not None else {}
     return board, written
