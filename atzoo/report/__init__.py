@@ -59,19 +59,28 @@ def _write_atomic(path: Path, writer: Callable[[Path], object]) -> None:
 
 
 def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
-    """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files)."""
+    """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files).
+
+    The HTML page embeds the trade-off plot and, where the runs have training logs, the
+    training curves (as PNG data, so the page stays one self-contained file).
+    """
     folder = prepare_out_dir(out)
+    from atzoo.report.plot import curves_figure, png_bytes, tradeoff_figure  # matplotlib: only when plotting
+
+    tradeoff = png_bytes(tradeoff_figure(board))
+    curves = curves_figure(board)
+    figures = {"Robustness-accuracy trade-off": tradeoff}
+    if curves is not None:
+        figures["Training curves"] = png_bytes(curves)
     texts = {
         "leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
-        "leaderboard.json": to_json(board), "leaderboard.html": to_html(board),
+        "leaderboard.json": to_json(board), "leaderboard.html": to_html(board, figures=figures, out_dir=folder),
     }
     written: dict[str, Path] = {}
     for name, text in texts.items():
         _write_atomic(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
         written[name] = folder / name
-    from atzoo.report.plot import plot_tradeoff  # matplotlib is slow to import: only when plotting
-
-    _write_atomic(folder / "tradeoff.png", lambda p: plot_tradeoff(board, p))
+    _write_atomic(folder / "tradeoff.png", lambda p: p.write_bytes(tradeoff))
     written["tradeoff.png"] = folder / "tradeoff.png"
     return written
 
