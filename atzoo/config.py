@@ -54,6 +54,7 @@ class ModelConfig:
     num_classes: Optional[int] = None
     in_channels: Optional[int] = None
     normalize: bool = False  # mean/std layer inside the model (off, as in the official code)
+    pretrained: bool = False  # timm:NAME only: start from timm's pretrained weights
     channels_last: bool = False  # NHWC memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the training forward
 
@@ -498,6 +499,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}"),
         (cfg.run.checkpoint_every_steps >= 0,
          f"run.checkpoint_every_steps must be >= 0, got {cfg.run.checkpoint_every_steps}"),
+        (not cfg.model.pretrained or cfg.model.name.startswith("timm:"),
+         f"model.pretrained=true needs a timm:NAME model (timm holds the weights); '{cfg.model.name}' is built "
+         "from scratch only"),
         (cfg.averaging.swa_every_steps >= 1,
          f"averaging.swa_every_steps must be >= 1, got {cfg.averaging.swa_every_steps}"),
     ]

@@ -192,7 +192,7 @@ def build_model(cfg: RunConfig, bundle: Any) -> nn.Module:
             raise DataError(f"model.{key}={given} does not match dataset '{cfg.data.name}', which has {data_value}")
     return create_model(
         cfg.model.name, bundle.num_classes, bundle.in_channels,
-        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std,
+        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std, pretrained=cfg.model.pretrained,
     )
 
 
@@ -775,7 +775,9 @@ class Trainer:
 
     def export(self, model: nn.Module, filename: str, weights: str) -> None:
         """Writes a plain model's weights (safetensors) and, for the deployable one, its meta."""
-        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(model)))
+        from atzoo.models.timm_models import portable_module  # timm runs export timm's own keys
+
+        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(portable_module(model))))
         if filename == "model.safetensors":
             atomic_write_json(self.run_dir / "model_meta.json", self.model_meta(weights))
 

@@ -486,6 +486,7 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from atzoo.models import create_model
+    from atzoo.models.timm_models import weights_target
 
     weights, meta_path = _run_files(Path(path))
     meta = _read_meta(meta_path)
@@ -499,8 +500,9 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from None
-    _check_state(model, state, weights, meta)
-    model.load_state_dict(state, strict=True)
+    target = weights_target(model, state)  # a timm run's file holds timm's own keys
+    _check_state(target, state, weights, meta)
+    target.load_state_dict(state, strict=True)
     return model.eval(), meta
 
 

@@ -104,7 +104,10 @@ def load_weights(module: nn.Module, path: str | Path, *, what: str) -> None:
         CheckpointError: one line naming the first mismatch (and the checkpoint's model
             name when its ``model_meta.json`` is present).
     """
+    from atzoo.models.timm_models import weights_target
+
     state, file = read_state_dict(path, what=what)
+    module = weights_target(module, state)
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -72,6 +72,7 @@ def create_model(
     normalize: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    pretrained: bool = False,
 ) -> nn.Module:
     """Builds the registered model ``name`` (or ``timm:NAME``) with random weights.
 
@@ -83,15 +84,23 @@ def create_model(
             official code of TRADES, MART, LBGAT and AR-AT).
         mean: per-channel mean, required when ``normalize``.
         std: per-channel std, required when ``normalize``.
+        pretrained: start from timm's pretrained weights (``timm:NAME`` models only).
 
     Raises:
         RegistryError: unknown name (the message lists the valid names).
-        ConfigError: invalid class/channel counts or normalisation statistics.
+        ConfigError: invalid class/channel counts or normalisation statistics, or
+            ``pretrained`` for a model that has no pretrained weights.
+        CheckpointError: the pretrained weights cannot be loaded (e.g. offline).
     """
     _check_count("num_classes", num_classes)
     _check_count("in_channels", in_channels)
     builder = MODELS.get(name)
-    return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std)
+    if not pretrained:
+        return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std)
+    if not name.startswith("timm:"):
+        raise ConfigError(f"model.pretrained=true needs a timm:NAME model (timm holds the weights); "
+                          f"'{name}' is built from scratch only")
+    return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std, pretrained=True)
 
 
 def _is_bare_timm(model: nn.Module) -> bool:
