@@ -174,9 +174,13 @@ def _dataset(name: str, cfg: RunConfig, meta: dict[str, Any]) -> Any:
 
 
 def _accelerator() -> Any:
+    """The evaluation's Accelerator; ``cpu=True`` without a GPU so that several CPU
+    processes (``torchrun``) still form one group and share the test set."""
     from accelerate import Accelerator
 
-    return Accelerator()
+    from atzoo.engine.trainer import accelerator_available
+
+    return Accelerator(cpu=not accelerator_available())
 
 
 def _fmt(value: Any) -> str:
@@ -200,7 +204,7 @@ def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     console.print(table)
     for message in payload.get("flags", {}).get("messages", []):
         console.print(f"[bold yellow]warning:[/] {message}")
-    console.print(f"wrote {run_dir / 'eval.json'}")
+    console.print(f"wrote {run_dir / 'eval.json'}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -131,7 +131,7 @@ def resumed_config(saved_file: Path, method: str, *, recipe: Path | None, overri
     except UnicodeDecodeError:
         raise ConfigError(f"{saved_file} is not a UTF-8 text file, so not an atzoo config") from None
     if saved.method.name != method:
-        raise ConfigError(f"{saved_file.parent} is a '{saved.method.name}' run, not '{method}'; "
+        raise ConfigError(f"{saved_file.parent} is a run of '{saved.method.name}', not '{method}'; "
                           f"use 'atzoo train {saved.method.name} --resume'")
     values = config_to_dict(saved)
     if recipe is not None:
