@@ -71,11 +71,8 @@ def list_entries(kind: str = typer.Argument(..., help="methods | models | datase
     table = Table(title=f"atzoo {kind}", show_lines=False)
     table.add_column("name", style="bold cyan")
     table.add_column("description")
-    if kind == "attacks":
-        table.add_column("atzoo eval --attacks", style="green")
     for name, obj in registry.items():
-        eval_name = [getattr(obj, "eval_name", "-")] if kind == "attacks" else []
-        table.add_row(name, describe_entry(kind, name, obj), *eval_name)
+        table.add_row(name, describe_entry(kind, name, obj))
     for prefix, help_text in registry.prefixes().items():
         table.add_row(f"{prefix}:...", help_text)
     console.print(table)

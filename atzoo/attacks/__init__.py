@@ -17,11 +17,13 @@ from torch import Tensor, nn
 from atzoo.attacks.autoattack import AA_ATTACKS, AA_VERSIONS, AutoAttackResult, run_autoattack
 from atzoo.attacks.mode import attack_mode, frozen_parameters, unwrap_model
 from atzoo.attacks.pgd import LOSSES, NORMS, STARTS, fgsm, pgd
+from atzoo.attacks.registered import BatchAttack, batch_attack_names, build_attack
 from atzoo.registry import ATTACKS
 
 __all__ = [
-    "AA_ATTACKS", "AA_VERSIONS", "AutoAttackResult", "LOSSES", "NORMS", "STARTS", "attack_mode", "fgsm",
-    "frozen_parameters", "pgd", "pgd20", "run_autoattack", "unwrap_model",
+    "AA_ATTACKS", "AA_VERSIONS", "AutoAttackResult", "BatchAttack", "LOSSES", "NORMS", "STARTS", "attack_mode",
+    "batch_attack_names", "build_attack", "fgsm", "frozen_parameters", "pgd", "pgd20", "run_autoattack",
+    "unwrap_model",
 ]
 
 
@@ -44,12 +46,11 @@ fgsm.summary = "FGSM (Goodfellow et al. 2015): one signed step of eps"
 fgsm_rs.summary = "RS-FGSM (Wong et al. 2020): uniform random start, one step of 1.25 * eps"
 run_autoattack.summary = "reference AutoAttack (standard/plus/rand/custom), sharded over processes, resumable"
 
-# How ``atzoo eval --attacks`` (and ``atzoo.evaluate``) names each attack.
-pgd.eval_name = "pgd<N> (e.g. pgd50)"
-pgd20.eval_name = "pgd20"
-fgsm.eval_name = "fgsm"
-fgsm_rs.eval_name = "fgsm_rs"
-run_autoattack.eval_name = "aa (or autoattack)"
+# The run settings each attack is given (atzoo.attacks.registered): FGSM's step is its own
+# (eps, or 1.25 eps with the random start), not the run's PGD step size or start.
+fgsm.takes = fgsm_rs.takes = ("eps", "norm")
+pgd20.takes = ("eps", "norm", "step_size")
+run_autoattack.per_batch = False  # a whole subset at once: evaluation only, as ``aa``
 
 ATTACKS.add("pgd", pgd)
 ATTACKS.add("pgd20", pgd20)

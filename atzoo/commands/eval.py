@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from atzoo.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
 from atzoo.errors import ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
-MAX_SEED = 2**32 - 1
 
 
 def eval_command(
@@ -29,7 +29,9 @@ def eval_command(
         ..., help="A run directory, a .safetensors file with its _meta.json beside it, or a model: timm:NAME, "
                   "torchvision:NAME or package.module:factory (with --weights and --dataset)."),
     attacks: Optional[str] = typer.Option(
-        None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), fgsm, fgsm_rs, aa. Default: the run's eval.attacks."
+        None, "--attacks",
+        help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa, or any name of `atzoo list attacks`. "
+        "Default: the run's eval.attacks."
     ),
     n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
     aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),
@@ -178,7 +180,7 @@ def _accelerator() -> Any:
     processes (``torchrun``) still form one group and share the test set."""
     from accelerate import Accelerator
 
-    from atzoo.engine.trainer import accelerator_available
+    from atzoo.engine.accelerator import accelerator_available
 
     return Accelerator(cpu=not accelerator_available())
 

@@ -90,7 +90,7 @@ def settings_hash(cfg: RunConfig, base: RunConfig) -> str | None:
     ``None`` when they agree on every key that ``--resume`` checks (the same keys decide
     whether two runs may share a directory).
     """
-    from atzoo.engine.trainer import config_differences
+    from atzoo.engine.resume import config_differences
 
     keys = config_differences(base, cfg)
     if not keys:

@@ -31,6 +31,7 @@ from atzoo.models.routed_bn import (
     set_route,
 )
 from atzoo.models.taps import FeatureTaps, TapError, resolve_tap_names
+from atzoo.models.timm_models import pretrained_timm_builder
 from atzoo.registry import MODELS
 
 __all__ = [
@@ -95,12 +96,12 @@ def create_model(
     _check_count("num_classes", num_classes)
     _check_count("in_channels", in_channels)
     builder = MODELS.get(name)
-    if not pretrained:
-        return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std)
-    if not name.startswith("timm:"):
-        raise ConfigError(f"model.pretrained=true needs a timm:NAME model (timm holds the weights); "
-                          f"'{name}' is built from scratch only")
-    return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std, pretrained=True)
+    if pretrained:
+        if not name.startswith("timm:"):
+            raise ConfigError(f"model.pretrained=true needs a timm:NAME model (timm holds the weights); "
+                              f"'{name}' is built from scratch only")
+        builder = pretrained_timm_builder(name)
+    return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std)
 
 
 def _is_bare_timm(model: nn.Module) -> bool:

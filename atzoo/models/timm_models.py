@@ -14,13 +14,12 @@ its hook ran, and its output may be part of a loss that autograd differentiates.
 from __future__ import annotations
 
 import difflib
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from atzoo.errors import CheckpointError, RegistryError
-from atzoo.models.layers import make_normalize
+from atzoo.models.layers import normalized
 from atzoo.registry import MODELS
 
 
@@ -61,6 +60,55 @@ class TimmClassifier(nn.Module):
         return self.fc(self.forward_features(x))
 
 
+def _disable_inplace(net: nn.Module) -> None:
+    for module in net.modules():
+        if getattr(module, "inplace", None) is True:
+            module.inplace = False
+
+
+def timm_factory(timm_name: str, pretrained: bool = False) -> Callable[[int, int, nn.Module], nn.Module]:
+    """``timm:timm_name`` as an architecture constructor: random initialisation, or timm's
+    pretrained weights (``model.pretrained=true``).
+
+    With ``pretrained``, timm loads its weights (from the Hugging Face Hub cache,
+    downloading them on first use), replaces the classifier for ``num_classes`` and adapts
+    the first convolution to ``in_channels``.
+    """
+
+    def factory(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
+        import timm
+
+        try:
+            net = timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
+        except Exception as exc:  # the Hub client's errors (network, cache, missing file) vary by version
+            if not pretrained:
+                raise
+            raise _pretrained_error(timm_name, exc) from None
+        _disable_inplace(net)
+        return TimmClassifier(net, first)
+
+    return factory
+
+
+def _pretrained_error(timm_name: str, exc: Exception) -> CheckpointError:
+    """One line: why timm's weights could not be had, and what to do."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first[:120] + ("..." if len(first) > 120 else "")
+    return CheckpointError(
+        f"model.pretrained: cannot load timm's pretrained weights for '{timm_name}' ({type(exc).__name__}: {first}); "
+        "they are downloaded from the Hugging Face Hub on first use, so connect once or copy the cache (HF_HOME), "
+        "or set model.pretrained=false"
+    )
+
+
+def pretrained_timm_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder of ``timm:NAME`` (checked as :func:`resolve_timm` does) that starts
+    from timm's pretrained weights."""
+    resolve_timm(name.removeprefix("timm:"))
+    timm_name = name.removeprefix("timm:")
+    return normalized(timm_factory(timm_name, pretrained=True), f"timm {timm_name} (pretrained)")
+
+
 def portable_module(model: nn.Module) -> nn.Module:
     """The module whose state dict a run exports: timm's own network for ``timm:`` models.
 
@@ -80,49 +128,6 @@ def weights_target(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
     return model
 
 
-def _disable_inplace(net: nn.Module) -> None:
-    for module in net.modules():
-        if getattr(module, "inplace", None) is True:
-            module.inplace = False
-
-
-def build_timm(
-    timm_name: str,
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    pretrained: bool = False,
-) -> nn.Module:
-    """Builds ``timm:timm_name``: random initialisation, or timm's pretrained weights.
-
-    With ``pretrained``, timm loads its weights (from the Hugging Face Hub cache,
-    downloading them on first use) and replaces the classifier for ``num_classes``
-    (and adapts the first convolution to ``in_channels``).
-
-    Raises:
-        CheckpointError: the pretrained weights cannot be had (offline and not cached,
-            or none exist for this model); one line saying how to proceed.
-    """
-    import timm
-
-    try:
-        net = timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_channels)
-    except Exception as exc:  # the Hub client's errors (network, cache, missing file) vary by version
-        if not pretrained:
-            raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"model.pretrained: cannot load timm's pretrained weights for '{timm_name}' ({type(exc).__name__}: "
-            f"{first[:120]}{'...' if len(first) > 120 else ''}); they are downloaded from the Hugging Face Hub on first use, so connect once or "
-            f"copy the cache (HF_HOME), or set model.pretrained=false"
-        ) from None
-    _disable_inplace(net)
-    return TimmClassifier(net, make_normalize(in_channels, normalize, mean, std))
-
-
 def resolve_timm(timm_name: str) -> Callable[..., nn.Module]:
     """The ``timm:`` prefix resolver: a builder with the registered-model signature.
 
@@ -135,9 +140,7 @@ def resolve_timm(timm_name: str) -> Callable[..., nn.Module]:
         close = difflib.get_close_matches(timm_name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else ""
         raise RegistryError(f"unknown timm model '{timm_name}'.{hint} See timm.list_models() for the names.")
-    builder = functools.partial(build_timm, timm_name)
-    builder.__doc__ = f"timm {timm_name} (random initialisation)"  # type: ignore[attr-defined]
-    return builder
+    return normalized(timm_factory(timm_name), f"timm {timm_name} (random initialisation)")
 
 
 MODELS.register_prefix(

@@ -16,6 +16,7 @@ import io
 import math
 import textwrap
 from pathlib import Path
+from typing import BinaryIO
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -84,10 +85,10 @@ def _legend_lines(group: Group) -> int:
     return lines + (1 if pareto_front(group.measured) else 0)
 
 
-def plot_tradeoff(board: Leaderboard, path: str | Path) -> Path:
-    """Writes the trade-off figure to ``path`` (PNG) and returns it."""
-    Path(path).write_bytes(png_bytes(tradeoff_figure(board)))
-    return Path(path)
+def plot_tradeoff(board: Leaderboard, path: str | Path | BinaryIO) -> str | Path | BinaryIO:
+    """Writes the trade-off figure to ``path`` (PNG; a file name or a binary stream) and returns it."""
+    tradeoff_figure(board).savefig(path, format="png", dpi=120)
+    return Path(path) if isinstance(path, str) else path
 
 
 def png_bytes(fig: Figure) -> bytes:
