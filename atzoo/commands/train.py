@@ -67,11 +67,8 @@ def make_config(
     named = recipe_method(recipe)
     if named is not None and named != method:
         raise ConfigError(f"recipe {recipe} is for method '{named}', not '{method}'; use 'atzoo train {named}'")
-    cfg = build_config(
-        recipe, list(overrides or []),
-        method={"name": method}, model={"name": model}, data={"name": dataset, "batch_size": batch_size},
-        optim={"epochs": epochs}, run={"seed": seed},
-    )
+    cfg = build_config(recipe, list(overrides or []), **flag_sections(
+        method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed))
     if cfg.method.name != method:
         raise ConfigError(f"method.name={cfg.method.name} contradicts the command's method '{method}'")
     return cfg
@@ -141,25 +138,16 @@ def resumed_config(saved_file: Path, method: str, *, recipe: Path | None, overri
     return resolve(config_from_dict(apply_overrides(values, overrides)))
 
 
-def run_training(
-    method: str,
-    *,
-    model: str | None = None,
-    dataset: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    seed: int | None = None,
-    recipe: Path | None = None,
-    overrides: list[str] | None = None,
-    out: Path | None = None,
-    force: bool = False,
-    resume: bool = False,
-) -> Path:
-    """``atzoo train`` as a function (the CLI and ``atzoo.train`` call it); returns the run directory."""
+def run_training(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None,
+                 out: Path | None = None, force: bool = False, resume: bool = False, **flags: Any) -> Path:
+    """``atzoo train`` as a function (the CLI and ``atzoo.train`` call it); returns the run directory.
+
+    ``flags`` are the command's ``model``, ``dataset``, ``epochs``, ``batch_size`` and
+    ``seed`` (``None``: not given).
+    """
     from atzoo.engine import train
 
     overrides = list(overrides or [])
-    flags = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "seed": seed}
     cfg, run_dir = plan_run(method, recipe=recipe, overrides=overrides, out=out, **flags)
     saved = run_dir / "config.yaml"
     if resume and saved.is_file():

@@ -75,9 +75,9 @@ def build_external_model(
         ConfigError: an unknown source or name, or missing weights.
         CheckpointError: the weights do not fit the network.
     """
-    from atzoo.methods.arrest import load_weights
     from atzoo.models import create_model
     from atzoo.models.layers import make_normalize
+    from atzoo.models.weights import load_weights
 
     match = MODEL_SPEC.match(spec)
     if match is None:
