@@ -221,7 +221,13 @@ def compare(
     Returns:
         The :class:`~atzoo.report.Leaderboard` (``board.groups[i].entries``).
     """
+    import warnings
+
     from atzoo.report import compare as run_compare
 
     paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    return run_compare(paths, out=out, paper=paper)[0]
+    board = run_compare(paths, out=out, paper=paper)[0]
+    if board.skipped:
+        warnings.warn(f"skipped {len(board.skipped)} run(s) without eval.json: "
+                      f"{', '.join(str(p) for p in board.skipped)}", stacklevel=2)
+    return board

@@ -77,8 +77,8 @@ def test_wheel_carries_cards_recipes_and_cli(installed: tuple[Path, dict[str, st
           "run.evaluate=false"], work, env)
     assert "lr: 0.1" in (work / "run" / "config.yaml").read_text()  # the recipe's optimiser section
     code = ("import atzoo; m = atzoo.load('run'); "
-            "print(atzoo.evaluate(m, 'digits', attacks=['clean', 'pgd20'], n_ex=20)['n_examples'])")
-    assert _run([python, "-c", code], work, env).stdout.strip() == "20"
+            "print(atzoo.evaluate(m, 'digits', attacks=['clean', 'pgd20'], n_ex=100)['n_examples'])")
+    assert _run([python, "-c", code], work, env).stdout.strip() == "100"
 
     # compare --paper finds the papers' numbers (zoo cards) inside the wheel
     paper_run = work / "runs" / "at-c10"

@@ -80,6 +80,10 @@ def eval_command(
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
+    # Leave together and close the process group: a rank that exits while another still
+    # talks to it can be aborted by the gloo backend.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def _external_out(out: Path | None, weights: Path | None) -> Path:
