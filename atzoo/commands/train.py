@@ -16,6 +16,7 @@ find the directory (``--out``), and ``--epochs`` may extend the training.
 from __future__ import annotations
 
 import hashlib
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,12 +29,12 @@ from atzoo.config import (
     build_config,
     config_from_dict,
     config_to_dict,
-    from_yaml,
     load_recipe,
     merge,
+    read_config_file,
     resolve,
 )
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, InterruptedRun
 
 #: Overrides that name the run directory themselves (no hash is added to the name then).
 NAMING_KEYS: tuple[str, ...] = ("run.name", "run.out")
@@ -123,10 +124,7 @@ def resumed_config(saved_file: Path, method: str, *, recipe: Path | None, overri
     The engine then refuses any change that matters for training (naming each key with
     both values) except a longer ``optim.epochs``.
     """
-    try:
-        saved = from_yaml(saved_file.read_text(encoding="utf-8"), source=str(saved_file))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{saved_file} is not a UTF-8 text file, so not an atzoo config") from None
+    saved = read_config_file(saved_file)
     if saved.method.name != method:
         raise ConfigError(f"{saved_file.parent} is a run of '{saved.method.name}', not '{method}'; "
                           f"use 'atzoo train {saved.method.name} --resume'")
@@ -174,6 +172,24 @@ def summary_line(eval_payload: dict[str, Any]) -> str:
                      if isinstance(eval_payload.get(key), (int, float)))
 
 
+def _flag_args(flags: dict[str, Any]) -> list[str]:
+    return [str(part) for flag, value in flags.items() if value is not None for part in (flag, value)]
+
+
+def interrupted(exc: InterruptedRun, args: list[str]) -> InterruptedRun:
+    """The line of a run stopped by Ctrl-C (SIGINT), with the command that continues it:
+
+    ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
+    (from its newest checkpoint, or from the start when it has none yet). A run stopped
+    before its first step left nothing (``--force``: the old run is back in place):
+    ``atzoo: interrupted before the run started; nothing was changed in DIR``.
+    """
+    if not exc.resumable:
+        return InterruptedRun(f"interrupted before the run started; nothing was changed in {exc.run_dir}")
+    command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(exc.run_dir)])
+    return InterruptedRun(f"interrupted; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True)
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``atzoo train`` to the CLI."""
 
@@ -198,8 +214,13 @@ def register(app: typer.Typer) -> None:
         """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
         import json
 
-        run_dir = run_training(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
-                               recipe=recipe, overrides=overrides, out=out, force=force, resume=resume)
+        flags = {"--model": model, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
+                 "--recipe": recipe, "--seed": seed}
+        try:
+            run_dir = run_training(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                                   seed=seed, recipe=recipe, overrides=overrides, out=out, force=force, resume=resume)
+        except InterruptedRun as exc:
+            raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
 
         if not PartialState().is_main_process:
@@ -207,5 +228,5 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
         eval_file = run_dir / "eval.json"
-        if from_yaml((run_dir / "config.yaml").read_text(encoding="utf-8")).run.evaluate and eval_file.is_file():
+        if read_config_file(run_dir / "config.yaml").run.evaluate and eval_file.is_file():
             console.print(f"eval: {summary_line(json.loads(eval_file.read_text()))}", highlight=False)
