@@ -56,6 +56,7 @@ class ModelConfig:
     num_classes: Optional[int] = None
     in_channels: Optional[int] = None
     normalize: bool = False  # mean/std layer inside the model (off, as in the official code)
+    pretrained: bool = False  # timm:NAME only: start from timm's pretrained weights
     channels_last: bool = False  # NHWC memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the training forward
 
@@ -392,10 +393,13 @@ def read_config_file(path: str | Path) -> RunConfig:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Reads a recipe file into a nested dict (validated later by config_from_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+    """Reads a recipe (a file, or a bundled recipe's name) into a nested dict.
+
+    The dict is validated later by config_from_dict.
+    """
+    from atzoo.resources import find_recipe
+
+    path = find_recipe(path)
     values = read_yaml_file(path, "recipe")
     if values is None:
         return {}
@@ -526,6 +530,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}"),
         (cfg.run.checkpoint_every_steps >= 0,
          f"run.checkpoint_every_steps must be >= 0, got {cfg.run.checkpoint_every_steps}"),
+        (not cfg.model.pretrained or cfg.model.name.startswith("timm:"),
+         f"model.pretrained=true needs a timm:NAME model (timm holds the weights); '{cfg.model.name}' is built "
+         "from scratch only"),
         (cfg.averaging.swa_every_steps >= 1,
          f"averaging.swa_every_steps must be >= 1, got {cfg.averaging.swa_every_steps}"),
     ]

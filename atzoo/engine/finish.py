@@ -73,7 +73,9 @@ class Finishing(RunState):
 
     def export(self, model: nn.Module, filename: str, weights: str) -> None:
         """Writes a plain model's weights (safetensors) and, for the deployable one, its meta."""
-        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(model)))
+        from atzoo.models.timm_models import portable_module  # timm runs export timm's own keys
+
+        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(portable_module(model))))
         if filename == "model.safetensors":
             atomic_write_json(self.run_dir / "model_meta.json", self.model_meta(weights))
 

@@ -52,27 +52,54 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return [k for k in keys if k not in _RESUME_FREE_KEYS and _lookup(a, k) != _lookup(b, k)]
 
 
+def resume_refusals(saved: RunConfig, new: RunConfig) -> list[str]:
+    """``key: saved -> new`` for each difference that ``--resume`` cannot continue across.
+
+    A longer ``optim.epochs`` is allowed where the schedule is a function of the epoch
+    alone (``piecewise``, ``constant``): the run continues at the last learning rate.
+    A cosine or one-cycle schedule spans the whole run, so changing its length would
+    change the learning rate of the steps already taken.
+    """
+    a, b = config_to_dict(saved), config_to_dict(new)
+    refusals = []
+    for key in config_differences(saved, new):
+        if key == "optim.epochs" and b["optim"]["epochs"] > a["optim"]["epochs"] \
+                and new.optim.schedule in ("piecewise", "constant"):
+            continue
+        refusals.append(f"{key}: {_lookup(a, key)!r} -> {_lookup(b, key)!r}")
+    return refusals
+
+
 def _lookup(values: dict[str, Any], key: str) -> Any:
     section, _, leaf = key.partition(".")
     return values[section].get(leaf)
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> str | None:
     """``--resume`` continues only the configuration in the run's config.yaml (checked
-    before anything is built or written, through the bounded YAML reader).
+    before anything is built or written, through the bounded YAML reader), except for a
+    longer ``optim.epochs`` (see :func:`resume_refusals`).
+
+    Returns:
+        The line announcing an extension (``extending the run from 100 to 120 epochs``), or None.
 
     Raises:
-        ConfigError: config.yaml is unreadable, or a setting that affects training differs.
+        ConfigError: config.yaml is unreadable, or a setting that affects training differs
+            (each named with both values).
     """
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        return
-    differences = config_differences(read_config_file(saved), cfg)
-    if differences:
+        return None
+    previous = read_config_file(saved)
+    refusals = resume_refusals(previous, cfg)
+    if refusals:
         raise ConfigError(
-            f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
-            "(use --force or another --out for a new run)"
+            f"--resume continues {saved} unchanged, but {'; '.join(refusals)} "
+            "(drop those settings, or use --force or another --out for a new run)"
         )
+    if cfg.optim.epochs != previous.optim.epochs:
+        return f"extending the run from {previous.optim.epochs} to {cfg.optim.epochs} epochs"
+    return None
 
 
 @dataclass

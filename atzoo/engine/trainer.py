@@ -90,8 +90,7 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
     check_seed(cfg.run.seed)
     check_run_dir(run_dir, force=force, resume=resume)
-    if resume:
-        check_resume_config(run_dir, cfg)
+    extension = check_resume_config(run_dir, cfg) if resume else None
     check_settings(cfg)  # builds SGD once on a dummy tensor (torch's first optimizer costs ~1 s)
     needs = METHODS.get(cfg.method.name).needs(cfg.method)
     resources = satisfy_needs(needs, cfg, run_dir, train)  # e.g. <run dir>-pretrain, a run of its own
@@ -99,6 +98,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     trackers = select_trackers(cfg.run.trackers)
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
     trainer = Trainer(cfg, run_dir, accelerator, method)
+    if extension:
+        trainer.reporter.message(extension)
     if cfg.run.evaluate:
         check_evaluation(cfg, trainer.bundle)
     # The claim creates, locks and (for --force) swaps the directory; an error before the
@@ -137,7 +138,7 @@ def build_model(cfg: RunConfig, bundle: Any) -> nn.Module:
             raise DataError(f"model.{key}={given} does not match dataset '{cfg.data.name}', which has {data_value}")
     return create_model(
         cfg.model.name, bundle.num_classes, bundle.in_channels,
-        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std,
+        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std, pretrained=cfg.model.pretrained,
     )
 
 

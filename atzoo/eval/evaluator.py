@@ -235,15 +235,20 @@ def _test_pass(
     device: torch.device, group: ProcessGroup, accelerator: Any, progress: _Progress, seed: int, n_sub: int,
     extra: Sequence[BatchAttack] = (),
 ) -> _PassTotals:
-    """Clean and PGD-N accuracy per class over this process's shard, then summed."""
+    """Clean and PGD-N accuracy per class over this process's shard, then summed.
+
+    The invariance needs penultimate features; a model without them (any ``nn.Module``
+    that is neither an atzoo nor a timm network) is measured on its logits alone.
+    """
     from atzoo.data import make_eval_loader
+    from atzoo.models import has_penultimate_features
 
     loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
     classes = bundle.num_classes
     totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
                          for n in ["clean"] + [f"pgd{s}" for s in steps_list] + [a.name for a in extra]},
                          torch.zeros((), device=device), torch.zeros(2, device=device))
-    invariance = cfg.invariance and 20 in steps_list
+    invariance = cfg.invariance and 20 in steps_list and has_penultimate_features(net)
     names = [f"PGD-{s}" for s in steps_list] + [a.name for a in extra]
     task = progress.task("clean + " + ", ".join(names) if names else "clean",
                          len(loader))
@@ -411,7 +416,7 @@ def evaluate(
         if "clean" in attacks:
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
                                 accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub, extra=extra)
-            results.update(_pass_results(totals, bundle, steps_list, cfg, threat))
+            results.update(_pass_results(totals, bundle, steps_list, cfg, threat, net))
             results["attacks"].update({a.name: a.describe() for a in extra})
         m = min(STEP_CHECK_EXAMPLES, n_sub)
         need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
@@ -437,8 +442,10 @@ def evaluate(
 
 
 def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
-                  threat: ThreatModel) -> dict[str, Any]:
+                  threat: ThreatModel, net: nn.Module) -> dict[str, Any]:
     """Accuracies (percent), per-class accuracies and the invariance from the test pass."""
+    from atzoo.models import has_penultimate_features
+
     n = float(totals.total.sum().item())
     results: dict[str, Any] = {"per_class": {}, "attacks": {"clean": {}}}
     for name, correct in totals.correct.items():
@@ -450,7 +457,8 @@ def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: 
     for steps in steps_list:
         results["attacks"][f"pgd{steps}"] = threat.pgd_settings(steps)
     if 20 in steps_list:
-        results["invariance_cos"] = totals.cos_sum.item() / n if cfg.invariance else None
+        measured = cfg.invariance and has_penultimate_features(net)
+        results["invariance_cos"] = totals.cos_sum.item() / n if measured else None
         correct, count = totals.subset_pgd20.tolist()
         results["_subset_pgd20"] = 100.0 * correct / count if count else None
     return results
@@ -506,6 +514,7 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from atzoo.models import create_model
+    from atzoo.models.timm_models import weights_target
 
     weights, meta_path = _run_files(Path(path))
     meta = _read_meta(meta_path)
@@ -519,8 +528,9 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from None
-    _check_state(model, state, weights, meta)
-    model.load_state_dict(state, strict=True)
+    target = weights_target(model, state)  # a timm run's file holds timm's own keys
+    _check_state(target, state, weights, meta)
+    target.load_state_dict(state, strict=True)
     return model.eval(), meta
 
 
