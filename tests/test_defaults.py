@@ -201,7 +201,7 @@ def test_imagenette_is_set_up_as_the_official_arat_code() -> None:
             assert cfg.method.split_bn is True
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("at_*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in TOP_RECIPES if recipe_setting(p)[0] == "at"], ids=lambda p: p.stem)
 def test_at_recipes_use_the_robustness_defaults_the_paper_ran(path: Path) -> None:
     cfg = build_config(path)  # ndb796 code aligned to MadryLab robustness' CIFAR defaults
     assert (cfg.attack.steps, cfg.attack.bn_mode, cfg.attack.eps, cfg.attack.step_size) == (
