@@ -97,7 +97,7 @@ class OptimConfig:
     schedule: Literal["piecewise", "cosine", "onecycle", "constant"] = "piecewise"
     milestones: list[int] = field(default_factory=lambda: [75, 90])
     lr_decay: float = 0.1
-    warmup_epochs: float = 1  # piecewise: epochs run at warmup_lr before lr (fractions allowed)
+    warmup_epochs: float = 1.0  # piecewise: epochs run at warmup_lr before lr (fractions allowed)
     warmup_lr: Optional[float] = 0.02  # None: no warm-up
     grad_clip: Optional[float] = None
     grad_accum: int = 1
