@@ -86,7 +86,8 @@ def test_cli_train_and_eval_on_two_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 process(es)" in proc.stderr and proc.stdout.count("run directory:") == 1  # rank 0 reports
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "eval.json", "metrics.jsonl", "model.safetensors", "model_meta.json"]
+        "checkpoints", "config.yaml", "curves.png", "eval.json", "metrics.jsonl", "model.safetensors",
+        "model_meta.json"]
 
     proc = subprocess.run([*launch, "eval", str(run_dir), "--attacks", "clean,pgd2", "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)

@@ -100,7 +100,10 @@ def test_a_longer_cosine_schedule_cannot_be_resumed() -> None:
     from atzoo.engine.resume import resume_refusals
 
     def cfg(epochs: int, schedule: str):
-        return build_config(None, [f"optim.epochs={epochs}", f"optim.schedule={schedule}"], method={"name": "at"})
+        # --resume applies --epochs to the run's saved config.yaml, whose milestones are
+        # explicit values (so not rescaled); give them explicitly here as well.
+        return build_config(None, [f"optim.epochs={epochs}", f"optim.schedule={schedule}", "optim.milestones=[5,8]"],
+                            method={"name": "at"})
 
     assert resume_refusals(cfg(10, "piecewise"), cfg(20, "piecewise")) == []
     assert resume_refusals(cfg(10, "cosine"), cfg(20, "cosine")) == ["optim.epochs: 10 -> 20"]

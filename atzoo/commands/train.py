@@ -200,11 +200,14 @@ def run_training(method: str, *, recipe: Path | None = None, overrides: list[str
     explicit = recipe is not None
     if recipe is None and auto_recipe:  # atzoo train METHOD --model M --dataset D: the shipped recipe
         recipe = shipped_recipe(method, flags.get("model"), flags.get("dataset"), overrides)
-    notes = announce(resolve_train_config(method, recipe=recipe, overrides=overrides, **flags), explicit=explicit)
     cfg, run_dir = plan_run(method, recipe=recipe, overrides=overrides, out=out, **flags)
     saved = run_dir / "config.yaml"
     if resume and saved.is_file():
-        cfg = resumed_config(saved, method, recipe=recipe, overrides=overrides, **flags)
+        # The run's own config.yaml, not a fresh resolution: nothing was picked or rescaled
+        # now (the engine announces a longer --epochs itself).
+        cfg, notes = resumed_config(saved, method, recipe=recipe, overrides=overrides, **flags), []
+    else:
+        notes = announce(resolve_train_config(method, recipe=recipe, overrides=overrides, **flags), explicit=explicit)
     return train(cfg, out=run_dir, force=force, resume=resume, notes=notes)
 
 
@@ -295,7 +298,12 @@ def register(app: typer.Typer) -> None:
             raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
 
-        if not PartialState().is_main_process:
+        state = PartialState()
+        # Leave together and close the process group (as `atzoo eval` does): a rank that
+        # exits while the main process still writes curves.png can be aborted by gloo.
+        state.wait_for_everyone()
+        state.destroy_process_group()
+        if not state.is_main_process:
             return
         console = Console()
         console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
