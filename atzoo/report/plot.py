@@ -66,8 +66,8 @@ def _legend(ax: Axes, group: Group) -> None:
     ax.legend(fontsize=7, loc="best")
 
 
-def plot_tradeoff(board: Leaderboard, path: str | Path) -> Path:
-    """Writes the trade-off figure to ``path`` (PNG) and returns it."""
+def plot_tradeoff(board: Leaderboard, path: str | Path, *, title: str = "Robustness-accuracy trade-off") -> Path:
+    """Writes the trade-off figure to ``path`` (PNG) and returns it (``title`` heads the figure)."""
     n = max(len(board.groups), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -79,6 +79,6 @@ def plot_tradeoff(board: Leaderboard, path: str | Path) -> Path:
             _draw_group(ax, board.groups[index])
         else:
             ax.set_axis_off()
-    fig.suptitle("Robustness-accuracy trade-off")
+    fig.suptitle(title, fontsize=10 if len(title) > 60 else None)
     fig.savefig(path, format="png", dpi=120)
     return Path(path)
