@@ -123,16 +123,16 @@ def test_malformed_manifest_is_a_one_line_config_error(change: dict, message: st
 
 def test_scale_shrinks_every_schedule_in_proportion() -> None:
     """AR-AT+SWA at cpu-small (3 of 100 epochs): milestones 75, 90 -> 2 (3 is the end), warm-up 1 -> 0,
-    SWA from epoch 49 -> 1, every 500 of 39,000 steps -> every 500 * 48 / 39,000 = 0.6 -> 1 step."""
+    SWA from epoch 49 -> 1, every 500 of 100 x 1562 steps -> every 500 * 24 / 156,200 -> 1 step."""
     scale = get_scale("cpu-small")
     recipe = find_recipe("arat_swa_cifar10_resnet18.yaml")
     cfg = build_run_config(recipe, "arat", ["averaging.swa_start_epoch=49", "model.name=small_cnn",
-                                            "data.batch_size=64", "method.layers=null"])
+                                            "data.batch_size=32", "method.layers=null"])
     overrides = scale_overrides(cfg, scale)
     assert "optim.epochs=3" in overrides and "optim.milestones=[2]" in overrides
     assert "optim.warmup_epochs=0" in overrides
     assert "averaging.swa_start_epoch=1" in overrides and "averaging.swa_every_steps=1" in overrides
-    assert "data.train_subset=1024" in overrides and "eval.n_ex=100" in overrides
+    assert "data.train_subset=256" in overrides and "eval.n_ex=50" in overrides
 
 
 def test_scaled_plan_replaces_model_tied_settings_and_the_dataset(tmp_path: Path) -> None:

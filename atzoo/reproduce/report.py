@@ -67,13 +67,16 @@ def _digits(metric: str) -> int:
     return 3 if metric in ("seconds_per_batch", "grad_sim", "cost_vs_at") else 2
 
 
-def row_cells(result: RowResult, metrics: list[str]) -> list[str]:
-    """Row label, seeds, then paper / measured / difference per metric, then the verdict."""
+def row_cells(result: RowResult, metrics: list[str], scaled: bool = False) -> list[str]:
+    """Row label, seeds, then paper / measured / difference per metric, then the verdict.
+
+    A scaled reproduction prints no difference: its absolute numbers are not the paper's.
+    """
     cells = [result.row.id, result.row.label, f"{len(result.runs)}/{result.planned}"]
     for metric in metrics:
         d = _digits(metric)
-        cells += [_num(result.row.paper.get(metric), d), _stat(result.measured.get(metric), d),
-                  _num(result.difference(metric), d, signed=True)]
+        diff = "n/a (scaled)" if scaled else _num(result.difference(metric), d, signed=True)
+        cells += [_num(result.row.paper.get(metric), d), _stat(result.measured.get(metric), d), diff]
     return cells + [result.verdict]
 
 
@@ -122,8 +125,9 @@ def to_markdown(rep: Reproduction, tradeoff: str = "tradeoff.png") -> str:
         parts += [f"Wall time of the runs trained by this command: {rep.wall_seconds / 60:.1f} min.", ""]
     counts = ", ".join(f"{k}: {v}" for k, v in summary_counts(rep).items())
     parts += [f"Summary: {counts}.", "", "## Paper vs measured", "",
-              "Measured: mean ± sample std over the finished seeds; diff = measured mean - paper.", "",
-              _md_table(header(rep.metrics), [row_cells(r, rep.metrics) for r in rep.results]), ""]
+              "Measured: mean ± sample std over the finished seeds; diff = measured mean - paper "
+              "(not given for a scaled reproduction).", "",
+              _md_table(header(rep.metrics), [row_cells(r, rep.metrics, rep.scale is not None) for r in rep.results]), ""]
     if rep.claims:
         parts += ["## Orderings and gaps", "",
                   "Each ordering the paper's numbers show, checked on the measured means (gap = left - right).", "",
@@ -179,7 +183,7 @@ def to_html(rep: Reproduction) -> str:
 <p class="note">Paper: {html.escape(t.paper)}. Source: {html.escape(t.source)}.</p>
 {command}
 <h2>Paper vs measured</h2>
-{_html_table(header(rep.metrics), [row_cells(r, rep.metrics) for r in rep.results])}
+{_html_table(header(rep.metrics), [row_cells(r, rep.metrics, rep.scale is not None) for r in rep.results])}
 {claims}
 <h2>Notes</h2><ul>{notes}</ul>
 <h2>Measured runs</h2><img src="tradeoff.png" alt="clean vs robust accuracy" style="max-width: 100%">

@@ -30,7 +30,7 @@ from typing import Any
 from atzoo.config import RunConfig, build_config, config_to_dict
 from atzoo.errors import ConfigError
 from atzoo.reproduce.manifest import Row, Table
-from atzoo.reproduce.scale import Scale, model_overrides, scale_overrides
+from atzoo.reproduce.scale import Scale, model_overrides, paper_steps, scale_overrides
 
 #: The repository's recipe folder (a checkout or an installed tree that carries it).
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -125,7 +125,7 @@ def row_overrides(row: Row, recipe: Path, seed: int, scale: Scale | None, data: 
     if scale is not None:
         overrides += [f"data.batch_size={scale.batch_size}"] if scale.batch_size else []
         overrides += model_overrides(base, scale)
-        overrides += scale_overrides(build_run_config(recipe, row.method, overrides), scale)
+        overrides += scale_overrides(build_run_config(recipe, row.method, overrides), scale, paper_steps(base))
     overrides.append(f"run.seed={seed}")
     return overrides
 
@@ -149,13 +149,18 @@ def plan_runs(
         ConfigError: a recipe is missing or a row's settings do not build a valid config.
     """
     planned = []
-    for row in rows:
-        recipe = find_recipe(row.recipe)
-        for seed in seeds if seeds is not None else row.seeds:
-            overrides = row_overrides(row, recipe, seed, scale, data or {})
-            cfg = build_run_config(recipe, row.method, overrides)
+    recipes = {row.id: find_recipe(row.recipe) for row in rows}
+    # Seed-major order: every row's first seed before any row's second, so that a run cut
+    # short still has every method once.
+    all_seeds = sorted({s for row in rows for s in (seeds if seeds is not None else row.seeds)})
+    for seed in all_seeds:
+        for row in rows:
+            if seed not in (seeds if seeds is not None else row.seeds):
+                continue
+            overrides = row_overrides(row, recipes[row.id], seed, scale, data or {})
+            cfg = build_run_config(recipes[row.id], row.method, overrides)
             run_dir = out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}"
-            planned.append(PlannedRun(row, seed, run_dir, recipe, tuple(overrides), cfg))
+            planned.append(PlannedRun(row, seed, run_dir, recipes[row.id], tuple(overrides), cfg))
     return planned
 
 

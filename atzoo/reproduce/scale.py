@@ -78,8 +78,8 @@ SCALES: dict[str, Scale] = {
         Scale("tiny", "seconds per run on the bundled digits: the test suite's end-to-end check", epochs=1,
               train_subset=64, test_subset=16, aa_examples=4, model="small_cnn", dataset="digits", batch_size=32,
               extra=("run.trackers=[]",)),
-        Scale("cpu-small", "a CPU-only evidence run: small_cnn on about a thousand images for a few epochs",
-              epochs=3, train_subset=1024, test_subset=200, aa_examples=100, model="small_cnn", batch_size=64),
+        Scale("cpu-small", "a CPU-only evidence run on a shared 2-core machine: small_cnn, a few hundred images",
+              epochs=3, train_subset=256, test_subset=100, aa_examples=50, model="small_cnn", batch_size=32),
         Scale("gpu-hour", "the paper's model on a fifth of the data for 20 epochs: a one-GPU check of a row",
               epochs=20, train_subset=10_000, test_subset=2_000, aa_examples=1_000),
     )
@@ -110,11 +110,17 @@ def _total_steps(cfg: RunConfig, epochs: int, images: int | None) -> int | None:
     return max(1, epochs * (n // cfg.data.batch_size))
 
 
-def scale_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
+def paper_steps(cfg: RunConfig) -> int | None:
+    """Total optimizer steps of the row's unscaled recipe (``None`` for an unknown dataset size)."""
+    return _total_steps(cfg, cfg.optim.epochs, None)
+
+
+def scale_overrides(cfg: RunConfig, scale: Scale, full_steps: int | None = None) -> list[str]:
     """``section.key=value`` settings that shrink the resolved row config ``cfg`` to ``scale``.
 
-    ``cfg`` must already carry the preset's dataset and model choices, so that the step
-    ratio uses the scaled data and batch size.
+    ``cfg`` must already carry the preset's dataset, model and batch choices, so that the
+    step ratio uses the scaled steps; ``full_steps`` are the unscaled recipe's total steps
+    (:func:`paper_steps` of the row before any stand-in dataset; default: ``cfg``'s own).
     """
     full_epochs = cfg.optim.epochs
     ratio = scale.epochs / full_epochs
@@ -126,7 +132,7 @@ def scale_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
                        ("eval.n_ex", scale.aa_examples)):
         if value is not None:
             out.append(f"{key}={value}")
-    full_steps = _total_steps(cfg, full_epochs, None)
+    full_steps = full_steps or _total_steps(cfg, full_epochs, None)
     new_steps = _total_steps(cfg, scale.epochs, scale.train_subset)
     step_ratio = new_steps / full_steps if full_steps and new_steps else ratio
     if cfg.averaging.swa:
