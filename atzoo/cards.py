@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from atzoo.common import load_yaml
 from atzoo.errors import AtzooError
 
 #: Folder holding the cards: ``$ATZOO_CARDS`` or ``zoo_cards/`` next to the package.
@@ -179,11 +178,7 @@ def split_front_matter(text: str, source: str) -> tuple[dict[str, Any], str]:
         end = next(i for i, line in enumerate(lines[1:], start=1) if line.strip() == "---")
     except StopIteration:
         raise AtzooError(f"card {source} has no closing '---' line after its front matter") from None
-    try:
-        meta = yaml.safe_load("".join(lines[1:end]))
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AtzooError(f"card {source} front matter is not valid YAML: {first}") from None
+    meta = load_yaml("".join(lines[1:end]), f"card {source} front matter")
     if not isinstance(meta, dict):
         raise AtzooError(f"card {source} front matter must be a mapping of keys")
     return meta, "".join(lines[end + 1 :]).lstrip("\n")

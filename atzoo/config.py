@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from atzoo.common import load_yaml
 from atzoo.errors import ConfigError
 
 # --------------------------------------------------------------------------- sections
@@ -60,8 +61,13 @@ class ModelConfig:
 
 @dataclass
 class AttackConfig:
-    """The *training* attack. ``None`` fields take the method's default (see its card)."""
+    """The *training* attack. ``None`` fields take the method's default (see its card).
 
+    ``name`` is a registered per-batch attack (``atzoo list attacks``); it receives the
+    settings below that it takes (see :mod:`atzoo.attacks.registered`).
+    """
+
+    name: str = "pgd"
     norm: Literal["linf", "l2"] = "linf"
     eps: float = 8 / 255
     step_size: float = 2 / 255
@@ -368,11 +374,7 @@ def to_yaml(cfg: RunConfig) -> str:
 
 def from_yaml(text: str, source: str = "<string>") -> RunConfig:
     """Parses a YAML recipe."""
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{source} is not valid YAML: {first}") from None
+    values = load_yaml(text, source, ConfigError)
     return config_from_dict(values)
 
 
@@ -382,12 +384,10 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"recipe {path} is not a text file (expected YAML)") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
+    values = load_yaml(text, f"recipe {path}", ConfigError)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -454,20 +454,20 @@ def build_config(
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fills method-dependent defaults (training-attack mode/start, gamma per model)."""
-    from atzoo.registry import METHODS
-
-    method_cls = METHODS.get(cfg.method.name)
-    attack_defaults: dict[str, Any] = dict(getattr(method_cls, "attack_defaults", {}))
-    for key, value in attack_defaults.items():
-        if getattr(cfg.attack, key) is None:
-            setattr(cfg.attack, key, value)
-    if cfg.attack.random_start is None:
-        cfg.attack.random_start = "uniform"
-    if cfg.attack.bn_mode is None:
-        cfg.attack.bn_mode = "eval"
+    cfg.attack = resolve_attack(cfg.attack, cfg.method.name)
     cfg.method = cfg.method.resolve(cfg)
     validate(cfg)
     return cfg
+
+
+def resolve_attack(attack: AttackConfig, method_name: str) -> AttackConfig:
+    """The training attack with no ``None`` left: the method's ``attack_defaults``, else a
+    uniform random start and eval-mode BN (a copy; ``attack`` is not changed)."""
+    from atzoo.registry import METHODS
+
+    defaults = {"random_start": "uniform", "bn_mode": "eval",
+                **getattr(METHODS.get(method_name), "attack_defaults", {})}
+    return dataclasses.replace(attack, **{k: v for k, v in defaults.items() if getattr(attack, k) is None})
 
 
 def validate(cfg: RunConfig) -> None:
@@ -501,4 +501,19 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_attack_name(cfg.attack.name)
     cfg.method.validate()
+
+
+def _check_attack_name(name: str) -> None:
+    """``attack.name`` must be a registered per-batch attack (AutoAttack is evaluation only)."""
+    from atzoo.registry import ATTACKS, load_builtins
+
+    load_builtins()
+    names = [n for n, fn in ATTACKS.items() if getattr(fn, "per_batch", True)]  # all but AutoAttack
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown training attack attack.name='{name}'.{hint} Valid choices: {', '.join(names)}")

@@ -31,3 +31,7 @@ class DataError(AtzooError):
 
 class CheckpointError(AtzooError):
     """A checkpoint is missing, corrupted, unsafe, or does not match the model."""
+
+
+class NonFiniteLossError(AtzooError):
+    """The training loss (or the weights) became NaN or infinite; the run stopped."""

@@ -17,11 +17,13 @@ from torch import Tensor, nn
 from atzoo.attacks.autoattack import AA_ATTACKS, AA_VERSIONS, AutoAttackResult, run_autoattack
 from atzoo.attacks.mode import attack_mode, frozen_parameters, unwrap_model
 from atzoo.attacks.pgd import LOSSES, NORMS, STARTS, fgsm, pgd
+from atzoo.attacks.registered import BatchAttack, batch_attack_names, build_attack
 from atzoo.registry import ATTACKS
 
 __all__ = [
-    "AA_ATTACKS", "AA_VERSIONS", "AutoAttackResult", "LOSSES", "NORMS", "STARTS", "attack_mode", "fgsm",
-    "frozen_parameters", "pgd", "pgd20", "run_autoattack", "unwrap_model",
+    "AA_ATTACKS", "AA_VERSIONS", "AutoAttackResult", "BatchAttack", "LOSSES", "NORMS", "STARTS", "attack_mode",
+    "batch_attack_names", "build_attack", "fgsm", "frozen_parameters", "pgd", "pgd20", "run_autoattack",
+    "unwrap_model",
 ]
 
 
@@ -43,6 +45,12 @@ pgd20.summary = "PGD-20 on CE, random start, step 2/255 (L-inf) or eps/4 (L2): t
 fgsm.summary = "FGSM (Goodfellow et al. 2015): one signed step of eps"
 fgsm_rs.summary = "RS-FGSM (Wong et al. 2020): uniform random start, one step of 1.25 * eps"
 run_autoattack.summary = "reference AutoAttack (standard/plus/rand/custom), sharded over processes, resumable"
+
+# The run settings each attack is given (atzoo.attacks.registered): FGSM's step is its own
+# (eps, or 1.25 eps with the random start), not the run's PGD step size or start.
+fgsm.takes = fgsm_rs.takes = ("eps", "norm")
+pgd20.takes = ("eps", "norm", "step_size")
+run_autoattack.per_batch = False  # a whole subset at once: evaluation only, as ``aa``
 
 ATTACKS.add("pgd", pgd)
 ATTACKS.add("pgd20", pgd20)

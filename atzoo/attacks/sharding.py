@@ -17,8 +17,6 @@ fingerprint (model, data, settings) differs from the current run is ignored.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from atzoo.common import atomic_write_json
 from atzoo.errors import AtzooError
 
 STATE_FORMAT = "atzoo-chunk-state/1"
@@ -91,18 +90,9 @@ def assign_chunks(pending: list[int], rank: int, world_size: int) -> list[int]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Writes JSON to ``path`` via a temp file, fsync and ``os.replace`` (never half-written)."""
+    """Writes JSON to ``path`` atomically (:func:`atzoo.common.atomic_write_json`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(path, payload, indent=1)
 
 
 def _part_path(state_path: Path, rank: int) -> Path:

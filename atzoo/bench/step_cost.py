@@ -5,7 +5,7 @@ optimizer exactly as the engine does (``method.prepare_model`` -> ``build_module
 :class:`~atzoo.engine.module.TrainingModule` -> ``accelerator.prepare``) on one fixed
 batch, then times full training steps -- the training attack, one forward of the
 training module (all of the method's passes), the backward and the optimizer step --
-as :meth:`atzoo.engine.trainer.Trainer.train_batch` runs them.
+with the engine's own step, :func:`atzoo.engine.step.train_step`.
 
 Protocol (what makes the ratios comparable):
 
@@ -40,7 +40,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -268,14 +267,10 @@ def make_accelerator(device: str, precision: str) -> Any:
     Raises:
         ConfigError: the device is not available or the precision cannot be used on it.
     """
-    from accelerate import Accelerator
+    from atzoo.engine.accelerator import new_accelerator
 
     check_device(device)
-    try:
-        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=precision)
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"--precision {precision} cannot be used on {device}: {first}") from None
+    accelerator = new_accelerator(precision, cpu=device == "cpu", what="--precision")
     if accelerator.device.type != device:
         raise ConfigError(f"--device {device} was asked for but Accelerate chose {accelerator.device}")
     return accelerator
@@ -393,35 +388,21 @@ def build_harness(name: str, settings: StepCostSettings, bundle: Any, accelerato
 
 def train_step(h: Harness, x: Tensor, y: Tensor, *, counter: PassCounter | None = None,
                forward_context: Any = None) -> float:
-    """One training step as the engine runs it; returns the loss (a host copy).
+    """One training step, the engine's own (:func:`atzoo.engine.step.train_step`); returns the loss.
 
-    Attack on the unwrapped model, one forward of the prepared training module, the sum
-    of the loss parts, backward, optimizer step. Reading the loss back waits for all
-    queued device work, so wall-clock timing of this call covers the whole step.
+    Reading the loss back (a host copy) waits for all queued device work, so wall-clock
+    timing of this call covers the whole step.
 
     Args:
         counter: when given, its phase is set to ``attack`` and then ``loss``.
         forward_context: a context manager around the training forward (instrumentation).
     """
-    from atzoo.engine.trainer import sum_parts
+    from atzoo.engine.step import StepRunner
+    from atzoo.engine.step import train_step as engine_step
 
-    acc = h.accelerator
-    if h.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with acc.accumulate(h.wrapped):
-        with acc.autocast():
-            if counter is not None:
-                counter.phase = "attack"
-            x_adv = h.method.attack(h.core.model, h.core.method_modules, x, y)
-            if counter is not None:
-                counter.phase = "loss"
-            with forward_context if forward_context is not None else nullcontext():
-                parts, _, _ = h.wrapped(x, x_adv, y)
-        loss = sum_parts(parts)
-        acc.backward(loss)
-        h.optimizer.step()
-        h.optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    runner = StepRunner(h.accelerator, h.core, h.wrapped, h.optimizer, channels_last=h.channels_last)
+    phase = (lambda name: setattr(counter, "phase", name)) if counter is not None else None
+    return float(engine_step(runner, x, y, phase=phase, forward_context=forward_context).loss.detach())
 
 
 # --------------------------------------------------------------------------- memory

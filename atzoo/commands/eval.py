@@ -17,17 +17,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from atzoo.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
 from atzoo.errors import ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
-MAX_SEED = 2**32 - 1
 
 
 def eval_command(
     path: Path = typer.Argument(..., help="A run directory, or a .safetensors file with its _meta.json beside it."),
     attacks: Optional[str] = typer.Option(
-        None, "--attacks", help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa. Default: the run's eval.attacks."
+        None, "--attacks",
+        help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa, or any name of `atzoo list attacks`. "
+        "Default: the run's eval.attacks."
     ),
     n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
     aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),

@@ -1,7 +1,10 @@
 """The training engine: one Accelerate loop for every method.
 
 * :func:`train` -- build, (re)start, loop, export and evaluate one run
-  (:mod:`atzoo.engine.trainer`).
+  (:mod:`atzoo.engine.trainer`; its parts: :mod:`~atzoo.engine.resume` run state and
+  checkpoints, :mod:`~atzoo.engine.logs` logging, :mod:`~atzoo.engine.finish` export and
+  evaluation, :mod:`~atzoo.engine.needs` what methods declare they need).
+* :func:`~atzoo.engine.step.train_step` -- the one training step (trainer and benchmark).
 * :class:`TrainingModule` -- the single module Accelerate prepares; its forward is the
   method's loss, so every pass of a step shares one DDP synchronisation.
 * Checkpoints (:mod:`atzoo.engine.checkpoint`): atomic, SHA-256 verified, keep-last-K,
@@ -23,7 +26,8 @@ from atzoo.engine.checkpoint import (
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.rundir import default_run_name, read_metrics, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler, lr_factor
-from atzoo.engine.trainer import NonFiniteLossError, train
+from atzoo.engine.trainer import train
+from atzoo.errors import NonFiniteLossError
 
 __all__ = [
     "CheckpointData",

@@ -133,7 +133,7 @@ def recompute_bn_stats(
         model: the network (the SWA average), unwrapped.
         batches: ``(x, y)`` batches of training data on the model's device.
         make_adversarial: the attack (e.g. PGD-10 with the training-attack settings).
-        route: the BN route of a routed-BN model to recompute (``"adv"``); None for
+        route: the BN route of a routed-BN model to recompute (the method's ``attack_route``); None for
             plain models.
         reduce_mean: averages a tensor over processes, so every rank ends with the same
             statistics (identity with one process).

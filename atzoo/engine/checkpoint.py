@@ -38,15 +38,17 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
+from atzoo.common import TMP_PREFIX as _TMP_PREFIX
+from atzoo.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from atzoo.errors import CheckpointError
 
 FORMAT = "atzoo-checkpoint-1"
 MANIFEST = "MANIFEST.json"
 STATE = "state.json"
 _NAME = re.compile(r"^step-(\d+)$")
-_TMP_PREFIX = ".tmp-"
 _TENSOR_REF = "__tensor__"
 _TUPLE = "__tuple__"
+_INT_KEYS = "__int_keys__"
 
 #: Crash-test hook. With ``ATZOO_TEST_CRASH_AT=<phase>:<global step>`` in the environment
 #: the process kills itself (SIGKILL: no clean-up, like ``kill -9`` or a lost node) at that
@@ -67,20 +69,6 @@ def crash_point(phase: str, global_step: int) -> None:
 # --------------------------------------------------------------------------- atomic files
 
 
-def fsync_dir(path: Path) -> None:
-    """Flushes a directory entry (a rename or a new file) to disk where the OS allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_synced(path: Path, data: bytes) -> str:
     """Writes ``data`` to ``path``, fsyncs it, and returns its SHA-256 hex digest."""
     with open(path, "wb") as handle:
@@ -88,28 +76,6 @@ def write_synced(path: Path, data: bytes) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replaces ``path`` with ``data`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        write_synced(tmp, data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: Path) -> str:
@@ -128,7 +94,8 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
     """Replaces every tensor in a nested dict/list by a reference, collecting the tensors.
 
     The result is JSON-serialisable; ``tensors`` maps ``prefix/path`` to each tensor.
-    Tuples are marked so that :func:`join_tensors` gives them back as tuples.
+    Tuples, and dicts with integer keys (an optimizer's ``state_dict``), are marked so
+    that :func:`join_tensors` gives them back as they were.
 
     Raises:
         TypeError: a leaf is neither a tensor nor a JSON scalar (a bug in the caller).
@@ -137,8 +104,10 @@ def split_tensors(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
         tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {_TENSOR_REF: prefix}
     if isinstance(obj, dict):
+        if obj and all(isinstance(k, int) and not isinstance(k, bool) for k in obj):  # e.g. optimizer state
+            return {_INT_KEYS: {str(k): split_tensors(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}}
         if not all(isinstance(k, str) for k in obj):
-            raise TypeError(f"state keys must be strings at {prefix!r}")
+            raise TypeError(f"state keys must be strings (or all integers) at {prefix!r}")
         return {k: split_tensors(v, f"{prefix}/{k}", tensors) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         items = [split_tensors(v, f"{prefix}/{i}", tensors) for i, v in enumerate(obj)]
@@ -157,6 +126,8 @@ def join_tensors(obj: Any, tensors: dict[str, Tensor]) -> Any:
             return tensors[obj[_TENSOR_REF]]
         if set(obj) == {_TUPLE}:
             return tuple(join_tensors(v, tensors) for v in obj[_TUPLE])
+        if set(obj) == {_INT_KEYS}:
+            return {int(k): join_tensors(v, tensors) for k, v in obj[_INT_KEYS].items()}
         return {k: join_tensors(v, tensors) for k, v in obj.items()}
     if isinstance(obj, list):
         return [join_tensors(v, tensors) for v in obj]

@@ -73,14 +73,12 @@ def gradient_agreement(
     method: "Method", model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor
 ) -> dict[str, float]:
     """``diag/grad_cos`` and ``diag/grad_conflict`` from one recomputation of the loss."""
-    out = method.compute_loss(model, modules, x, x_adv, y)
-    reg = [p for name, p in out.parts.items() if method.is_regularizer(name)]
-    cls = [p for name, p in out.parts.items() if not method.is_regularizer(name)]
-    if not reg or not cls:
+    reg, cls = method.split_loss(method.compute_loss(model, modules, x, x_adv, y).parts)
+    if reg is None or cls is None:
         return {}
     params = [p for p in model.parameters() if p.requires_grad]
-    g_cls = flat_grad(torch.stack([p.float() for p in cls]).sum(), params, retain_graph=True)
-    g_reg = flat_grad(torch.stack([p.float() for p in reg]).sum(), params, retain_graph=False)
+    g_cls = flat_grad(cls, params, retain_graph=True)
+    g_reg = flat_grad(reg, params, retain_graph=False)
     return {"diag/grad_cos": gradient_cosine(g_cls, g_reg), "diag/grad_conflict": conflict_fraction(g_cls, g_reg)}
 
 

@@ -10,7 +10,11 @@ What one :func:`evaluate` call measures, with the model in eval mode throughout:
   between the penultimate features of clean and PGD-20 inputs over the test set, and
   the step check of the gradient-masking flags (PGD-5/20/50 on the first 500 examples
   from one random start).
-* ``aa``: the reference AutoAttack on the first ``n_ex`` test examples
+* any other per-batch attack of ``atzoo list attacks`` (``fgsm``, ``fgsm_rs``, one you
+  registered): accuracy overall and per class under ``<name>_acc``, with the evaluation's
+  norm, eps and step size (those of them the attack takes), from a random start where it
+  has one. ``pgd`` means ``pgd20``.
+* ``aa`` (or ``autoattack``): the reference AutoAttack on the first ``n_ex`` test examples
   (:func:`atzoo.attacks.run_autoattack`, sharded over processes, resumable from
   ``autoattack_state.json`` in the run directory).
 
@@ -38,10 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atzoo import __version__
-from atzoo.attacks import pgd, run_autoattack, unwrap_model
+from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap_model
 from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
+from atzoo.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.errors import CheckpointError, ConfigError
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
@@ -53,37 +58,49 @@ STEP_CHECK_EXAMPLES = 500
 STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
-_ALIASES = {"autoattack": "aa"}
+_ALIASES = {"autoattack": "aa", "pgd": "pgd20"}
 _VALID = "clean, pgd<N> (e.g. pgd20), aa"
+
+
+def registered_eval_attacks() -> list[str]:
+    """Registered per-batch attacks evaluated by name (beside ``clean``, ``pgd<N>`` and ``aa``)."""
+    from atzoo.attacks import batch_attack_names
+
+    return [n for n in batch_attack_names() if n not in _ALIASES and not _PGD_NAME.match(n)]
 
 
 # --------------------------------------------------------------------------- attack names
 
 
 def parse_attacks(names: Sequence[str]) -> list[str]:
-    """Normalises evaluation attack names: ``clean``, ``pgd<N>`` (N >= 1), ``aa``.
+    """Normalises evaluation attack names: ``clean``, ``pgd<N>`` (N >= 1), ``aa``, and the
+    other registered per-batch attacks (:func:`registered_eval_attacks`).
 
-    ``autoattack`` is accepted for ``aa``; duplicates are dropped; any PGD implies
-    ``clean`` (it is measured in the same pass and needed by the flags).
+    ``autoattack`` is accepted for ``aa`` and ``pgd`` for ``pgd20`` (so every name of
+    ``atzoo list attacks`` is valid); duplicates are dropped; any attack measured in the
+    test pass implies ``clean`` (measured in the same pass and needed by the flags).
 
     Raises:
         ConfigError: an unknown name (with the closest valid one) or ``pgd0``.
     """
     result: list[str] = []
+    extra = registered_eval_attacks()
+    valid = f"{_VALID}, {', '.join(extra)}" if extra else _VALID
     for raw in names:
         name = _ALIASES.get(raw.strip().lower(), raw.strip().lower())
         match = _PGD_NAME.match(name)
         if match and int(match.group(1)) < 1:
             raise ConfigError(f"attack '{raw}' has zero steps; PGD needs at least 1 step (e.g. pgd20)")
-        if name not in ("clean", "aa") and not match:
-            close = difflib.get_close_matches(name, ["clean", "pgd20", "pgd50", "aa", "autoattack"], n=1, cutoff=0.5)
+        if name not in ("clean", "aa", *extra) and not match:
+            close = difflib.get_close_matches(name, ["clean", "pgd20", "pgd50", "aa", "autoattack", *extra], n=1,
+                                              cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown attack '{raw}'.{hint} Valid choices: {_VALID}")
+            raise ConfigError(f"unknown attack '{raw}'.{hint} Valid choices: {valid}")
         if name not in result:
             result.append(name)
     if not result:
-        raise ConfigError(f"no attack given. Valid choices: {_VALID}")
-    if any(_PGD_NAME.match(n) for n in result) and "clean" not in result:
+        raise ConfigError(f"no attack given. Valid choices: {valid}")
+    if any(_PGD_NAME.match(n) or n in extra for n in result) and "clean" not in result:
         result.insert(0, "clean")
     return result
 
@@ -121,6 +138,11 @@ class ThreatModel:
     def pgd_settings(self, steps: int) -> dict[str, Any]:
         return {"steps": steps, "step_size": self.step_size, "loss": "ce", "random_start": "uniform",
                 "restarts": 1, "norm": self.norm, "eps": self.eps}
+
+    def attack(self, name: str) -> BatchAttack:
+        """The registered attack ``name`` with this threat model (eval mode, 20 steps where it has steps)."""
+        return build_attack(name, {"eps": self.eps, "norm": self.norm, "step_size": self.step_size, "steps": 20,
+                                   "random_start": "uniform", "start_std": 0.001})
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -208,6 +230,7 @@ class _PassTotals:
 def _test_pass(
     net: nn.Module, bundle: Any, cfg: EvalConfig, threat: ThreatModel, steps_list: list[int], *,
     device: torch.device, group: ProcessGroup, accelerator: Any, progress: _Progress, seed: int, n_sub: int,
+    extra: Sequence[BatchAttack] = (),
 ) -> _PassTotals:
     """Clean and PGD-N accuracy per class over this process's shard, then summed."""
     from atzoo.data import make_eval_loader
@@ -215,15 +238,18 @@ def _test_pass(
     loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
     classes = bundle.num_classes
     totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
-                         for n in ["clean"] + [f"pgd{s}" for s in steps_list]},
+                         for n in ["clean"] + [f"pgd{s}" for s in steps_list] + [a.name for a in extra]},
                          torch.zeros((), device=device), torch.zeros(2, device=device))
     invariance = cfg.invariance and 20 in steps_list
-    task = progress.task("clean + " + ", ".join(f"PGD-{s}" for s in steps_list) if steps_list else "clean",
+    names = [f"PGD-{s}" for s in steps_list] + [a.name for a in extra]
+    task = progress.task("clean + " + ", ".join(names) if names else "clean",
                          len(loader))
     offset = loader.start
     for x, y in loader:
         _evaluate_batch(net, x, y, threat, steps_list, totals, invariance=invariance, seed=seed + offset,
                         first_index=offset, n_sub=n_sub)
+        for attack in extra:
+            _count(totals.correct[attack.name], _logits_under(net, attack, x, y, seed + offset), y)
         offset += x.shape[0]
         progress.advance(task)
     totals.total = _all_reduce_sum(totals.total, accelerator)
@@ -258,6 +284,13 @@ def _evaluate_batch(
             totals.subset_pgd20 += torch.stack([correct[in_subset].sum(), in_subset.sum()]).to(totals.subset_pgd20)
         if z_clean is not None and z_adv is not None:
             totals.cos_sum += F.cosine_similarity(z_clean.float().flatten(1), z_adv.float().flatten(1), dim=1).sum()
+
+
+def _logits_under(net: nn.Module, attack: BatchAttack, x: Tensor, y: Tensor, seed: int) -> Tensor:
+    """Logits of ``net`` on ``attack``'s adversarial batch (eval mode, seeded random start)."""
+    x_adv = attack(net, x, y, mode="eval", generator=_generator(x.device, seed))
+    with torch.no_grad():
+        return net(x_adv)
 
 
 def _count(per_class: Tensor, logits: Tensor, y: Tensor) -> Tensor:
@@ -368,10 +401,12 @@ def evaluate(
     with attack_mode(unwrap_model(model), "eval", None) as net, \
             _Progress(progress and group.is_main).show() as bars:
         steps_list = pgd_steps_of(attacks)
+        extra = [threat.attack(n) for n in attacks if n in registered_eval_attacks()]
         if "clean" in attacks:
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
-                                accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub)
+                                accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub, extra=extra)
             results.update(_pass_results(totals, bundle, steps_list, cfg, threat))
+            results["attacks"].update({a.name: a.describe() for a in extra})
         m = min(STEP_CHECK_EXAMPLES, n_sub)
         need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
         if need:
@@ -511,22 +546,16 @@ def _read_meta(path: Path) -> dict[str, Any]:
 def _check_state(model: nn.Module, state: dict[str, Tensor], weights: Path, meta: dict[str, Any]) -> None:
     """One-line CheckpointError when ``state`` does not fit ``model``."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({_few(shapes)})")
-    if problems:
-        raise CheckpointError(
-            f"{weights} does not match model '{meta.get('model')}' with {meta.get('num_classes')} classes: "
-            + "; ".join(problems)
-        )
+    bad = compare_state_dicts(expected, state)
+    if bad is None:
+        return
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in bad.wrong_shape]
+    problems = [f"{len(keys)} {what} ({_few(keys)})" for keys, what in (
+        (bad.missing, "missing keys"), (bad.unexpected, "unexpected keys"), (shapes, "shape mismatches")) if keys]
+    raise CheckpointError(
+        f"{weights} does not match model '{meta.get('model')}' with {meta.get('num_classes')} classes: "
+        + "; ".join(problems)
+    )
 
 
 def _few(items: list[str], k: int = 3) -> str:

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from atzoo.attacks.mode import attack_mode
 from atzoo.config import MethodConfig, RunConfig
 from atzoo.errors import ConfigError
-from atzoo.methods.base import EpochContext, LossOutput, Method
+from atzoo.methods.base import EpochContext, LossOutput, Method, MethodContext
 from atzoo.models import default_tap_patterns
 from atzoo.models.predictor import build_predictor
 from atzoo.models.routed_bn import bn_route, convert_to_routed_bn, export_route, has_routed_bn
@@ -242,8 +242,8 @@ class TwoBranchMethod(Method):
     #: prefix of the scalars returned by :meth:`on_epoch_start`.
     log_prefix: ClassVar[str] = "arat"
 
-    def __init__(self, config: MethodConfig, run: RunConfig) -> None:
-        super().__init__(config, run)
+    def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
         # Clean accuracy of the auxiliary branch at the last epoch start (None: not measured).
         self.aux_clean_acc: float | None = None
 
@@ -259,6 +259,11 @@ class TwoBranchMethod(Method):
     def adv_route(self) -> str | None:
         """BN route of the main (deployed) branch; ``None`` without split-BN."""
         return "adv" if self.config.split_bn else None
+
+    @property
+    def attack_route(self) -> str | None:
+        """The training attack's (and the deployed model's) route: :attr:`adv_route`."""
+        return self.adv_route
 
     @property
     def aux_route(self) -> str | None:
@@ -380,17 +385,18 @@ class ARAT(TwoBranchMethod):
 
     config_class = ARATConfig
     config: ARATConfig
+    regularizers = ("align",)  # gamma mean_l Dist(h_l(z'_l), sg(z_l)), one part per layer
     summary = "AR-AT (Waseda et al. 2025): asymmetric invariance loss, predictor, split-BN, auto-balance"
 
-    def __init__(self, config: MethodConfig, run: RunConfig) -> None:
-        super().__init__(config, run)
+    def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
         self.tap_names: list[str] | None = None
 
     def tap_patterns(self) -> list[str]:
         """The configured layer patterns, or the architecture's default AR-AT tap set."""
         if self.config.layers:
             return list(self.config.layers)
-        return list(default_tap_patterns(self.run.model.name))
+        return list(default_tap_patterns(self.ctx.model.name))
 
     def resolve_taps(self, model: nn.Module) -> list[str]:
         """Module names of the tapped layers (AtzooError if a pattern matches nothing)."""
@@ -407,7 +413,7 @@ class ARAT(TwoBranchMethod):
         names = self.resolve_taps(model)
         if not self.config.predictor:
             return {}
-        dims = tap_dims(model, names, self.run, route=self.adv_route)
+        dims = tap_dims(model, names, self.ctx.model.in_channels, route=self.adv_route)
         return {"predictors": nn.ModuleDict({predictor_key(n): build_predictor(dims[n]) for n in names})}
 
     def predictors(self, modules: nn.ModuleDict | dict[str, nn.Module]) -> dict[str, nn.Module] | None:
@@ -431,7 +437,7 @@ class ARAT(TwoBranchMethod):
         parts.update(
             invariance_parts(
                 feats_adv, feats_clean, self.predictors(modules),
-                gamma=float(self.config.gamma if self.config.gamma is not None else DEFAULT_GAMMA),
+                gamma=float(self.config.gamma),  # resolved per model by ARATConfig.resolve
                 stop_grad=self.config.stop_grad, distance=self.config.distance,
             )
         )
@@ -449,15 +455,15 @@ class InvNaive(ARAT):
     summary = "naive invariance regularisation (AR-AT's L_V0): symmetric, no predictor, shared BN"
 
 
-def tap_dims(model: nn.Module, names: list[str], run: RunConfig, route: str | None) -> dict[str, int]:
+def tap_dims(model: nn.Module, names: list[str], in_channels: int | None, route: str | None) -> dict[str, int]:
     """Feature dimension of each tapped layer, from a no-grad eval-mode forward of a probe batch."""
-    probe = probe_input(model, run)
+    probe = probe_input(model, in_channels)
     with torch.no_grad(), attack_mode(model, "eval", route), FeatureTaps(model, names, pooled=True) as taps:
         model(probe)
         return {n: int(taps.features[n].shape[1]) for n in names}
 
 
-def probe_input(model: nn.Module, run: RunConfig, batch: int = 2) -> Tensor:
+def probe_input(model: nn.Module, in_channels: int | None, batch: int = 2) -> Tensor:
     """A small batch of images the model accepts, for discovering feature sizes.
 
     Channels: the ``model.in_channels`` setting, else the first convolution's input
@@ -466,7 +472,7 @@ def probe_input(model: nn.Module, run: RunConfig, batch: int = 2) -> Tensor:
     depend on it).
     """
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = run.model.in_channels or (conv.in_channels if conv is not None else 3)
+    channels = in_channels or (conv.in_channels if conv is not None else 3)
     timm_cfg = next((m.pretrained_cfg for m in model.modules() if getattr(m, "pretrained_cfg", None)), {})
     timm_size = timm_cfg.get("input_size")
     size = int(timm_size[-1]) if timm_size else 32

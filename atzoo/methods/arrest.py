@@ -19,8 +19,10 @@ No official code exists. Every choice the paper does not fix, and atzoo's defaul
   ``model.safetensors``). Without it, ``pretrain_epochs > 0`` trains ``phi`` first with
   the ``standard`` method (same data, model, seed and optimiser settings, milestones
   scaled to ``pretrain_epochs``) into the sibling run directory ``<run dir>-pretrain``,
-  and reuses it when it is there with the same settings. Single-process only: a
-  distributed run must pass ``pretrained``.
+  and reuses it when it is there with the same settings. ARREST declares this need
+  (:meth:`ARREST.needs` -> :class:`~atzoo.methods.context.StandardModel`); the engine
+  satisfies it (:mod:`atzoo.engine.needs`). Single-process only: a distributed run must
+  pass ``pretrained``.
 * Representation ``z``: the penultimate features (``atzoo.models.penultimate_features``).
 * Distance: ``1 - cos``, averaged over the batch (the same scale as AR-AT's).
 * ``gamma = 10`` (atzoo's choice): once training settles ``1 - cos`` is of order 0.1,
@@ -41,92 +43,19 @@ No official code exists. Every choice the paper does not fix, and atzoo's defaul
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from atzoo.config import MethodConfig
-from atzoo.errors import CheckpointError, ConfigError
-from atzoo.methods.base import LossOutput, Method
+from atzoo.errors import ConfigError
+from atzoo.methods.base import LossOutput, Method, MethodContext, StandardModel
+from atzoo.models.weights import load_weights, read_state_dict  # noqa: F401 (re-exported)
 from atzoo.registry import METHODS
-
-if TYPE_CHECKING:
-    from atzoo.config import RunConfig
-
-#: ``pretrain_epochs`` trains the standard model ``phi`` into ``<ARREST run dir>-pretrain``.
-PRETRAIN_SUFFIX = "pretrain"
-
-# --------------------------------------------------------------------------- weights
-
-
-def read_state_dict(path: str | Path, *, what: str) -> tuple[dict[str, Tensor], Path]:
-    """Reads model weights safely from a run directory, ``.safetensors`` or ``.pt`` file.
-
-    A run directory means its ``model.safetensors``. ``.pt``/``.pth`` files load with
-    ``weights_only=True``; a leading ``module.`` (``nn.DataParallel``) is stripped.
-
-    Raises:
-        CheckpointError: the path is missing, of an unknown kind, or unreadable.
-    """
-    path = Path(path)
-    file = path / "model.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise CheckpointError(f"{what}: no model weights at {file} (give a run directory or model.safetensors)")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        elif file.suffix in (".pt", ".pth", ".bin"):
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
-                state = state.get("state_dict", state.get("model"))
-        else:
-            raise CheckpointError(f"{what}: {file} is not a .safetensors, .pt or .pth file")
-    except (OSError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{what}: cannot read {file}: {first}") from None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{what}: {file} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}, file
-
-
-def load_weights(module: nn.Module, path: str | Path, *, what: str) -> None:
-    """Loads weights into ``module`` after checking that every name and shape matches.
-
-    Raises:
-        CheckpointError: one line naming the first mismatch (and the checkpoint's model
-            name when its ``model_meta.json`` is present).
-    """
-    state, file = read_state_dict(path, what=what)
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        if wrong:
-            k = wrong[0]
-            detail = f"'{k}' has shape {list(state[k].shape)}, the model needs {list(expected[k].shape)}"
-        else:
-            detail = f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. "
-            detail += f"'{(missing or unexpected)[0]}')"
-        raise CheckpointError(f"{what}: {file} does not match the architecture{_meta_hint(file)}: {detail}")
-    module.load_state_dict(state)
-
-
-def _meta_hint(file: Path) -> str:
-    meta = file.parent / "model_meta.json"
-    try:
-        model = json.loads(meta.read_text()).get("model") if meta.is_file() else None
-    except (OSError, ValueError):
-        model = None
-    return f" (it holds a '{model}' model)" if model else ""
 
 
 # --------------------------------------------------------------------------- loss
@@ -252,16 +181,24 @@ class ARREST(Method):
     summary = "ARREST (Suzuki et al. 2023), fine-tunes a standard model: CE(f(x'), y) + gamma (1 - cos) + noisy replay"
     config: ARRESTConfig
 
-    def __init__(self, config: MethodConfig, run: "RunConfig") -> None:
-        super().__init__(config, run)
+    regularizers = ("rep",)
+
+    def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
+        super().__init__(config, ctx)
         self._replayed: Tensor | None = None  # last step's replay mask, for logging only
         # The frozen reference's clean features, computed once per batch: the replay check
         # in attack() needs them and so does the loss; phi never changes, so reuse them.
         self._z_ref: tuple[Tensor, Tensor] | None = None
 
+    @classmethod
+    def needs(cls, config: MethodConfig) -> tuple[StandardModel, ...]:
+        """Without ``method.pretrained``: ``phi`` trained with ``standard`` for ``pretrain_epochs``."""
+        assert isinstance(config, ARRESTConfig)
+        return () if config.pretrained else (StandardModel(epochs=config.pretrain_epochs),)
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Initialises the model to be tuned with the pretrained standard model ``phi``."""
-        source = self.config.pretrained or self._pretrain_standard()
+        source = self.config.pretrained or self.ctx.resource(StandardModel.key)
         load_weights(model, source, what="method.pretrained")
         return model
 
@@ -277,11 +214,11 @@ class ARREST(Method):
         if self.config.replay_threshold <= -1.0:  # cos >= -1 always: replay is off
             self._replayed = None
             return x_adv
-        with torch.no_grad(), attack_mode(model, self.run.attack.bn_mode or "eval", None):
+        with torch.no_grad(), attack_mode(model, self.ctx.attack.mode, None):
             z_tuned = penultimate_features(model, x)
         z_ref = self._reference_features(modules, x)
         cos = F.cosine_similarity(z_tuned.float(), z_ref.float(), dim=1)
-        a = self.run.attack
+        a = self.ctx.attack
         x_tilde, self._replayed = noisy_replay(
             x, x_adv, cos, threshold=self.config.replay_threshold, eps=a.eps, norm=a.norm,
             noise=self.config.replay_noise,
@@ -313,82 +250,6 @@ class ARREST(Method):
             z_ref = penultimate_features(modules["reference"].net, x)
         self._z_ref = (x, z_ref)
         return z_ref
-
-    # ------------------------------------------------------------------ pretraining
-    def _pretrain_standard(self) -> Path:
-        """Trains ``phi`` with ``standard`` into :func:`pretrain_dir`, or reuses it.
-
-        A finished ``phi`` trained with the same settings is reused (a resumed or
-        ``--force``-replaced ARREST run does not train it again); an interrupted one is
-        resumed; one trained with other settings is an error, never silently reused.
-        """
-        from atzoo.engine import train
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            raise ConfigError(
-                "arrest cannot pretrain phi inside a distributed run: train it first with "
-                "`atzoo train standard` and pass method.pretrained=<its run directory>"
-            )
-        out = pretrain_dir(self.run)
-        cfg = pretrain_config(self.run, self.config.pretrain_epochs)
-        if not (out / "config.yaml").is_file():  # new (the engine refuses a non-empty non-run folder)
-            return train(cfg, out=out)
-        check_pretrain_settings(out, cfg)
-        if (out / "model.safetensors").is_file():
-            return out
-        return train(cfg, out=out, resume=True)
-
-
-def pretrain_dir(run: "RunConfig") -> Path:
-    """Where ``pretrain_epochs`` trains ``phi``: ``<ARREST run dir>-pretrain``.
-
-    A sibling, not a sub-directory, so that replacing the ARREST run (``--force``) keeps
-    ``phi``; it is an ordinary ``standard`` run directory.
-    """
-    from atzoo.engine.rundir import resolve_run_dir
-
-    run_dir = resolve_run_dir(run)
-    return run_dir.with_name(f"{run_dir.name}-{PRETRAIN_SUFFIX}")
-
-
-def check_pretrain_settings(out: Path, cfg: "RunConfig") -> None:
-    """Raises ConfigError when the run in ``out`` was trained with other settings than ``cfg``."""
-    from atzoo.config import from_yaml
-    from atzoo.engine.trainer import config_differences
-
-    saved = from_yaml((out / "config.yaml").read_text(), str(out / "config.yaml"))
-    differences = config_differences(saved, cfg)
-    if saved.run.max_steps != cfg.run.max_steps:
-        differences.append("run.max_steps")
-    if differences:
-        raise ConfigError(
-            f"{out} holds a standard model trained with other settings ({', '.join(differences)} differ); "
-            "remove it, or pass method.pretrained to fine-tune it anyway"
-        )
-
-
-def pretrain_config(run: "RunConfig", epochs: int) -> "RunConfig":
-    """The ``standard`` run that trains ``phi`` for an ARREST run.
-
-    Same data, model, seed, precision and optimiser as the ARREST run, for ``epochs``
-    epochs with the milestones scaled to that length; the default (unused) attack
-    section, so that ``phi`` does not depend on ARREST's attack; no weight averaging,
-    no diagnostics; evaluation (when on) measures clean accuracy only.
-    """
-    from atzoo.config import AttackConfig, AveragingConfig, DiagnosticsConfig, resolve
-    from atzoo.methods.standard import StandardConfig
-
-    scale = epochs / run.optim.epochs
-    cfg = copy.deepcopy(run)
-    cfg.method = StandardConfig()
-    cfg.optim = dataclasses.replace(
-        cfg.optim, epochs=epochs, milestones=[round(m * scale) for m in run.optim.milestones],
-        warmup_epochs=min(run.optim.warmup_epochs, epochs),
-    )
-    cfg.attack, cfg.averaging, cfg.diagnostics = AttackConfig(), AveragingConfig(), DiagnosticsConfig()
-    cfg.eval = dataclasses.replace(cfg.eval, attacks=["clean"], invariance=False)
-    cfg.run = dataclasses.replace(cfg.run, name=None, out=None)
-    return resolve(cfg)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:

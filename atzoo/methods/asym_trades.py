@@ -62,6 +62,7 @@ class AsymTRADES(TwoBranchMethod):
     """Asym-TRADES: ``a CE(f(x'), y) + b CE(f_aux(x), y) + gamma KL(sg(p_aux(x)) || p(x'))``."""
 
     config_class = AsymTRADESConfig
+    regularizers = ("kl",)
     config: AsymTRADESConfig
     log_prefix = "asym_trades"
     summary = "Asym-TRADES (AR-AT paper): TRADES KL to a detached split-BN clean target, auto-balanced CE"

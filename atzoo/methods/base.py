@@ -2,23 +2,56 @@
 
 A :class:`Method` computes named loss parts from a batch; the engine sums them,
 backpropagates, clips, steps and logs. A method never calls ``backward`` or
-``optimizer.step``, never moves tensors between devices, and never wraps models.
+``optimizer.step`` on the model, never moves tensors between devices, never wraps
+models and never imports ``atzoo.engine``: what it may know of the run is its own frozen
+config (``self.config``) and the engine's :class:`~atzoo.methods.context.MethodContext`
+(``self.ctx``: the training attack, model facts, the resources it declared it needs).
 
-Life cycle inside the engine (see ``atzoo/engine``)::
+Life cycle inside the engine (``atzoo/engine``)::
 
-    method = create_method(cfg.method.name, cfg)         # config: frozen dataclass
+    needs = Method.needs(cfg.method)                     # e.g. ARREST: StandardModel(epochs)
+    resources = <engine satisfies needs>                 # e.g. trains <run dir>-pretrain
+    method = create_method(cfg.method.name, cfg, resources=resources)
     model = method.prepare_model(create_model(...))      # e.g. convert BN to routed BN
     modules = method.build_modules(model)                # predictors, teacher (trained jointly)
     ... accelerator.prepare(TrainingModule(model, modules, method), optimizer, ...)
     for epoch:
         method.on_epoch_start(EpochContext(...))         # e.g. AR-AT auto-balance
-        for x, y in loader:
+        for x, y in loader:                              # one loader batch
             x_adv = method.attack(model, modules, x, y)  # unwrapped model, no param grads
+            step = StepContext(epoch, global_step, model, modules, x, x_adv, y, lr, synced)
+            method.before_step(step)                     # e.g. AWP: perturb the weights
             out = training_module(x, x_adv, y)           # ONE forward through DDP -> LossOutput
-            loss = sum(out.parts.values())
+            backward(out.total()); clip (when synced)
+            method.before_optimizer_step(step)           # gradients are final (when synced)
+            optimizer.step(); optimizer.zero_grad()      # a no-op unless step.synced
+            method.after_optimizer_step(step)            # e.g. AWP: restore the weights
     deployable = method.export(model)                    # plain network (adv route for split-BN)
 
-All forward passes of a step happen inside one call of the DDP-wrapped
+Hook contract (``before_step``, ``before_optimizer_step``, ``after_optimizer_step``):
+
+* each is called once per loader batch, on every process, in the order above (the same
+  ``step`` object each time, within ``accelerator.accumulate``); ``before_step`` runs inside
+  the engine's autocast, the other two outside it. ``step.model`` is the unwrapped network
+  whose parameters the optimizer owns, so a hook may change them in place under
+  ``torch.no_grad()`` (what it changes in ``before_step`` it must undo by
+  ``after_optimizer_step`` of the same batch: the forward, backward and
+  ``optimizer.step()`` then run at the changed weights and the change is removed
+  afterwards, as in AWP's official code);
+* ``step.synced`` is False on the first k-1 batches of an ``optim.grad_accum = k`` step:
+  there ``optimizer.step()`` does not change the weights and gradients keep accumulating;
+* a hook may run extra forward/backward passes on its *own* modules (e.g. a proxy copy
+  made with :func:`proxy_copy`, with its own optimizer): they are not in the
+  ``TrainingModule``, so the engine's optimizer and DDP never see them; with several
+  processes such a module sees only this process's batch;
+* a hook must not put gradients into ``step.model``'s parameters (no ``backward`` through
+  them: use ``torch.autograd.grad`` or a proxy) and returns nothing;
+* anything a resumed run needs (a proxy optimizer's state, counters) goes into
+  :meth:`Method.state_dict` -- tensors, plain Python values, dicts with string or integer
+  keys (so ``optimizer.state_dict()`` can be stored as it is). Checkpoints are taken
+  between optimizer steps, after ``after_optimizer_step``.
+
+All forward passes of the loss happen inside one call of the DDP-wrapped
 ``TrainingModule`` (which calls :meth:`Method.compute_loss`), so methods with several
 passes per step (two BN routes, a teacher) synchronise gradients correctly.
 """
@@ -34,9 +67,15 @@ import torch
 from torch import Tensor, nn
 
 from atzoo.config import MethodConfig
+from atzoo.methods.context import MethodContext, ModelFacts, Need, StandardModel, StepContext, method_context
 
 if TYPE_CHECKING:
     from atzoo.config import RunConfig
+
+__all__ = [
+    "EpochContext", "LossOutput", "Method", "MethodContext", "ModelFacts", "Need", "StandardModel", "StepContext",
+    "create_method", "proxy_copy", "total_loss",
+]
 
 
 @dataclass
@@ -58,7 +97,12 @@ class LossOutput:
 
     def total(self) -> Tensor:
         """The training loss: the sum of all parts."""
-        return torch.stack([p.float() for p in self.parts.values()]).sum()
+        return total_loss(self.parts)
+
+
+def total_loss(parts: dict[str, Tensor]) -> Tensor:
+    """The float32 sum of loss parts (the training loss, or one group of parts)."""
+    return torch.stack([p.float() for p in parts.values()]).sum()
 
 
 @dataclass
@@ -81,28 +125,46 @@ class EpochContext:
     all_reduce_sum: Callable[[Tensor], Tensor]
 
 
-# Loss-part names that count as the *regulariser* (invariance / distillation) in the
-# gradient diagnostics; every other part is a classification term.
-REGULARIZER_PREFIXES: tuple[str, ...] = ("align", "kl", "mse", "rep", "robust", "inv")
-
-
 class Method(ABC):
     """Base class of every registered method.
 
     Subclasses set ``config_class`` (a frozen :class:`MethodConfig` dataclass holding
     the paper's defaults) and implement :meth:`compute_loss`; most also override
     :meth:`attack`. Class attribute ``attack_defaults`` fills the training-attack
-    fields the user left unset (``bn_mode``, ``random_start``).
+    fields the user left unset (``bn_mode``, ``random_start``); ``regularizers`` names
+    the loss parts that are the regulariser (see :meth:`is_regularizer`).
+
+    Attributes:
+        config: the method's own frozen config (resolved).
+        ctx: the engine's :class:`MethodContext` (training attack, model facts, resources).
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     attack_defaults: ClassVar[dict[str, Any]] = {}
     #: One-line summary shown by ``atzoo list methods``.
     summary: ClassVar[str] = ""
+    #: Loss parts that are the *regulariser* (invariance, distillation) in the gradient
+    #: diagnostics; every other part is a classification term. A name ``p`` here also
+    #: covers the parts ``p/<layer>``.
+    regularizers: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: MethodConfig, run: "RunConfig") -> None:
+    def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
         self.config = config
-        self.run = run
+        self.ctx = ctx
+
+    @classmethod
+    def needs(cls, config: MethodConfig) -> tuple[Need, ...]:
+        """What the engine must provide before this method is built (``ctx.resources``).
+
+        E.g. ARREST without ``method.pretrained`` returns ``(StandardModel(epochs),)``.
+        """
+        return ()
+
+    @property
+    def attack_route(self) -> str | None:
+        """The BN route the training attack and the deployable model use (routed-BN
+        methods); None for plain models. The engine's SWA BN recalibration uses it."""
+        return None
 
     # ------------------------------------------------------------------ building
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -129,21 +191,14 @@ class Method(ABC):
         self, model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "ce", clean_probs: Tensor | None = None,
         route: str | None = None,
     ) -> Tensor:
-        """PGD with the run's training-attack settings (``self.run.attack``).
+        """The run's training attack (``self.ctx.attack``; PGD unless ``attack.name`` says otherwise).
 
         Args:
             loss: ``"ce"`` (AT, MART, AR-AT) or ``"kl"`` (TRADES, LBGAT; needs ``clean_probs``).
             clean_probs: the fixed clean distribution p(x) for the KL attack.
-            route: BN route to attack through (``"adv"`` for split-BN models).
+            route: BN route to attack through (``self.attack_route`` for split-BN models).
         """
-        from atzoo.attacks import pgd
-
-        a = self.run.attack
-        return pgd(
-            model, x, y, eps=a.eps, step_size=a.step_size, steps=a.steps, norm=a.norm,
-            random_start=a.random_start, start_std=a.start_std, loss=loss,
-            clean_probs=clean_probs, mode=a.bn_mode, route=route,
-        )
+        return self.ctx.attack(model, x, y, loss=loss, clean_probs=clean_probs, route=route)
 
     @abstractmethod
     def compute_loss(
@@ -156,9 +211,25 @@ class Method(ABC):
         """Called before each epoch; returns scalars to log."""
         return {}
 
+    def before_step(self, step: StepContext) -> None:
+        """After the training attack, before the training forward/backward of this batch."""
+
+    def before_optimizer_step(self, step: StepContext) -> None:
+        """After the backward (and clipping) of this batch, before ``optimizer.step()``."""
+
+    def after_optimizer_step(self, step: StepContext) -> None:
+        """After ``optimizer.step()`` and ``zero_grad`` of this batch (see the hook contract)."""
+
     def is_regularizer(self, part_name: str) -> bool:
-        """Whether a loss part is the regulariser (for the gradient diagnostics)."""
-        return part_name.split("/")[0].startswith(REGULARIZER_PREFIXES)
+        """Whether a loss part is the regulariser (for the gradient diagnostics): its name,
+        or the name before ``/``, is in :attr:`regularizers`."""
+        return part_name in self.regularizers or part_name.split("/")[0] in self.regularizers
+
+    def split_loss(self, parts: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """``(regulariser, classification)``: the sums of the two kinds of parts (None when empty)."""
+        reg = {k: v for k, v in parts.items() if self.is_regularizer(k)}
+        cls = {k: v for k, v in parts.items() if k not in reg}
+        return (total_loss(reg) if reg else None), (total_loss(cls) if cls else None)
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that a resumed run must restore (plain Python/tensors)."""
@@ -172,10 +243,28 @@ class Method(ABC):
         return model
 
 
-def create_method(name: str, run: "RunConfig") -> Method:
-    """Instantiates the registered method ``name`` with ``run.method`` as its config."""
+def proxy_copy(model: nn.Module) -> nn.Module:
+    """A trainable deep copy of ``model`` outside the engine's optimizer and DDP (a step
+    hook's scratch network, e.g. AWP's proxy); train mode, same device and dtypes."""
+    import copy
+
+    proxy = copy.deepcopy(model)
+    proxy.requires_grad_(True)
+    return proxy.train()
+
+
+def create_method(name: str, run: "RunConfig", *, resources: dict[str, Any] | None = None,
+                  model: ModelFacts | None = None) -> Method:
+    """Instantiates the registered method ``name`` with its (resolved) config from ``run``.
+
+    Args:
+        run: the run configuration; the method gets ``run.method`` (resolved) and a
+            :class:`MethodContext` built from it -- never ``run`` itself.
+        resources: what the engine provided for :meth:`Method.needs`.
+        model: model facts known to the engine (classes and channels from the dataset).
+    """
     from atzoo.registry import METHODS, load_builtins
 
     load_builtins()
     cls = METHODS.get(name)
-    return cls(run.method, run)
+    return cls(run.method.resolve(run), method_context(run, resources, model))

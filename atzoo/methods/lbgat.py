@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from atzoo.config import MethodConfig
 from atzoo.errors import ConfigError
 from atzoo.methods.base import LossOutput, Method
-from atzoo.methods.trades import clean_distribution, kl_batchmean
+from atzoo.methods.trades import TRADES, kl_batchmean
 from atzoo.registry import METHODS
 
 
@@ -123,6 +123,9 @@ class LBGAT(Method):
     """LBGAT: a robust student guided by the logits of a jointly trained natural teacher."""
 
     config_class = LBGATConfig
+    # Only the student's TRADES term is a regulariser: MSE(f(x'), g(x)) is LBGAT's main
+    # (robust classification) term and CE(g(x), y) trains the teacher.
+    regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "LBGAT (Cui et al. 2021), MSE(f(x'), g(x)) + CE(g(x), y) + beta KL; joint natural teacher"
     config: LBGATConfig
@@ -133,12 +136,12 @@ class LBGAT(Method):
         Those come from ``model.num_classes``/``model.in_channels`` when set, else from
         the student itself (its head ``fc`` and first convolution).
         """
-        from atzoo.methods.arrest import load_weights
+        from atzoo.models.weights import load_weights
         from atzoo.models import create_model
 
         inferred = student_shape(model)
-        num_classes = self.run.model.num_classes or inferred[0]
-        in_channels = self.run.model.in_channels or inferred[1]
+        num_classes = self.ctx.model.num_classes or inferred[0]
+        in_channels = self.ctx.model.in_channels or inferred[1]
         if num_classes is None or in_channels is None:
             raise ConfigError(
                 "lbgat cannot tell the student's number of classes and input channels to build its "
@@ -149,10 +152,8 @@ class LBGAT(Method):
             load_weights(teacher, self.config.teacher_checkpoint, what="method.teacher_checkpoint")
         return {"teacher": teacher}
 
-    def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
-        # Only the student is switched to the attack's mode; the teacher is not touched.
-        clean_probs = clean_distribution(model, x, self.run.attack.bn_mode or "eval")
-        return self.training_pgd(model, x, y, loss="kl", clean_probs=clean_probs)
+    # TRADES's KL-PGD on the student (official code); the teacher is not touched.
+    attack = TRADES.attack
 
     def compute_loss(
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor

@@ -106,6 +106,7 @@ class MART(Method):
     """MART: boosted CE on ``x'`` plus a KL term weighted by ``1 - p_y(x)``."""
 
     config_class = MARTConfig
+    regularizers = ("robust_kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "MART (Wang et al. 2020), BCE(f(x'), y) + beta KL(p(x) || p(x')) (1 - p_y(x))"
     config: MARTConfig
@@ -117,9 +118,7 @@ class MART(Method):
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor
     ) -> LossOutput:
         assert x_adv is not None, "MART needs the adversarial batch"
-        beta = self.config.beta
-        if beta is None:  # a config built without build_config/resolve
-            beta = self.config.resolve(self.run).beta
+        beta = self.config.beta  # set per model by MARTConfig.resolve (create_method resolves)
         logits_clean = model(x)
         logits_adv = model(x_adv)
         parts = mart_loss(logits_clean, logits_adv, y, float(beta))

@@ -100,12 +100,13 @@ class TRADES(Method):
     """TRADES: ``CE(f(x), y) + beta * KL(p(x) || p(x'))`` with a KL-PGD training attack."""
 
     config_class = TRADESConfig
+    regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "TRADES (Zhang et al. 2019), CE(f(x), y) + beta KL(p(x) || p(x'))"
     config: TRADESConfig
 
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
-        clean_probs = clean_distribution(model, x, self.run.attack.bn_mode or "eval")
+        clean_probs = clean_distribution(model, x, self.ctx.attack.mode)
         return self.training_pgd(model, x, y, loss="kl", clean_probs=clean_probs)
 
     def compute_loss(

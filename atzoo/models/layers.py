@@ -8,14 +8,12 @@ and an exported model carries its own mean and std.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from atzoo.errors import ConfigError
 
-BuilderT = TypeVar("BuilderT", bound=Callable[..., nn.Module])
 
 
 class Normalize(nn.Module):
@@ -73,11 +71,38 @@ def pooling() -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
-def tap_defaults(*patterns: str) -> Callable[[BuilderT], BuilderT]:
-    """Decorator recording a builder's default AR-AT tap patterns (``builder.default_taps``)."""
+#: An architecture's constructor: ``factory(num_classes, in_channels, first_layer)``, where
+#: ``first_layer`` is the normalisation layer (or identity) the network applies first.
+NetFactory = Callable[[int, int, nn.Module], nn.Module]
 
-    def decorator(builder: BuilderT) -> BuilderT:
-        builder.default_taps = tuple(patterns)  # type: ignore[attr-defined]
+
+def normalized(factory: NetFactory, doc: str | None = None) -> Callable[..., nn.Module]:
+    """The builder of ``factory`` with the registered-model signature (``create_model``'s
+    minus ``name``): the one place that wires the normalisation layer (:func:`make_normalize`)."""
+
+    def builder(num_classes: int, in_channels: int = 3, *, normalize: bool = False,
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> nn.Module:
+        return factory(num_classes, in_channels, make_normalize(in_channels, normalize, mean, std))
+
+    builder.__name__ = builder.__qualname__ = getattr(factory, "__name__", "builder")
+    builder.__doc__ = doc or factory.__doc__
+    return builder
+
+
+def architecture(name: str, *taps: str) -> Callable[[NetFactory], Callable[..., nn.Module]]:
+    """Registers ``factory`` in ``MODELS`` as ``name`` (through :func:`normalized`).
+
+    Args:
+        taps: the default AR-AT tap patterns (``builder.default_taps``); none: the
+            penultimate features.
+    """
+    from atzoo.registry import MODELS
+
+    def decorator(factory: NetFactory) -> Callable[..., nn.Module]:
+        builder = normalized(factory)
+        if taps:
+            builder.default_taps = tuple(taps)  # type: ignore[attr-defined]
+        MODELS.add(name, builder)
         return builder
 
     return decorator

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from atzoo.models.layers import make_normalize, pooling, tap_defaults
-from atzoo.registry import MODELS
+from atzoo.models.layers import architecture, pooling
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -134,31 +133,13 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@MODELS.register("resnet18")
-@tap_defaults("layer4.*relu*")
-def resnet18(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+@architecture("resnet18", "layer4.*relu*")
+def resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR ResNet-18 (He et al. 2016; 3x3 stride-1 stem, no max-pool)."""
-    norm = make_normalize(in_channels, normalize, mean, std)
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, norm)
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, first)
 
 
-@MODELS.register("preact_resnet18")
-@tap_defaults("layer4.*relu*")
-def preact_resnet18(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+@architecture("preact_resnet18", "layer4.*relu*")
+def preact_resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR PreAct ResNet-18 (He et al. 2016b; final BN + ReLU before pooling)."""
-    norm = make_normalize(in_channels, normalize, mean, std)
-    return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, norm)
+    return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, first)

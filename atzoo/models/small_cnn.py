@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from atzoo.models.layers import make_normalize, pooling, tap_defaults
-from atzoo.registry import MODELS
+from atzoo.models.layers import architecture, pooling
 
 
 class SmallCNN(nn.Module):
@@ -54,15 +53,7 @@ class SmallCNN(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@MODELS.register("small_cnn")
-@tap_defaults("pool")
-def small_cnn(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+@architecture("small_cnn", "pool")
+def small_cnn(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """Small 3-stage CNN for tests and demos (any input size)."""
-    return SmallCNN(num_classes, in_channels, make_normalize(in_channels, normalize, mean, std))
+    return SmallCNN(num_classes, in_channels, first)

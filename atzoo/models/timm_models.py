@@ -13,13 +13,12 @@ its hook ran, and its output may be part of a loss that autograd differentiates.
 from __future__ import annotations
 
 import difflib
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from atzoo.errors import RegistryError
-from atzoo.models.layers import make_normalize
+from atzoo.models.layers import normalized
 from atzoo.registry import MODELS
 
 
@@ -66,21 +65,17 @@ def _disable_inplace(net: nn.Module) -> None:
             module.inplace = False
 
 
-def build_timm(
-    timm_name: str,
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
-    """Builds ``timm:timm_name`` (random initialisation, no download)."""
-    import timm
+def timm_factory(timm_name: str) -> Callable[[int, int, nn.Module], nn.Module]:
+    """``timm:timm_name`` as an architecture constructor (random initialisation, no download)."""
 
-    net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
-    _disable_inplace(net)
-    return TimmClassifier(net, make_normalize(in_channels, normalize, mean, std))
+    def factory(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
+        import timm
+
+        net = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        _disable_inplace(net)
+        return TimmClassifier(net, first)
+
+    return factory
 
 
 def resolve_timm(timm_name: str) -> Callable[..., nn.Module]:
@@ -95,9 +90,7 @@ def resolve_timm(timm_name: str) -> Callable[..., nn.Module]:
         close = difflib.get_close_matches(timm_name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(f'timm:{c}' for c in close)}?" if close else ""
         raise RegistryError(f"unknown timm model '{timm_name}'.{hint} See timm.list_models() for the names.")
-    builder = functools.partial(build_timm, timm_name)
-    builder.__doc__ = f"timm {timm_name} (random initialisation)"  # type: ignore[attr-defined]
-    return builder
+    return normalized(timm_factory(timm_name), f"timm {timm_name} (random initialisation)")
 
 
 MODELS.register_prefix(

@@ -13,12 +13,10 @@ would not match the stated 46.16 M parameters). Its checkpoints load with ``stri
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from atzoo.models.layers import make_normalize, pooling, tap_defaults
-from atzoo.registry import MODELS
+from atzoo.models.layers import architecture, pooling
 
 
 class WideBasicBlock(nn.Module):
@@ -113,34 +111,13 @@ class WideResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def _wrn(depth: int, width: int, num_classes: int, in_channels: int, normalize: bool,
-         mean: Sequence[float] | None, std: Sequence[float] | None) -> WideResNet:
-    return WideResNet(depth, width, num_classes, in_channels, make_normalize(in_channels, normalize, mean, std))
-
-
-@MODELS.register("wrn34_10")
-@tap_defaults("block3.*relu*", "pool")
-def wrn34_10(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+@architecture("wrn34_10", "block3.*relu*", "pool")
+def wrn34_10(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """WRN-34-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
-    return _wrn(34, 10, num_classes, in_channels, normalize, mean, std)
+    return WideResNet(34, 10, num_classes, in_channels, first)
 
 
-@MODELS.register("wrn28_10")
-@tap_defaults("block3.*relu*", "pool")
-def wrn28_10(
-    num_classes: int,
-    in_channels: int = 3,
-    *,
-    normalize: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> nn.Module:
+@architecture("wrn28_10", "block3.*relu*", "pool")
+def wrn28_10(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """WRN-28-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
-    return _wrn(28, 10, num_classes, in_channels, normalize, mean, std)
+    return WideResNet(28, 10, num_classes, in_channels, first)

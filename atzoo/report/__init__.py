@@ -8,11 +8,11 @@ See :mod:`atzoo.report.leaderboard` for the grouping, seed and ranking rules.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+import io
+from collections.abc import Sequence
 from pathlib import Path
 
+from atzoo.common import atomic_write_bytes, atomic_write_text
 from atzoo.errors import AtzooError
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
@@ -46,18 +46,6 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
-def _write_atomic(path: Path, writer: Callable[[Path], object]) -> None:
-    """Writes through a temporary file in the same folder, then renames over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
     """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files)."""
     folder = prepare_out_dir(out)
@@ -67,11 +55,13 @@ def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
     }
     written: dict[str, Path] = {}
     for name, text in texts.items():
-        _write_atomic(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        atomic_write_text(folder / name, text)
         written[name] = folder / name
     from atzoo.report.plot import plot_tradeoff  # matplotlib is slow to import: only when plotting
 
-    _write_atomic(folder / "tradeoff.png", lambda p: plot_tradeoff(board, p))
+    png = io.BytesIO()
+    plot_tradeoff(board, png)
+    atomic_write_bytes(folder / "tradeoff.png", png.getvalue())
     written["tradeoff.png"] = folder / "tradeoff.png"
     return written
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import BinaryIO
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -66,8 +67,13 @@ def _legend(ax: Axes, group: Group) -> None:
     ax.legend(fontsize=7, loc="best")
 
 
-def plot_tradeoff(board: Leaderboard, path: str | Path, *, title: str = "Robustness-accuracy trade-off") -> Path:
-    """Writes the trade-off figure to ``path`` (PNG) and returns it (``title`` heads the figure)."""
+def plot_tradeoff(
+    board: Leaderboard, path: str | Path | BinaryIO, *, title: str = "Robustness-accuracy trade-off"
+) -> str | Path | BinaryIO:
+    """Writes the trade-off figure to ``path`` (PNG; a file name or a binary stream) and returns it.
+
+    ``title`` heads the figure (``atzoo reproduce`` names the table and its scale there).
+    """
     n = max(len(board.groups), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -81,4 +87,4 @@ def plot_tradeoff(board: Leaderboard, path: str | Path, *, title: str = "Robustn
             ax.set_axis_off()
     fig.suptitle(title, fontsize=10 if len(title) > 60 else None)
     fig.savefig(path, format="png", dpi=120)
-    return Path(path)
+    return Path(path) if isinstance(path, str) else path

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from atzoo.common import flatten, load_yaml
 from atzoo.errors import AtzooError
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
@@ -86,18 +85,6 @@ class RunRecord:
         return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in NON_SEMANTIC_KEYS))
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -138,11 +125,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """Flattened ``config.yaml`` (empty when absent)."""
     if not path.is_file():
         return {}
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise AtzooError(f"{path} is not valid YAML: {first}") from None
+    values = load_yaml(path.read_text(encoding="utf-8"), str(path))
     if values is None:
         return {}
     if not isinstance(values, dict):

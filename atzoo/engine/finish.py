@@ -1,0 +1,100 @@
+"""The end of a run: final checkpoint, SWA BN recalibration, export and evaluation.
+
+:class:`Finishing` is the part of :class:`~atzoo.engine.trainer.Trainer` that turns the
+trained state into the run's deliverables: ``model.safetensors`` + ``model_meta.json``
+(the deployable network: the SWA/EMA average or the last iterate, through
+``method.export``), ``model_last.safetensors`` when an average is exported, and
+``eval.json``. It uses the trainer's attributes and :class:`~atzoo.engine.resume.RunState`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safetensors.torch import save as safetensors_save
+from torch import Tensor, nn
+
+from atzoo import __version__
+from atzoo.common import atomic_write_bytes, atomic_write_json
+from atzoo.engine.averaging import recompute_bn_stats
+from atzoo.engine.checkpoint import plain_state_dict
+from atzoo.engine.resume import RunState
+
+
+class Finishing(RunState):
+    """The finishing part of the trainer (see the module docstring)."""
+
+    def finish(self) -> None:
+        """Final checkpoint, SWA BN recalibration, export, evaluation, final row."""
+        if self.saved_step != self.position.global_step:
+            self.save()
+        deploy, weights = self.deployable_model()
+        if self.is_main:
+            self.export(deploy, "model.safetensors", weights)
+            if weights != "last":
+                self.export(self.method.export(self.core.model), "model_last.safetensors", "last")
+        self.acc.wait_for_everyone()
+        final = {"kind": "final", "step": self.position.global_step, "weights": weights,
+                 "n_averaged": self.average.n_averaged}
+        if self.cfg.run.evaluate:
+            final["eval"] = self.evaluate(deploy, weights)
+        self.metrics.write(final)
+        for tracker in self.acc.trackers:
+            tracker.finish()
+
+    def deployable_model(self) -> tuple[nn.Module, str]:
+        """The exported network and which weights it holds (``swa``, ``ema`` or ``last``)."""
+        if not self.average.enabled or self.average.n_averaged == 0:
+            if self.average.enabled:
+                self._event("averaging", f"{self.average.kind} has no update yet; exporting the last iterate")
+            return self.method.export(self.core.model).eval(), "last"
+        averaged = self.average.module()
+        if self.average.kind == "swa":
+            batches = self.recalibrate_bn(averaged)
+            self._event("swa_bn", f"recomputed the BN statistics of the SWA average on {batches} adversarial batches")
+        return self.method.export(averaged).eval(), str(self.average.kind)
+
+    def recalibrate_bn(self, model: nn.Module) -> int:
+        """One pass over the training data with the run's training attack (its settings, in
+        train mode, through the method's ``attack_route``) to rebuild the average's BN statistics."""
+        route = self.method.attack_route
+        attack = self.method.ctx.attack
+
+        def adversarial(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            return attack(net, x, y, route=route, mode="train")
+
+        loader = self._train_loader(augment=self.cfg.data.augment)
+        loader.set_epoch(self.cfg.optim.epochs)  # a fixed, reproducible pass
+        with self.acc.autocast():
+            return recompute_bn_stats(model, loader, adversarial, route=route,
+                                      reduce_mean=lambda t: self.acc.reduce(t, "mean"))
+
+    def export(self, model: nn.Module, filename: str, weights: str) -> None:
+        """Writes a plain model's weights (safetensors) and, for the deployable one, its meta."""
+        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(model)))
+        if filename == "model.safetensors":
+            atomic_write_json(self.run_dir / "model_meta.json", self.model_meta(weights))
+
+    def model_meta(self, weights: str) -> dict[str, Any]:
+        """What ``atzoo.eval.load_run_model`` needs to rebuild the exported network."""
+        b = self.bundle
+        return {
+            "model": self.cfg.model.name, "num_classes": b.num_classes, "in_channels": b.in_channels,
+            "image_size": b.image_size, "normalize": self.cfg.model.normalize,
+            "mean": list(b.mean), "std": list(b.std), "method": self.cfg.method.name,
+            "dataset": self.cfg.data.name, "weights": weights, "atzoo_version": __version__,
+        }
+
+    def evaluate(self, model: nn.Module, weights: str) -> dict[str, Any]:
+        """``atzoo.eval.evaluate`` on the exported model; it writes eval.json (main process),
+        to which the engine adds which weights were evaluated."""
+        from atzoo.eval import evaluate
+
+        show = self.is_main and self.reporter.console.is_terminal
+        payload = evaluate(model, self.bundle, self.cfg.eval, attack_cfg=self.cfg.attack, accelerator=self.acc,
+                           progress=show, out=self.run_dir, meta=self.model_meta(weights), seed=self.cfg.run.seed)
+        payload["weights"] = weights
+        if self.is_main:
+            atomic_write_json(self.run_dir / "eval.json", payload)
+        self.acc.wait_for_everyone()
+        return {k: payload[k] for k in ("clean_acc", "pgd20_acc", "autoattack_acc") if payload.get(k) is not None}
