@@ -26,29 +26,26 @@ from atzoo.reproduce.manifest import INFO_METRICS, Claim, Row, Table
 from atzoo.reproduce.runner import PlannedRun
 
 
-def grad_similarity(run_dir: Path) -> float | None:
-    """Mean ``diag/grad_cos`` over the run's diagnostics rows (the ablation's third column)."""
+def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of the run's ``metrics.jsonl`` (none without the file)."""
     from atzoo.engine.rundir import read_metrics
 
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    values = [row["diag/grad_cos"] for row in read_metrics(path)
+    return read_metrics(path) if path.is_file() else []
+
+
+def grad_similarity(run_dir: Path) -> float | None:
+    """Mean ``diag/grad_cos`` over the run's diagnostics rows (the ablation's third column)."""
+    values = [row["diag/grad_cos"] for row in _metrics_rows(run_dir)
               if isinstance(row.get("diag/grad_cos"), (int, float)) and math.isfinite(row["diag/grad_cos"])]
     return sum(values) / len(values) if values else None
 
 
 def steps_per_epoch(run_dir: Path) -> int | None:
-    """Optimizer steps of the first complete epoch (``step`` of its ``kind: epoch`` row)."""
-    from atzoo.engine.rundir import read_metrics
-
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    for row in read_metrics(path):
-        if row.get("kind") == "epoch" and not row.get("partial") and isinstance(row.get("step"), int):
-            return int(row["step"]) if row.get("epoch") == 0 else None
-    return None
+    """Optimizer steps of the first epoch (``step`` of its complete ``kind: epoch`` row)."""
+    first = next((row for row in _metrics_rows(run_dir) if row.get("kind") == "epoch" and not row.get("partial")), None)
+    ok = first is not None and first.get("epoch") == 0 and isinstance(first.get("step"), int)
+    return int(first["step"]) if ok else None  # type: ignore[index]
 
 
 @dataclass
