@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,16 +122,11 @@ def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none") -> 
     target = Path(path)
     if target.is_dir():
         raise AtzooError(f"--emit-jobs {target} is a folder; give a file name")
+    from atzoo.common import atomic_write_text
+
     lines = [p.command(launcher) for p in session.planned]
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(target, "\n".join(lines) + "\n")
     return len(lines)
 
 

@@ -196,29 +196,42 @@ def to_html(rep: Reproduction) -> str:
 
 def write_report(rep: Reproduction, out: str | Path) -> dict[str, Path]:
     """Writes :data:`REPORT_FILES` into ``out`` atomically; returns name -> path."""
-    from atzoo.report import _write_atomic
+    from atzoo.common import atomic_write_bytes, atomic_write_text
 
     folder = prepare_out_dir(out)
     written: dict[str, Path] = {}
     for name, text in (("reproduction.md", to_markdown(rep)), ("reproduction.json", to_json(rep)),
                        ("reproduction.html", to_html(rep))):
-        _write_atomic(folder / name, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        atomic_write_text(folder / name, text)
         written[name] = folder / name
     if rep.board.groups:
-        _write_atomic(folder / "tradeoff.png", lambda p: _plot(rep, p))
+        atomic_write_bytes(folder / "tradeoff.png", _plot(rep))
         written["tradeoff.png"] = folder / "tradeoff.png"
     return written
 
 
-def _plot(rep: Reproduction, path: Path) -> None:
-    """The leaderboard's trade-off plot, titled with the table and whether it is scaled."""
+def _plot(rep: Reproduction) -> bytes:
+    """The leaderboard's trade-off plot (PNG bytes), titled with the table and whether it is scaled."""
+    import io
+
     from atzoo.report.plot import plot_tradeoff
 
     scale = f"SCALED ({rep.scale.name}): orderings only" if rep.scale else "full size"
-    plot_tradeoff(rep.board, path, title=f"{rep.table.name}, {scale}")
+    png = io.BytesIO()
+    plot_tradeoff(rep.board, png, title=f"{rep.table.name}, {scale}")
+    return png.getvalue()
 
 
 def leaderboard_of(results: list[RowResult], scaled: bool) -> Leaderboard:
-    """The compare leaderboard of every finished run (paper rows only at full size)."""
+    """The compare leaderboard of every finished run (paper rows only at full size).
+
+    Measured entries are named after their table row (``AR-AT+SWA``, ``none (L_V0)``) rather
+    than by the config keys that tell them apart.
+    """
     runs = [run for r in results for run in r.runs]
-    return build_leaderboard(runs, paper=not scaled)
+    board = build_leaderboard(runs, paper=not scaled)
+    label_of = {run.path: r.row.label for r in results for run in r.runs}
+    for group in board.groups:
+        for entry in group.measured:
+            entry.label = label_of.get(entry.runs[0].path, entry.label) if entry.runs else entry.label
+    return board
