@@ -278,3 +278,46 @@ def test_tiny_scaled_table_runs_reuses_finished_runs_and_resumes(monkeypatch, cl
 def test_metrics_constant_covers_manifest_metrics() -> None:
     used = {m for t in load_tables() for r in t.rows for m in r.paper}
     assert used <= set(METRICS)
+
+
+def _fake_finished_run(planned, clean: float, autoattack: float) -> None:
+    """A run directory as the engine leaves it, with the given accuracies (no training)."""
+    from atzoo.config import to_yaml
+
+    cfg = planned.config
+    planned.run_dir.mkdir(parents=True)
+    (planned.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (planned.run_dir / "metrics.jsonl").write_text("")
+    payload = {"method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name, "norm": "linf",
+               "eps": 8 / 255, "clean_acc": clean, "pgd20_acc": autoattack + 3.0, "autoattack_acc": autoattack,
+               "n_examples": 10000, "aa_n_examples": 10000}
+    (planned.run_dir / "eval.json").write_text(json.dumps(payload))
+
+
+def test_collect_gives_mean_std_difference_and_verdict_per_row(cli, capsys, tmp_path: Path) -> None:
+    """AT seeds 83.0/84.0 clean, 42.0/43.0 AA vs paper 83.77/42.42: means 83.5 and 42.5, diffs -0.27 and
+    +0.08, both within 1 point. AR-AT one seed 85.0 vs 87.82: -2.82, outside. TRADES: not run yet."""
+    rows = ["cifar10-resnet18/at", "cifar10-resnet18/arat", "cifar10-resnet18/trades"]
+    session = prepare("ar-at-table3", rows=rows, seeds=[0, 1], out=tmp_path)
+    runs = {(p.row.key, p.seed): p for p in session.planned}
+    _fake_finished_run(runs["at", 0], 83.0, 42.0)
+    _fake_finished_run(runs["at", 1], 84.0, 43.0)
+    _fake_finished_run(runs["arat", 0], 85.0, 49.0)
+    assert cli("reproduce", "ar-at-table3", "--rows", ",".join(rows), "--seeds", "0,1", "--out", str(tmp_path),
+               "--collect") == 0
+    report = json.loads((tmp_path / "reproduction.json").read_text())
+    by_key = {r["id"].split("/")[1]: r for r in report["rows"]}
+    at, arat, trades = by_key["at"], by_key["arat"], by_key["trades"]
+    assert at["measured"]["clean"]["mean"] == pytest.approx(83.5)
+    assert at["measured"]["clean"]["std"] == pytest.approx(0.70710678)
+    assert at["difference"]["clean"] == pytest.approx(-0.27) and at["difference"]["autoattack"] == pytest.approx(0.08)
+    assert at["verdict"] == "within tolerance"
+    assert arat["verdict"] == "outside tolerance" and arat["outside"] == ["clean"]
+    assert arat["difference"]["clean"] == pytest.approx(-2.82) and arat["seeds_finished"] == 1
+    assert trades["verdict"] == "not run yet" and trades["seeds_finished"] == 0
+    claim = next(c for c in report["orderings"] if c["claim"] == "clean: arat > at")
+    assert claim["measured"] is True and claim["measured_gap"] == pytest.approx(1.5)
+    assert claim["paper_gap"] == pytest.approx(87.82 - 83.77)
+    assert report["scale"] is None and report["banner"].startswith("Full-size")
+    md = (tmp_path / "reproduction.md").read_text()
+    assert "| cifar10-resnet18/at | AT | 2/2 | 83.77 | 83.50 ± 0.71 | -0.27 |" in md
