@@ -13,7 +13,6 @@ Examples::
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Optional
 
