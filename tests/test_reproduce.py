@@ -321,3 +321,13 @@ def test_collect_gives_mean_std_difference_and_verdict_per_row(cli, capsys, tmp_
     assert report["scale"] is None and report["banner"].startswith("Full-size")
     md = (tmp_path / "reproduction.md").read_text()
     assert "| cifar10-resnet18/at | AT | 2/2 | 83.77 | 83.50 ± 0.71 | -0.27 |" in md
+
+
+def test_five_run_footnote_matches_the_cards() -> None:
+    """Table 3's mean-of-five-runs footnote covers LBGAT and AR-AT only, in the manifest and in the cards."""
+    cards = load_cards()
+    for row in load_table("ar-at-table3").rows:
+        if row.card is None or row.card.get("label"):
+            continue
+        source = cards[row.card["name"]].meta["reported_source"]
+        assert ("mean of five runs" in source) == (row.paper_runs == 5), row.id
