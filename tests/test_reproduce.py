@@ -331,3 +331,24 @@ def test_five_run_footnote_matches_the_cards() -> None:
             continue
         source = cards[row.card["name"]].meta["reported_source"]
         assert ("mean of five runs" in source) == (row.paper_runs == 5), row.id
+
+
+def test_a_run_written_before_a_config_key_existed_is_still_reused(tmp_path: Path) -> None:
+    """A stored config.yaml without a newer key (here optim.nesterov) is read with that key at its default."""
+    import yaml
+
+    from atzoo.config import config_to_dict
+    from atzoo.reproduce import states
+
+    session = prepare("ar-at-table3", rows=["cifar10-resnet18/at"], seeds=[0], scale="tiny", out=tmp_path)
+    planned = session.planned[0]
+    values = config_to_dict(planned.config)
+    del values["optim"]["nesterov"]
+    planned.run_dir.mkdir(parents=True)
+    (planned.run_dir / "config.yaml").write_text(yaml.safe_dump(values))
+    (planned.run_dir / "eval.json").write_text("{}")
+    assert states(session) == ["done"]
+    values["optim"]["lr"] = 0.5
+    (planned.run_dir / "config.yaml").write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match=r"optim.lr=0.5 \(planned 0.1\)"):
+        states(session)

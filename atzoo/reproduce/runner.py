@@ -177,14 +177,27 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return flatten(values)
 
 
+def _stored_config(path: Path) -> dict[str, Any]:
+    """The flattened ``config.yaml`` of a run, with keys newer than the run at their defaults."""
+    import yaml
+
+    from atzoo.config import config_from_dict
+
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return _flat(config_to_dict(config_from_dict(values)))
+    except (ConfigError, AttributeError, TypeError):  # another atzoo version's config: compare what is there
+        return _flat(values) if isinstance(values, dict) else {}
+
+
 def config_mismatch(planned: PlannedRun) -> str | None:
     """The first setting where the stored ``config.yaml`` differs from the plan, if any."""
-    from atzoo.report.runs import NON_SEMANTIC_KEYS, read_config
+    from atzoo.report.runs import NON_SEMANTIC_KEYS
 
     stored_file = planned.run_dir / "config.yaml"
     if not stored_file.is_file():
         return None
-    stored = _flat(read_config(stored_file))
+    stored = _stored_config(stored_file)
     wanted = _flat(config_to_dict(planned.config))
     for key in sorted(set(stored) | set(wanted)):
         if key in NON_SEMANTIC_KEYS or key.startswith(_BOOKKEEPING_PREFIXES):
