@@ -71,15 +71,20 @@ def run_missing(
     """Trains every missing run and resumes every interrupted one, in table order.
 
     Every directory is checked before the first run starts, so a conflicting one stops
-    the command before anything is trained.
+    the command before anything is trained; each run's state is read again just before
+    it would start, so a run that another invocation finished meanwhile is reused.
+    Concurrent invocations on one folder must still take disjoint runs (``--rows``,
+    ``--seeds``, or the lines of ``--emit-jobs``): a run being trained looks interrupted.
 
     Returns:
         counts: ``{"reused": finished runs left alone, "resumed": ..., "trained": ...}``.
     """
-    found = states(session)
-    counts = {"reused": found.count("done"), "resumed": 0, "trained": 0}
-    for planned, state in zip(session.planned, found):
+    states(session)
+    counts = {"reused": 0, "resumed": 0, "trained": 0}
+    for planned in session.planned:
+        state = run_state(planned)
         if state == "done":
+            counts["reused"] += 1
             continue
         if on_start is not None:
             on_start(planned, state)
