@@ -317,6 +317,9 @@ def test_collect_gives_mean_std_difference_and_verdict_per_row(cli, capsys, tmp_
     assert trades["verdict"] == "not run yet" and trades["seeds_finished"] == 0
     claim = next(c for c in report["orderings"] if c["claim"] == "clean: arat > at")
     assert claim["measured"] is True and claim["measured_gap"] == pytest.approx(1.5)
+    # Standard error of the gap from 10,000 test images: sqrt(.85 .15 / 1e4) and sqrt(.835 .165 / 1e4) / sqrt(2).
+    se = (0.85 * 0.15 / 1e4 + 0.835 * 0.165 / 1e4 / 2) ** 0.5 * 100
+    assert claim["sampling_se"] == pytest.approx(se) and claim["outcome"] == "held"
     assert claim["paper_gap"] == pytest.approx(87.82 - 83.77)
     assert report["scale"] is None and report["banner"].startswith("Full-size")
     md = (tmp_path / "reproduction.md").read_text()

@@ -173,9 +173,9 @@ def register(app: typer.Typer) -> None:
         console.print(rep.banner, highlight=False, soft_wrap=True)
         for result in rep.results:
             console.print(f"{result.row.id}: {result.verdict} ({len(result.runs)}/{result.planned} seeds)",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         for check in rep.claims:
-            console.print(f"{check.setting}: {check.claim.text}: {check.outcome}", highlight=False)
+            console.print(f"{check.setting}: {check.claim.text}: {check.outcome}", highlight=False, soft_wrap=True)
         console.print(f"report: {written.get('reproduction.md', session.out)}", highlight=False, soft_wrap=True)
 
 

@@ -152,20 +152,42 @@ class ClaimCheck:
     paper_gap: float | None
     measured_gap: float | None
     noise: float | None  # the larger seed std of the two rows (None with one seed)
+    sampling: float | None = None  # standard error of the measured gap from the test-set size
 
     @property
     def outcome(self) -> str:
         if self.measured is None:
             return "not measured"
         text = "held" if self.measured else "did not hold"
-        if self.noise is not None and self.measured_gap is not None and abs(self.measured_gap) <= self.noise:
+        gap = abs(self.measured_gap) if self.measured_gap is not None else None
+        if gap is not None and self.sampling is not None and gap <= 2 * self.sampling:
+            text += f" (within 2 standard errors of the test sample, ±{2 * self.sampling:.1f})"
+        elif gap is not None and self.noise is not None and gap <= self.noise:
             text += " (within seed noise)"
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim.text, "says": self.claim.says, "setting": self.setting, "paper": self.paper,
                 "measured": self.measured, "outcome": self.outcome, "paper_gap": self.paper_gap,
-                "measured_gap": self.measured_gap, "seed_noise": self.noise}
+                "measured_gap": self.measured_gap, "seed_noise": self.noise, "sampling_se": self.sampling}
+
+
+#: Metrics that are accuracies (%) on a test sample, and the RunRecord field with its size.
+_SAMPLE_SIZE = {"clean": "n_examples", "pgd20": "n_examples", "autoattack": "aa_n_examples"}
+
+
+def sampling_error(result: RowResult | None, metric: str) -> float | None:
+    """Binomial standard error (points) of a row's mean accuracy: sqrt(p (1 - p) / n) / sqrt(seeds).
+
+    ``n`` is the number of test examples the metric was measured on; ``None`` for other
+    metrics or when the size is unknown.
+    """
+    stat = result.measured.get(metric) if result is not None else None
+    sizes = [getattr(r, _SAMPLE_SIZE[metric]) for r in result.runs] if stat and metric in _SAMPLE_SIZE else []
+    if not sizes or any(not n for n in sizes):
+        return None
+    p = min(max(stat.mean / 100.0, 0.0), 1.0)  # type: ignore[union-attr]
+    return 100.0 * math.sqrt(p * (1.0 - p) / min(sizes)) / math.sqrt(len(sizes))
 
 
 def _gap(claim: Claim, left: float | None, right: float | None) -> float | None:
@@ -193,10 +215,12 @@ def check_claims(table: Table, results: list[RowResult]) -> list[ClaimCheck]:
             stat_b = measured[claim.b].measured.get(claim.metric) if claim.b in measured else None
             m_gap = _gap(claim, stat_a.mean if stat_a else None, stat_b.mean if stat_b else None)
             stds = [s.std for s in (stat_a, stat_b) if s is not None and s.std is not None]
+            errors = [sampling_error(measured.get(k), claim.metric) for k in (claim.a, claim.b) if k is not None]
+            sampling = math.sqrt(sum(e * e for e in errors)) if errors and all(e is not None for e in errors) else None
             checks.append(ClaimCheck(
                 claim, setting,
                 paper=None if paper_gap is None else claim.holds(paper_a, paper_b),  # type: ignore[arg-type]
                 measured=None if m_gap is None else claim.holds(stat_a.mean, stat_b.mean if stat_b else None),  # type: ignore[union-attr]
-                paper_gap=paper_gap, measured_gap=m_gap, noise=max(stds) if stds else None,
+                paper_gap=paper_gap, measured_gap=m_gap, noise=max(stds) if stds else None, sampling=sampling,
             ))
     return checks
