@@ -172,7 +172,7 @@ _BOOKKEEPING_PREFIXES = ("run.out", "run.name", "run.trackers", "data.root", "da
 
 
 def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    from atzoo.report.runs import flatten
+    from atzoo.common import flatten
 
     return flatten(values)
 
