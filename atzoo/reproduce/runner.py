@@ -177,7 +177,7 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return flatten(values)
 
 
-def _stored_config(path: Path) -> dict[str, Any]:
+def stored_config(path: Path) -> dict[str, Any]:
     """The flattened ``config.yaml`` of a run, with keys newer than the run at their defaults."""
     import yaml
 
@@ -197,7 +197,7 @@ def config_mismatch(planned: PlannedRun) -> str | None:
     stored_file = planned.run_dir / "config.yaml"
     if not stored_file.is_file():
         return None
-    stored = _stored_config(stored_file)
+    stored = stored_config(stored_file)
     wanted = _flat(config_to_dict(planned.config))
     for key in sorted(set(stored) | set(wanted)):
         if key in NON_SEMANTIC_KEYS or key.startswith(_BOOKKEEPING_PREFIXES):

@@ -15,6 +15,7 @@ the measured means, so a report says which of the paper's orderings held.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from atzoo.report.leaderboard import Stat
 from atzoo.report.runs import RunRecord, load_run
 from atzoo.reproduce.manifest import INFO_METRICS, Claim, Row, Table
-from atzoo.reproduce.runner import PlannedRun
+from atzoo.reproduce.runner import PlannedRun, stored_config
 
 
 def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
@@ -124,13 +125,22 @@ def decide(result: RowResult, scaled: bool) -> None:
         result.verdict = "within tolerance"
 
 
+def _load(run_dir: Path) -> RunRecord:
+    """A finished run, its config read as today's atzoo reads it (keys newer than the run at
+    their defaults), so that seeds made by different atzoo versions still group as one entry."""
+    record = load_run(run_dir)
+    if record.config and (run_dir / "config.yaml").is_file():
+        record = dataclasses.replace(record, config=stored_config(run_dir / "config.yaml"))
+    return record
+
+
 def row_results(table: Table, planned: list[PlannedRun], scaled: bool) -> list[RowResult]:
     """One :class:`RowResult` per planned row, from the runs that have ``eval.json``."""
     results: list[RowResult] = []
     rows = {p.row.id: p.row for p in planned}
     for row in rows.values():
         mine = [p for p in planned if p.row.id == row.id]
-        runs = [load_run(p.run_dir) for p in mine if (p.run_dir / "eval.json").is_file()]
+        runs = [_load(p.run_dir) for p in mine if (p.run_dir / "eval.json").is_file()]
         results.append(RowResult(row=row, planned=len(mine), runs=runs, measured=measure(runs)))
     attach_cost_ratios(results)
     for result in results:
