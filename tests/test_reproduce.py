@@ -280,13 +280,21 @@ def test_metrics_constant_covers_manifest_metrics() -> None:
     assert used <= set(METRICS)
 
 
-def _fake_finished_run(planned, clean: float, autoattack: float) -> None:
-    """A run directory as the engine leaves it, with the given accuracies (no training)."""
-    from atzoo.config import to_yaml
+def _fake_finished_run(planned, clean: float, autoattack: float, *, older: bool = False) -> None:
+    """A run directory as the engine leaves it, with the given accuracies (no training).
+
+    ``older``: its config.yaml lacks a key (``optim.nesterov``), as a run made before the key existed.
+    """
+    import yaml
+
+    from atzoo.config import config_to_dict
 
     cfg = planned.config
+    values = config_to_dict(cfg)
+    if older:
+        del values["optim"]["nesterov"]
     planned.run_dir.mkdir(parents=True)
-    (planned.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    (planned.run_dir / "config.yaml").write_text(yaml.safe_dump(values))
     (planned.run_dir / "metrics.jsonl").write_text("")
     payload = {"method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name, "norm": "linf",
                "eps": 8 / 255, "clean_acc": clean, "pgd20_acc": autoattack + 3.0, "autoattack_acc": autoattack,
@@ -301,7 +309,7 @@ def test_collect_gives_mean_std_difference_and_verdict_per_row(cli, capsys, tmp_
     session = prepare("ar-at-table3", rows=rows, seeds=[0, 1], out=tmp_path)
     runs = {(p.row.key, p.seed): p for p in session.planned}
     _fake_finished_run(runs["at", 0], 83.0, 42.0)
-    _fake_finished_run(runs["at", 1], 84.0, 43.0)
+    _fake_finished_run(runs["at", 1], 84.0, 43.0, older=True)
     _fake_finished_run(runs["arat", 0], 85.0, 49.0)
     assert cli("reproduce", "ar-at-table3", "--rows", ",".join(rows), "--seeds", "0,1", "--out", str(tmp_path),
                "--collect") == 0
@@ -324,6 +332,9 @@ def test_collect_gives_mean_std_difference_and_verdict_per_row(cli, capsys, tmp_
     assert report["scale"] is None and report["banner"].startswith("Full-size")
     md = (tmp_path / "reproduction.md").read_text()
     assert "| cifar10-resnet18/at | AT | 2/2 | 83.77 | 83.50 ± 0.71 | -0.27 |" in md
+    # Both AT seeds form one leaderboard entry although one config.yaml predates a key.
+    (group,) = report["leaderboard"]["groups"]
+    assert [r["seeds"] for r in group["rows"] if r["label"] == "AT"] == [2]
 
 
 def test_five_run_footnote_matches_the_cards() -> None:
