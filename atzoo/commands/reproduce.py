@@ -115,8 +115,9 @@ def summary_line(session, found: list[str], estimates) -> str:
     counts = sorted({r.paper_runs for r in session.rows if r.paper_runs})
     paper = (f"; the paper gives mean ± std of {'/'.join(map(str, counts))} runs only for {', '.join(averaged)}"
              ", its other rows are single numbers" if averaged else "")
-    return (f"{len(session.planned)} runs = {shape}{paper}. Estimated A100 training time: {total:.0f} GPU-hours "
-            f"({todo:.0f} for the {len(found) - found.count('done')} runs not finished).")
+    hours = lambda h: f"{h:.1f}" if h < 10 else f"{h:.0f}"  # noqa: E731
+    return (f"{len(session.planned)} runs = {shape}{paper}. Estimated A100 training time: {hours(total)} GPU-hours "
+            f"({hours(todo)} for the {len(found) - found.count('done')} runs not finished).")
 
 
 def register(app: typer.Typer) -> None:
