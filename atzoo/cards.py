@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from atzoo.common import load_yaml
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
 
 #: Folder holding the cards: ``$ATZOO_CARDS`` or ``zoo_cards/`` next to the package.
 DEFAULT_CARDS_DIR = Path(__file__).resolve().parents[1] / "zoo_cards"
@@ -148,7 +148,7 @@ def parse_eps(value: Any, where: str) -> float:
             return float(num) / float(den)
         except (ValueError, ZeroDivisionError):
             pass
-    raise AtzooError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
+    raise AtzooError(f"{where} must be a number or a fraction like 8/255, got {brief(value)}")
 
 
 def setting_key(dataset: str, model: str) -> str:
@@ -215,7 +215,7 @@ def _check_results(card: Card, source: str) -> None:
                 value = values[metric]
                 ok = metric in METRICS and isinstance(value, (int, float)) and math.isfinite(value)
                 if not ok:
-                    raise AtzooError(f"card {source}: reported.{setting}.{metric}={value!r} is not valid; "
+                    raise AtzooError(f"card {source}: reported.{setting}.{metric}={brief(value)} is not valid; "
                                      f"metrics: {', '.join(METRICS)} (percentages)")
     card.threat_model()
 

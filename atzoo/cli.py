@@ -2,9 +2,12 @@
 
 Conventions every command follows:
 
-* A user error (:class:`~atzoo.errors.AtzooError`, or a usage error such as an unknown
-  option) prints one line to stderr, ``atzoo: error: ...``, and exits with code 2,
-  without a traceback. ``ATZOO_DEBUG=1`` re-raises so the traceback shows.
+* Every error goes through :func:`error_exit`, the one place that turns an exception into
+  the one line on stderr, ``atzoo: error: ...`` (bounded, without any library hint to
+  switch a safety off): a user error (:class:`~atzoo.errors.AtzooError`, a usage error
+  such as an unknown option) and an operating-system error (disk full, permission
+  denied) exit with code 2, an interrupted run (Ctrl-C) with 130, anything else (a bug)
+  with 1. ``ATZOO_DEBUG=1`` re-raises so the traceback shows.
 * Commands live in ``atzoo/commands/<name>.py``, each exposing ``register(app)``;
   :data:`COMMAND_MODULES` lists them.
 """
@@ -22,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo import __version__
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, InterruptedRun, one_line
 
 app = typer.Typer(
     name="atzoo",
@@ -103,10 +106,30 @@ def _register_commands() -> None:
         importlib.import_module(module).register(app)
 
 
-def _fail(message: str) -> int:
-    first_line = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"atzoo: error: {first_line}", file=sys.stderr)
-    return 2
+def _fail(message: object, code: int = 2, prefix: str = "error: ") -> int:
+    print(f"atzoo: {prefix}{one_line(message)}", file=sys.stderr)
+    return code
+
+
+def error_exit(exc: BaseException) -> int:
+    """Prints the one line for ``exc`` and returns the exit code (see the module doc)."""
+    if isinstance(exc, InterruptedRun):  # the resume command must survive whole
+        print(f"atzoo: {one_line(exc, limit=10_000)}", file=sys.stderr)
+        return exc.exit_code
+    if isinstance(exc, AtzooError):
+        return _fail(str(exc), exc.exit_code)
+    if isinstance(exc, USAGE_ERRORS):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see 'atzoo {ctx.info_name} --help')" if ctx is not None and ctx.parent else " (see 'atzoo --help')"
+        return _fail(exc.format_message() + hint)
+    if isinstance(exc, (KeyboardInterrupt, *ABORTS)):
+        return _fail("interrupted", 130, "")
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return _fail(f"cannot access{where}: {exc.strerror or exc}")
+    if isinstance(exc, MemoryError):
+        return _fail("out of memory (a smaller data.batch_size or eval.batch_size may fit)")
+    return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in atzoo; ATZOO_DEBUG=1 shows the traceback)", 1)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -116,21 +139,12 @@ def run(argv: list[str] | None = None) -> int:
     debug = os.environ.get("ATZOO_DEBUG", "") not in ("", "0")
     try:
         result = command.main(args=argv, prog_name="atzoo", standalone_mode=False)
-    except AtzooError as exc:
-        if debug:
-            raise
-        return _fail(str(exc))
-    except USAGE_ERRORS as exc:  # type: ignore[misc]
-        if debug:
-            raise
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see 'atzoo {ctx.info_name} --help')" if ctx is not None and ctx.parent else " (see 'atzoo --help')"
-        return _fail(exc.format_message() + hint)
     except EXITS as exc:  # type: ignore[misc]
         return int(getattr(exc, "exit_code", 0) or 0)
-    except ABORTS:  # type: ignore[misc]
-        print("atzoo: aborted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        return error_exit(exc)
     return result if isinstance(result, int) else 0
 
 

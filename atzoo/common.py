@@ -6,7 +6,8 @@
   not the ``0600`` of :func:`tempfile.mkstemp`: run directories, leaderboards and figures
   are meant to be read by others.
 * :func:`flatten` -- nested dicts to ``a.b`` (or ``a/b``) keys.
-* :func:`load_yaml` -- ``yaml.safe_load`` whose syntax error is one ``AtzooError`` line.
+* :func:`load_yaml` -- the one YAML parser: safe, no anchors/aliases, depth and size limits;
+  a problem is one ``AtzooError`` line (files are read by :mod:`atzoo.safe_read`).
 * :func:`compare_state_dicts` -- the missing, unexpected and mis-shaped tensors of a state dict.
 * :data:`MAX_SEED` -- the largest seed (NumPy takes 32 bits).
 """
@@ -91,15 +92,76 @@ def flatten(values: Mapping[str, Any], prefix: str = "", *, sep: str = ".") -> d
     return flat
 
 
+#: The deepest nesting of YAML collections :func:`load_yaml` accepts (a config has two levels).
+MAX_YAML_DEPTH = 32
+#: The largest YAML text :func:`load_yaml` parses (a recipe is ~1 KB).
+MAX_YAML_CHARS = int(os.environ.get("ATZOO_MAX_FILE_BYTES", 4 << 20))
+
+
 def load_yaml(text: str, what: str, error: type[AtzooError] = AtzooError) -> Any:
-    """``yaml.safe_load(text)``; a syntax error is ``error("<what> is not valid YAML: <first line>")``."""
+    """The one YAML parser of atzoo: PyYAML's safe loader (plain data, no tag builds an
+    object) without anchors and aliases, at most :data:`MAX_YAML_DEPTH` levels deep and
+    :data:`MAX_YAML_CHARS` long.
+
+    A 1 KB "billion laughs" file (aliases of aliases) would otherwise expand into billions
+    of nodes wherever a value is walked or printed; deep ``[[[[...`` would exhaust the
+    parser's recursion. Both are refused while composing, before anything is expanded.
+
+    Raises:
+        ``error``: ``"<what> is not valid YAML: <problem> (line L, column C)"``, or too large.
+    """
     import yaml
 
+    if len(text) > MAX_YAML_CHARS:
+        raise error(f"{what} is larger than {MAX_YAML_CHARS} characters; not a config")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_bounded_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise error(f"{what} is not valid YAML: {first}") from None
+        raise error(f"{what} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise error(f"{what} is not valid YAML: nested too deeply") from None
+
+
+def _yaml_problem(exc: Exception) -> str:
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem:
+        return f"{problem}" + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+_LOADER: Any = None
+
+
+def _bounded_loader() -> Any:
+    """``yaml.SafeLoader`` refusing anchors, aliases and deep nesting (built once, lazily:
+    importing yaml is left to the first YAML read)."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self.depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "YAML anchors and aliases (&name, *name) are not accepted", event.start_mark)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    _LOADER = BoundedLoader
+    return _LOADER
 
 
 @dataclass(frozen=True)

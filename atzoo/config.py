@@ -27,7 +27,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from atzoo.common import load_yaml
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, brief
+from atzoo.safe_read import read_yaml_file
 
 # --------------------------------------------------------------------------- sections
 
@@ -260,7 +261,7 @@ def _coerce_float(value: Any, key: str, tp: Any) -> float:
     else:
         raise _type_error(key, tp, value)
     if not math.isfinite(result):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"{key} must be a finite number, got {brief(value)}")
     return result
 
 
@@ -283,7 +284,7 @@ def _is_number(text: str) -> bool:
 
 
 def _type_error(key: str, tp: Any, value: Any) -> ConfigError:
-    return ConfigError(f"{key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return ConfigError(f"{key} expects {_type_name(tp)}, got {brief(value)} ({type(value).__name__})")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -335,7 +336,7 @@ def build_method_config(values: dict[str, Any]) -> MethodConfig:
         raise ConfigError(f"section 'method' must be a mapping, got {type(values).__name__}")
     name = values.get("name", MethodConfig.name)
     if not isinstance(name, str):
-        raise ConfigError(f"method.name expects str, got {name!r}")
+        raise ConfigError(f"method.name expects str, got {brief(name)}")
     cls = method_config_class(name)
     return _build_section(cls, {**values, "name": name}, "method")
 
@@ -373,9 +374,17 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def from_yaml(text: str, source: str = "<string>") -> RunConfig:
-    """Parses a YAML recipe."""
-    values = load_yaml(text, source, ConfigError)
-    return config_from_dict(values)
+    """Parses a YAML recipe (bounded: no aliases, size and depth limits)."""
+    return config_from_dict(load_yaml(text, source, ConfigError))
+
+
+def read_config_file(path: str | Path) -> RunConfig:
+    """A run's ``config.yaml`` (for eval, resume, ARREST's pretraining run).
+
+    Raises:
+        ConfigError: the file is unreadable, not UTF-8, not bounded YAML, or not a config.
+    """
+    return config_from_dict(read_yaml_file(path, "config"))
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -383,11 +392,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ConfigError(f"recipe {path} is not a text file (expected YAML)") from None
-    values = load_yaml(text, f"recipe {path}", ConfigError)
+    values = read_yaml_file(path, "recipe")
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -408,24 +413,35 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if section not in SECTIONS:
         raise ConfigError(_unknown_key_message(section, None, list(SECTIONS)))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override '{key}'", ConfigError) if raw.strip() else None
+    except ConfigError as exc:
+        if "anchors and aliases" in str(exc) or "nest" in str(exc):  # refused, not read as a string
+            raise
         value = raw
     return section, leaf, value
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Returns a copy of the nested dict ``values`` with each override set."""
-    merged = {k: dict(v or {}) for k, v in (values or {}).items()}
+    merged = {k: _section_dict(k, v) for k, v in (values or {}).items()}
     for text in overrides:
         section, leaf, value = parse_override(text)
         merged.setdefault(section, {})[leaf] = value
     return merged
 
 
+def _section_dict(section: str, values: Any) -> dict[str, Any]:
+    """A copy of one section's mapping (a recipe may hold anything there)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{section}' must be a mapping, got {type(values).__name__}")
+    return dict(values)
+
+
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Section-wise merge of two nested dicts (``update`` wins)."""
-    merged = {k: dict(v or {}) for k, v in (base or {}).items()}
+    merged = {k: _section_dict(k, v) for k, v in (base or {}).items()}
     for section, values in (update or {}).items():
         if isinstance(values, dict) and isinstance(merged.get(section), dict):
             merged[section].update(values)
@@ -480,6 +496,13 @@ def validate(cfg: RunConfig) -> None:
         (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
         (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
         (cfg.optim.grad_accum >= 1, f"optim.grad_accum must be >= 1, got {cfg.optim.grad_accum}"),
+        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
+         f"optim.grad_clip must be > 0 (or null for no clipping), got {cfg.optim.grad_clip}"),
+        (cfg.optim.warmup_lr is None or cfg.optim.warmup_lr >= 0,
+         f"optim.warmup_lr must be >= 0 (or null for no warm-up), got {cfg.optim.warmup_lr}"),
+        (cfg.attack.start_std > 0, f"attack.start_std must be > 0, got {cfg.attack.start_std}"),
+        (cfg.eval.pgd_step_size is None or cfg.eval.pgd_step_size > 0,
+         f"eval.pgd_step_size must be > 0, got {cfg.eval.pgd_step_size}"),
         (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
         (cfg.data.eval_batch_size >= 1, f"data.eval_batch_size must be >= 1, got {cfg.data.eval_batch_size}"),
         (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),

@@ -13,11 +13,14 @@ existing is modified and nothing new is created. A few cases also run as real
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +122,79 @@ CASES: dict[str, Case] = {
     # compare inputs
     "compare-folder-that-is-not-a-run": case(["compare", "notes", "--out", "board"], "notes has no eval.json"),
     "compare-missing-path": case(["compare", "no_such_run", "--out", "board"], "run directory not found: no_such_run"),
+    # paths that resolve elsewhere than they read (issue 18: data loss)
+    "out-dotdot-onto-a-finished-run": case(["train", "at", *TRAIN, "--out", f"{RUN}/nothere/.."],
+                                           "already exists", "use --resume to continue it or --force"),
+    "out-dotdot-onto-the-users-folder": case(["train", "at", *TRAIN, "--out", "notes/nothere/.."],
+                                             "already exists"),
+    "run-name-dotdot": case(["train", "at", *TRAIN, "run.name=.."], "run.name '..' must name one folder"),
+    "resume-into-a-folder-that-is-not-a-run": case(["train", "at", *TRAIN, "--resume", "--out", "notes"],
+                                                   "--resume only continues atzoo run directories", "notes"),
+    "force-with-a-config-error-of-step-1": case(
+        ["train", "trades", *TRAIN, "attack.start_std=-1", "--force", "--out", RUN], "attack.start_std must be > 0"),
+    # small files that would hang or exhaust the machine
+    "billion-laughs-recipe": case(["train", "at", "--recipe", "laughs.yaml", *TRAIN, "--out", "new"],
+                                  "laughs.yaml is not valid YAML", "anchors and aliases"),
+    "billion-laughs-override": case(["train", "at", *TRAIN, "--out", "new", "data.batch_size=" + "[&a [1,1,1,1,1,1,1,1,1], "
+                                     + ", ".join(f"&{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi"))
+                                     + "]"], "anchors and aliases"),
+    "billion-laughs-config-eval": case(["eval", "laughs_run", "--attacks", "clean"],
+                                       "laughs_run/config.yaml is not valid YAML", "anchors and aliases"),
+    "billion-laughs-config-resume": case(["train", "at", *TRAIN, "--resume", "--out", "laughs_run"],
+                                         "laughs_run/config.yaml is not valid YAML", "anchors and aliases"),
+    "billion-laughs-config-compare": case(["compare", "laughs_run", "--out", "board"],
+                                          "laughs_run/config.yaml is not valid YAML", "anchors and aliases"),
+    "deeply-nested-recipe": case(["train", "at", "--recipe", "deep.yaml", *TRAIN, "--out", "new"],
+                                 "deep.yaml is not valid YAML", "nesting deeper than"),
+    "npz-label-of-a-billion": case(["train", "at", *TRAIN, "--dataset", "npz:huge_label.npz", "--out", "new"],
+                                   "'y_train' holds label 1000000000", "at most 100000 classes"),
+    "npz-header-claims-terabytes": case(["train", "at", *TRAIN, "--dataset", "npz:huge_header.npz", "--out", "new"],
+                                        "'x_train' declares shape (4000000000, 32, 32, 3)", "the file is damaged"),
+    "npz-object-array": case(["train", "at", *TRAIN, "--dataset", "npz:objects.npz", "--out", "new"],
+                             "'x_train' holds Python objects", "atzoo reads only plain numeric arrays"),
+    # values torch or AutoAttack would refuse only later, with a traceback
+    "autoattack-on-three-classes": case(
+        ["train", "at", *TRAIN, "--dataset", "npz:three_classes.npz", "data.batch_size=16", "run.evaluate=true",
+         "--out", "new"], "AutoAttack 'standard' runs apgd-t", "needs at least 4 classes", "has 3",
+        "version 'rand'"),
+    "negative-momentum": case(["train", "at", *TRAIN, "optim.momentum=-1", "--out", "new"],
+                              "torch.optim.SGD refuses optim.momentum=-1.0", "Invalid momentum value"),
+    "nesterov-without-momentum": case(["train", "at", *TRAIN, "optim.momentum=0", "optim.nesterov=true", "--out", "new"],
+                                      "optim.nesterov=True", "Nesterov momentum requires a momentum"),
+    "negative-grad-clip": case(["train", "at", *TRAIN, "optim.grad_clip=-1", "--out", "new"],
+                               "optim.grad_clip must be > 0", "-1.0"),
+    "negative-warmup-lr": case(["train", "at", *TRAIN, "optim.warmup_lr=-1", "--out", "new"],
+                               "optim.warmup_lr must be >= 0", "-1.0"),
+    "run-name-attribute-placeholder": case(["train", "at", *TRAIN, "run.name='x{seed.real}'"],
+                                           "unknown placeholder '{seed.real}'", "valid: {method}"),
+    "run-name-format-spec": case(["train", "at", *TRAIN, "run.name='x{seed:>99999999}'"], "unknown placeholder"),
+    "pickle-as-arrest-pretrained": case(["train", "arrest", *TRAIN, "method.pretrained=planted.pt", "--out", "new"],
+                                        "refusing to load method.pretrained", "planted.pt", "posix.system"),
+    "pickle-as-lbgat-teacher": case(["train", "lbgat", *TRAIN, "method.teacher_checkpoint=planted.pt", "--out", "new"],
+                                    "refusing to load method.teacher_checkpoint", "posix.system"),
+    "random-bytes-as-pretrained": case(["train", "arrest", *TRAIN, "method.pretrained=noise.pt", "--out", "new"],
+                                       "method.pretrained", "noise.pt"),
+    # damaged files of a run (binary, wrong types)
+    "eval-model-meta-of-wrong-types": case(["eval", "typed_meta", "--attacks", "clean"],
+                                           "typed_meta/model_meta.json is damaged", "'num_classes'"),
+    "eval-old-eval-json-of-wrong-types": case(["eval", "typed_eval", "--attacks", "clean"],
+                                              "typed_eval/eval.json is damaged", "'previous' must be a list"),
+    "eval-config-of-wrong-types": case(["eval", "typed_config", "--attacks", "clean"],
+                                       "section 'optim' must be a mapping"),
+    "compare-binary-metrics": case(["compare", "garbled_metrics", "--out", "board"],
+                                   "garbled_metrics/metrics.jsonl is not a UTF-8 text file"),
+    "recipe-section-not-a-mapping": case(["train", "at", "--recipe", "list_section.yaml", *TRAIN, "--out", "new"],
+                                         "section 'optim' must be a mapping, got list"),
+    # output paths below a file
+    "compare-out-below-a-file": case(["compare", "laughs_run", "--out", "notes/thesis.tex/board"],
+                                     "cannot write --out notes/thesis.tex/board", "thesis.tex is a file"),
+    "bench-json-below-a-file": case(["bench", "data", "--dataset", "digits", "--json", "notes/thesis.tex/r.json"],
+                                    "cannot write --json notes/thesis.tex/r.json", "thesis.tex is a file"),
 }
+#: Cases whose input is a tiny hostile YAML file: each must fail in well under a second.
+LAUGHS = tuple(name for name in CASES if name.startswith(("billion-laughs", "deeply-nested")))
+#: Cases in which a library's advice to switch a safety off must never reach the user.
+UNSAFE_HINT_WORDS = ("weights_only", "allow_pickle", "trusted source", "will likely succeed")
 NEEDS_PROC = {"out-dir-in-proc"}
 #: Run again as real processes (all at once): three commands, three kinds of mistake.
 PROCESS_CASES = ("unknown-method", "eval-eps-zero", "default-run-dir-exists")
@@ -173,11 +248,71 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "empty_data").mkdir()
     (root / "unknown_key.yaml").write_text("optim:\n  lrr: 0.1\n")
     (root / "wrong_type.yaml").write_text("optim:\n  epochs: ten\n")
+    hostile_files(root, finished)
     rng = np.random.default_rng(0)
     labels = np.arange(100, dtype=np.int64)  # CIFAR-100 shaped: 100 classes of 32x32 RGB
     images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
     np.savez(root / "cifar100_like.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
     return root
+
+
+#: A 1 KB YAML "billion laughs": ten levels of nine aliases, 9**10 leaves once expanded.
+#: The anchors sit in the run section, checked last; data.batch_size, checked first, expands.
+LAUGHS_YAML = "run:\n" + "".join(
+    f"  {key}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for key, name, prev in zip(["trackers", "name", "out", "seed", "precision", "log_every", "max_steps",
+                                "keep_checkpoints", "checkpoint_every"], "abcdefghi", [None, *"abcdefgh"])
+) + "data:\n  batch_size: [" + ", ".join(["*i"] * 9) + "]\n"
+
+
+class _Planted:
+    """Unpickling this runs a shell command (what a planted checkpoint would do)."""
+
+    def __reduce__(self):  # noqa: D105
+        return (os.system, ("touch planted-code-ran",))
+
+
+def hostile_files(root: Path, finished: Path) -> None:
+    """Small files that once hung atzoo, exhausted memory, ran into a traceback or lost data."""
+    assert len(LAUGHS_YAML) <= 1024, len(LAUGHS_YAML)
+    (root / "laughs.yaml").write_text(LAUGHS_YAML)
+    (root / "deep.yaml").write_text("optim:\n  milestones: " + "[" * 500 + "]" * 500 + "\n")
+    (root / "list_section.yaml").write_text("optim: [1, 2]\n")
+    eval_payload = {"method": "at", "model": "small_cnn", "dataset": "digits", "norm": "linf", "eps": 8 / 255,
+                    "clean_acc": 50.0}
+    for name, damaged, content in (
+        ("laughs_run", "config.yaml", LAUGHS_YAML),
+        ("typed_meta", "model_meta.json", json.dumps({"model": "small_cnn", "num_classes": "ten"})),
+        ("typed_eval", "eval.json", json.dumps({**eval_payload, "previous": 5})),
+        ("typed_config", "config.yaml", "optim: 5\n"),
+    ):
+        shutil.copytree(root / "mismatched", root / name)
+        shutil.copy2(finished / "model_meta.json", root / name / "model_meta.json")
+        if damaged != "eval.json":
+            (root / name / "eval.json").write_text(json.dumps(eval_payload))
+        (root / name / damaged).write_text(content)
+    shutil.copytree(root / "laughs_run", root / "garbled_metrics")
+    shutil.copy2(finished / "config.yaml", root / "garbled_metrics" / "config.yaml")
+    (root / "garbled_metrics" / "metrics.jsonl").write_bytes(b"\xff\xfe\x00\x9c not text")
+    torch.save({"weight": _Planted()}, root / "planted.pt")
+    (root / "noise.pt").write_bytes(np.random.default_rng(1).bytes(256))
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    np.savez(root / "huge_label.npz", x_train=x, y_train=np.array([0, 1, 2, 10**9]), x_test=x, y_test=np.arange(4))
+    np.savez(root / "objects.npz", x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.arange(4),
+             x_test=x, y_test=np.arange(4))
+    header = io.BytesIO()  # 100 bytes of data under a header that claims 12 TB
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (4_000_000_000, 32, 32, 3)})
+    with zipfile.ZipFile(root / "huge_header.npz", "w") as archive:
+        archive.writestr("x_train.npy", header.getvalue() + bytes(100))
+        for key, value in (("y_train", np.arange(4)), ("x_test", x), ("y_test", np.arange(4))):
+            buffer = io.BytesIO()
+            np.save(buffer, value)
+            archive.writestr(f"{key}.npy", buffer.getvalue())
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
+    np.savez(root / "three_classes.npz", x_train=images, y_train=np.arange(32) % 3, x_test=images,
+             y_test=np.arange(32) % 3)
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
@@ -238,7 +373,30 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(
     check_error_line(captured.err, CASES[name].phrases)
     assert captured.out == ""
     assert "Traceback" not in captured.err + captured.out
+    assert not any(word in captured.err for word in UNSAFE_HINT_WORDS), captured.err
     assert snapshot(ws) == before
+
+
+@pytest.mark.parametrize("name", LAUGHS)
+def test_hostile_yaml_fails_in_under_a_second_with_a_short_line(
+    name: str, template: Path, tmp_path: Path, isolated: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 1 KB alias bomb (or deep nesting), wherever atzoo reads YAML: refused while parsing."""
+    ws = workspace(template, tmp_path / "ws")
+    isolated.chdir(ws)
+    isolated.setenv("ATZOO_DATA", str(ws / "empty_data"))
+    import atzoo.engine  # noqa: F401  (imports and registries warm: only the command itself is timed)
+    import atzoo.eval  # noqa: F401
+    import atzoo.report  # noqa: F401
+
+    run(["list", "methods"])
+    capsys.readouterr()
+    started = time.process_time()
+    code = run(list(CASES[name].argv))
+    seconds = time.process_time() - started
+    err = capsys.readouterr().err
+    assert code == 2 and seconds < 1.0, (seconds, err[:300])
+    assert len(err) < 500
 
 
 def test_bad_input_in_real_processes(template: Path, tmp_path: Path) -> None:

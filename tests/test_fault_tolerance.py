@@ -22,12 +22,15 @@ checkpoints every 4 steps and at each epoch end (steps 4, 6, 8, 12, 16, 18), the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ import torch
 from atzoo.cli import run
 from atzoo.engine import read_metrics
 from atzoo.engine.checkpoint import CRASH_ENV, MANIFEST, CheckpointData, list_checkpoints, load_checkpoint
+from atzoo.engine.lock import LOCK_FILE, RunLock, process_start
+from atzoo.errors import ConfigError, RunDirError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"),
                                 reason="needs POSIX fork and SIGKILL")
@@ -93,6 +98,9 @@ def _env(crash_at: str | None) -> dict[str, str]:
     return env
 
 
+#: A run stopped by SIGINT (what Ctrl-C sends) after step 10: it must say how to resume.
+INTERRUPTED, INTERRUPT_AT = "sigint-mid-epoch", "step:10:SIGINT"
+
 #: The kill run as a plain ``python -m atzoo`` process (the others go through the helper).
 PLAIN_PROCESS = "mid-epoch-between-checkpoints"
 HELPER = Path(__file__).with_name("crash_runs.py")
@@ -104,7 +112,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Finished]:
     root = tmp_path_factory.mktemp("kill")
     jobs = [{"name": name, "argv": [*TRAIN, "--out", str(root / name)], "crash_at": crash_at,
              "log": str(root / f"{name}.log")}
-            for name, crash_at in [("reference", None), *((n, k.crash_at) for n, k in KILLS.items())]
+            for name, crash_at in [("reference", None), *((n, k.crash_at) for n, k in KILLS.items()),
+                                   (INTERRUPTED, INTERRUPT_AT)]
             if name != PLAIN_PROCESS]
     (root / "jobs.json").write_text(json.dumps(jobs))
     with open(root / f"{PLAIN_PROCESS}.log", "w") as log:
@@ -297,3 +306,212 @@ def test_damaged_newest_checkpoint_is_named_and_resume_falls_back(
     assert_matches_reference(run_dir, reference)  # the damaged step-18 was recomputed and rewritten
     events = [r for r in read_metrics(run_dir) if r["kind"] == "event" and r["event"] == "checkpoint_skipped"]
     assert len(events) == 1 and str(target) in events[0]["message"]
+
+
+# --------------------------------------------------------------------------- issue 18: interruptions
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+def test_sigint_prints_how_to_resume_and_that_command_finishes_bit_identically(
+    runs: dict[str, Finished], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (SIGINT) after step 10: exit 130, the documented line, and the command it
+    prints continues the run to the weights of the uninterrupted one."""
+    stopped = runs[INTERRUPTED]
+    assert stopped.returncode == 130, stopped.log
+    line = last_line(stopped.log)
+    expected = shlex.join(["atzoo", *TRAIN, "--resume", "--out", str(stopped.run_dir)])
+    assert line == f"atzoo: interrupted; continue the run in {stopped.run_dir} with: {expected}"
+    assert "Traceback" not in stopped.log
+    assert [p.name for p in list_checkpoints(stopped.run_dir / "checkpoints")][-1] == step_dir(8)
+    assert not list((stopped.run_dir / "checkpoints").glob(".tmp-*"))
+    assert not (stopped.run_dir / LOCK_FILE).exists(), "the lock is released on Ctrl-C"
+    capsys.readouterr()
+    assert run(shlex.split(line.split(" with: ", 1)[1])[1:]) == 0, capsys.readouterr().err
+    assert f"resuming from {stopped.run_dir / 'checkpoints' / step_dir(8)}" in capsys.readouterr().err
+    assert_matches_reference(stopped.run_dir, runs["reference"].run_dir)
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_resume_finishes_the_run(
+    runs: dict[str, Finished], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENOSPC while the step-8 checkpoint is written: exit 2 with one line, its temporary
+    folder gone, the earlier checkpoints intact; --resume once space is back finishes the
+    run bit-identically."""
+    from atzoo.engine import checkpoint
+
+    writer = checkpoint.write_synced
+
+    def disk_full(path: Path, data: bytes) -> str:
+        if step_dir(8) in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return writer(path, data)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "write_synced", disk_full)
+    capsys.readouterr()
+    assert run([*TRAIN, "--out", str(run_dir)]) == 2
+    line = last_line(capsys.readouterr().err)
+    assert line.startswith(f"atzoo: error: cannot write checkpoint {run_dir / 'checkpoints' / step_dir(8)}: ")
+    assert "No space left on device" in line and "continue with --resume" in line
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [step_dir(4), step_dir(6)]
+    assert not (run_dir / LOCK_FILE).exists()
+    monkeypatch.setattr(checkpoint, "write_synced", writer)  # space is back
+    resume(run_dir, capsys)
+    assert_matches_reference(run_dir, runs["reference"].run_dir)
+
+
+# --------------------------------------------------------------------------- issue 18: --force and locks
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` with its size, mtime and SHA-256 (files) or mtime (folders)."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, digest(p) if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("failure", ["config-error-found-at-step-1", "ctrl-c-at-step-1"])
+def test_force_restores_the_old_run_when_the_new_one_fails_before_it_started(
+    failure: str, runs: dict[str, Finished], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from atzoo.engine.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["reference"].run_dir, run_dir)
+    before = tree(tmp_path)
+
+    def fail(self: Trainer, x: torch.Tensor, y: torch.Tensor) -> None:
+        if failure == "ctrl-c-at-step-1":
+            raise KeyboardInterrupt
+        raise ConfigError("attack.start_std must be > 0 (found by the attack at step 1)")
+
+    monkeypatch.setattr(Trainer, "train_batch", fail)
+    capsys.readouterr()
+    code = run([*TRAIN, "--force", "--out", str(run_dir)])
+    err = capsys.readouterr().err
+    if failure == "ctrl-c-at-step-1":
+        assert code == 130
+        assert last_line(err) == f"atzoo: interrupted before the run started; nothing was changed in {run_dir}"
+    else:
+        assert code == 2 and last_line(err) == "atzoo: error: attack.start_std must be > 0 (found by the attack at step 1)"
+    assert tree(tmp_path) == before, "the old run must be back exactly as it was, nothing else left"
+
+
+def test_force_deletes_the_old_run_only_after_the_new_one_started(
+    runs: dict[str, Finished], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from atzoo.engine.trainer import Trainer
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["reference"].run_dir, run_dir)
+    seen: list[list[str]] = []
+    original = Trainer.after_optimizer_step
+
+    def watch(self: Trainer) -> bool:
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))  # before the step is recorded as started
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "after_optimizer_step", watch)
+    assert run([*TRAIN, "--force", "--out", str(run_dir), "run.max_steps=2"]) == 0, capsys.readouterr().err
+    assert seen[0] == sorted(["run", f".run.replaced-{os.getpid()}"]), "old run kept aside until step 1 succeeded"
+    assert seen[1] == ["run"] and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [step_dir(2)]
+
+
+def _wait_stopped(pid: int) -> None:
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+def test_a_second_run_refuses_a_folder_in_use_naming_the_holder_and_a_dead_holders_lock_is_stale(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real training process holds the folder (stopped after step 2 by its crash hook):
+    every second run into it (fresh, --resume, --force) refuses with its PID, changing
+    nothing. Killed with -9, it leaves its lock file behind; that lock is stale (its PID
+    is gone) and --resume takes the folder over."""
+    run_dir = tmp_path / "run"
+    argv = [*TRAIN, "--out", str(run_dir), "run.max_steps=3"]
+    holder = subprocess.Popen([sys.executable, "-m", "atzoo", *argv], cwd=tmp_path, env=_env("step:2:SIGSTOP"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_stopped(holder.pid)
+        before = tree(tmp_path)
+        for extra in ([], ["--resume"], ["--force"]):
+            capsys.readouterr()
+            assert run([*argv, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"atzoo: error: run directory {run_dir} is in use by atzoo process {holder.pid} "
+                                  "on this host"), err
+            assert len(err.splitlines()) == 1
+        assert run(["eval", str(run_dir), "--attacks", "clean"]) == 2  # its model is not final yet
+        assert f"is in use by atzoo process {holder.pid}" in capsys.readouterr().err
+        assert tree(tmp_path) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert json.loads((run_dir / LOCK_FILE).read_text())["pid"] == holder.pid  # left behind by kill -9
+    capsys.readouterr()
+    assert run([*argv, "--resume"]) == 0, capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"] == [1, 2, 3]
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_lock_file_pid_and_host_decide_staleness_where_no_flock_holds_it(tmp_path: Path) -> None:
+    """Without a kernel lock (a file system where flock is a no-op, or a lock file copied
+    along), the recorded PID, process start time and host decide."""
+    lock = tmp_path / LOCK_FILE
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()
+    host = socket.gethostname()
+    lock.write_text(json.dumps({"pid": dead_pid.pid, "host": host, "process_start": None}))
+    assert RunLock(tmp_path).live_holder() is None  # its process is gone: stale
+    parent = os.getppid()
+    lock.write_text(json.dumps({"pid": parent, "host": host, "process_start": process_start(parent)}))
+    holder = RunLock(tmp_path).live_holder()
+    assert holder is not None and holder.pid == parent  # a live process on this host: respected
+    with pytest.raises(RunDirError, match=f"in use by atzoo process {parent} on this host"):
+        RunLock(tmp_path).acquire()
+    lock.write_text(json.dumps({"pid": parent, "host": host, "process_start": "1"}))  # PID reused since
+    assert RunLock(tmp_path).live_holder() is None
+    with RunLock(tmp_path) as held:
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and held.held
+    assert not lock.exists()
+
+
+# --------------------------------------------------------------------------- issue 18: AutoAttack state
+
+
+def test_autoattack_state_that_does_not_cover_the_examples_is_recomputed(tmp_path: Path) -> None:
+    """A state file with the right fingerprint whose chunks are short, of wrong types, or
+    binary is a cache miss: every example is attacked (seen: 100% reported on 3 of 8)."""
+    from atzoo.attacks.sharding import STATE_FORMAT, ProcessGroup, ShardedRun
+
+    state = tmp_path / "autoattack_state.json"
+    computed: list[int] = []
+
+    def work(index: int, start: int, stop: int) -> dict[str, list[bool]]:
+        computed.append(index)
+        return {"clean": [True] * (stop - start), "robust": [False] * (stop - start)}
+
+    damaged = [
+        json.dumps({"format": STATE_FORMAT, "fingerprint": "f", "chunks": {"0": {"clean": [True] * 3,
+                                                                                "robust": [True] * 3}}}),
+        json.dumps({"format": STATE_FORMAT, "fingerprint": "f", "chunks": {"x": 1, "1": "robust"}}),
+        json.dumps({"format": STATE_FORMAT, "fingerprint": "f", "chunks": [1, 2]}),
+        b"\xff\xfe\x00 binary",
+    ]
+    for content in damaged:
+        computed.clear()
+        state.write_bytes(content if isinstance(content, bytes) else content.encode())
+        result = ShardedRun(n=8, chunk_size=4, group=ProcessGroup(), state_path=state, fingerprint="f").run(work)
+        assert computed == [0, 1], content
+        assert result == {"clean": [True] * 8, "robust": [False] * 8}
+    computed.clear()  # the file it wrote is valid and complete: nothing is recomputed
+    ShardedRun(n=8, chunk_size=4, group=ProcessGroup(), state_path=state, fingerprint="f").run(work)
+    assert computed == []

@@ -39,6 +39,16 @@ from atzoo.errors import ConfigError
 
 AA_VERSIONS: tuple[str, ...] = ("standard", "plus", "rand", "custom")
 AA_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+#: The attacks each version runs (the reference's ``set_version``).
+VERSION_ATTACKS: dict[str, tuple[str, ...]] = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+#: Fewest classes an attack's loss needs: the DLR loss divides by the gap between the
+#: largest and the 3rd largest logit, its targeted form by the gap to the 4th (Croce &
+#: Hein 2020, eq. 6 and 7); with fewer classes the reference indexes past the logits.
+MIN_CLASSES: dict[str, int] = {"apgd-dlr": 3, "apgd-t": 4}
 _NORMS = {"linf": "Linf", "l2": "L2"}
 #: Default examples per chunk: 1000 examples make 8 chunks (one per GPU on an 8-GPU node).
 DEFAULT_CHUNK_SIZE = 125
@@ -102,6 +112,26 @@ def check_autoattack_args(norm: str, eps: float, version: str, attacks: Sequence
             raise ConfigError(f"unknown AutoAttack attack '{unknown[0]}'. Valid choices: {', '.join(AA_ATTACKS)}")
     elif attacks:
         raise ConfigError(f"AutoAttack attacks can only be chosen with version 'custom', not {version!r}")
+
+
+def check_autoattack_classes(version: str, attacks: Sequence[str] | None, num_classes: int, dataset: str) -> None:
+    """Refuses an AutoAttack whose losses need more classes than ``dataset`` has.
+
+    Raises:
+        ConfigError: naming the attack, the classes it needs and what runs instead.
+    """
+    chosen = list(attacks or []) if version == "custom" else list(VERSION_ATTACKS.get(version, ()))
+    too_few = [a for a in chosen if num_classes < MIN_CLASSES.get(a, 2)]
+    if not too_few:
+        return
+    usable = [v for v, run in VERSION_ATTACKS.items() if all(num_classes >= MIN_CLASSES.get(a, 2) for a in run)]
+    works = [a for a in AA_ATTACKS if num_classes >= MIN_CLASSES.get(a, 2)]
+    instead = f"version {usable[0]!r} or " if usable else ""
+    raise ConfigError(
+        f"AutoAttack {version!r} runs {too_few[0]}, whose DLR loss needs at least {MIN_CLASSES[too_few[0]]} classes, "
+        f"but dataset '{dataset}' has {num_classes}; use {instead}version 'custom' with {', '.join(works)} "
+        "(atzoo eval --aa-version custom --aa-attacks ...), or leave 'aa' out of the attacks"
+    )
 
 
 def build_adversary(

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from atzoo.common import atomic_write_json
 from atzoo.errors import AtzooError
+from atzoo.safe_read import read_json_file
 
 STATE_FORMAT = "atzoo-chunk-state/1"
 
@@ -99,26 +100,44 @@ def _part_path(state_path: Path, rank: int) -> Path:
     return state_path.with_name(f"{state_path.stem}.rank{rank}.json")
 
 
-def _read_chunks(path: Path, fingerprint: str) -> dict[int, ChunkResult]:
-    """Finished chunks recorded in ``path`` for this fingerprint ({} when absent/stale)."""
+def _read_chunks(path: Path, fingerprint: str, bounds: list[tuple[int, int]]) -> dict[int, ChunkResult]:
+    """Finished chunks recorded in ``path`` for this fingerprint ({} when absent/stale).
+
+    A chunk counts only when it is one of ``bounds`` and holds, under every key, one
+    boolean per example of that chunk: a damaged or edited file (binary, wrong types,
+    chunks that do not cover the examples) is a cache miss, never an error or a result.
+    """
     if not path.is_file():
         return {}
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}  # a torn or foreign file is a cache miss, not an error
+        payload = read_json_file(path, "AutoAttack state")
+    except AtzooError:
+        return {}  # a torn, binary or foreign file is a cache miss, not an error
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         return {}
-    if payload.get("fingerprint") != fingerprint:
+    if payload.get("fingerprint") != fingerprint or not isinstance(payload.get("chunks"), dict):
         return {}
-    return {int(k): v for k, v in payload.get("chunks", {}).items()}
+    chunks = {}
+    for key, value in payload["chunks"].items():
+        index = int(key) if isinstance(key, str) and key.isdigit() else -1
+        if 0 <= index < len(bounds) and _valid_chunk(value, bounds[index]):
+            chunks[index] = value
+    keys = {tuple(sorted(v)) for v in chunks.values()}
+    return chunks if len(keys) <= 1 else {}
 
 
-def load_state(state_path: Path, fingerprint: str) -> dict[int, ChunkResult]:
+def _valid_chunk(value: Any, bound: tuple[int, int]) -> bool:
+    size = bound[1] - bound[0]
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and isinstance(v, list) and len(v) == size
+                    and all(isinstance(b, bool) for b in v) for k, v in value.items()))
+
+
+def load_state(state_path: Path, fingerprint: str, bounds: list[tuple[int, int]]) -> dict[int, ChunkResult]:
     """Finished chunks from the state file and any part files left by a sharded run."""
-    done = _read_chunks(state_path, fingerprint)
+    done = _read_chunks(state_path, fingerprint, bounds)
     for part in sorted(state_path.parent.glob(f"{state_path.stem}.rank*.json")):
-        done.update(_read_chunks(part, fingerprint))
+        done.update(_read_chunks(part, fingerprint, bounds))
     return done
 
 
@@ -193,7 +212,7 @@ class ShardedRun:
     def _load(self) -> dict[int, ChunkResult]:
         if self.state_path is None or not self.group.is_main:
             return {}
-        return load_state(self.state_path, self.fingerprint)
+        return load_state(self.state_path, self.fingerprint, chunk_bounds(self.n, self.chunk_size))
 
     def _save_progress(self, done: dict[int, ChunkResult], computed: dict[int, ChunkResult]) -> None:
         if self.state_path is None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo.errors import AtzooError
+from atzoo.paths import check_output_path
 
 bench_app = typer.Typer(
     help="Benchmarks: training step cost of every method relative to AT, PGD throughput, data loading.",
@@ -45,9 +46,11 @@ def parse_ints(text: str, option: str) -> tuple[int, ...]:
 
 
 def check_json_path(path: Path | None) -> None:
-    """Refuses a ``--json`` path that is a directory (before any measurement)."""
+    """Refuses a ``--json`` path that cannot be written as a file (before any measurement)."""
     if path is not None and path.is_dir():
         raise AtzooError(f"--json {path} is a directory; give a file name such as {path / 'results.json'}")
+    if path is not None:
+        check_output_path(path, "--json", directory=False)
 
 
 def write_json(path: Path | None, payload: dict[str, Any], console: Console) -> None:

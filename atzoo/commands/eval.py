@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo.common import MAX_SEED
-from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, from_yaml
+from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import ConfigError, DataError
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
@@ -49,6 +49,7 @@ def eval_command(
     if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
         raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
     run_dir = path if path.is_dir() else path.parent
+    _check_not_training(run_dir)
     cfg, has_config = _run_config(run_dir)
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
                             eps=eps, norm=norm)
@@ -67,15 +68,22 @@ def eval_command(
         _print_summary(payload, run_dir)
 
 
+def _check_not_training(run_dir: Path) -> None:
+    """Refuses a run directory that a training process holds (its model is not final)."""
+    from atzoo.engine.lock import RunLock
+    from atzoo.errors import RunDirError
+
+    holder = RunLock(run_dir).live_holder()
+    if holder is not None:
+        raise RunDirError(f"run directory {run_dir} is in use by {holder.describe()}; evaluate it once that "
+                          "run has finished")
+
+
 def _run_config(run_dir: Path) -> tuple[RunConfig, bool]:
     """The run's resolved config (and True), or defaults and False for a bare checkpoint."""
     config_file = run_dir / "config.yaml"
     if config_file.is_file():
-        try:
-            text = config_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{config_file} is not a UTF-8 text file, so not an atzoo config") from None
-        return from_yaml(text, source=str(config_file)), True
+        return read_config_file(config_file), True
     return RunConfig(), False
 
 

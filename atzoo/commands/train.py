@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from atzoo.config import RunConfig, build_config, load_recipe
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, InterruptedRun
 
 
 def recipe_method(recipe: Path | None) -> str | None:
@@ -63,6 +64,24 @@ def summary_line(eval_payload: dict[str, Any]) -> str:
                      if isinstance(eval_payload.get(key), (int, float)))
 
 
+def _flag_args(flags: dict[str, Any]) -> list[str]:
+    return [str(part) for flag, value in flags.items() if value is not None for part in (flag, value)]
+
+
+def interrupted(exc: InterruptedRun, args: list[str]) -> InterruptedRun:
+    """The line of a run stopped by Ctrl-C (SIGINT), with the command that continues it:
+
+    ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
+    (from its newest checkpoint, or from the start when it has none yet). A run stopped
+    before its first step left nothing (``--force``: the old run is back in place):
+    ``atzoo: interrupted before the run started; nothing was changed in DIR``.
+    """
+    if not exc.resumable:
+        return InterruptedRun(f"interrupted before the run started; nothing was changed in {exc.run_dir}")
+    command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(exc.run_dir)])
+    return InterruptedRun(f"interrupted; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True)
+
+
 def register(app: typer.Typer) -> None:
     """Adds ``atzoo train`` to the CLI."""
 
@@ -87,7 +106,12 @@ def register(app: typer.Typer) -> None:
 
         cfg = make_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
                           recipe=recipe, overrides=overrides)
-        run_dir = train(cfg, out=out, force=force, resume=resume)
+        flags = {"--model": model, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
+                 "--recipe": recipe, "--seed": seed}
+        try:
+            run_dir = train(cfg, out=out, force=force, resume=resume)
+        except InterruptedRun as exc:
+            raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
 
         if not PartialState().is_main_process:

@@ -15,12 +15,13 @@ Images are ``uint8`` (N, H, W, C) with C = 1 or 3; labels are integers in
 otherwise it is the largest label + 1. The augmentation is the CIFAR one scaled to the
 image size (padding H/8, so 4 at 32 px) with flips for colour images only (grayscale
 sets are mostly characters and digits, which a mirror changes). Mean and std are
-measured on the training images. Anything else is a one-line DataError.
+measured on the training images. Anything else is a one-line DataError. Files are read
+with :class:`atzoo.safe_npz.NpzReader`: shapes and dtypes are checked from the headers
+before anything is allocated, labels above :data:`MAX_CLASSES` are refused.
 """
 
 from __future__ import annotations
 
-import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -29,45 +30,45 @@ import numpy as np
 from atzoo.data.bundle import DatasetBundle, ImageArrays, channel_stats
 from atzoo.errors import DataError
 from atzoo.registry import DATASETS
+from atzoo.safe_npz import ArrayInfo, NpzReader, check_fits_in_memory
 
 FULL_KEYS = ("x_train", "y_train", "x_test", "y_test")
 TRAIN_ONLY_KEYS = ("image", "label")
+#: Most classes a dataset may have (ImageNet-21k has 21,841); a larger label is a damaged
+#: file, and would otherwise allocate a class table of that size.
+MAX_CLASSES = 100_000
 
 
 def npz_dataset(path: str, root: str | None = None, download: bool = True) -> DatasetBundle:
-    """Loads ``path`` (``root`` and ``download`` are accepted for a uniform builder signature)."""
-    archive = _open(Path(path).expanduser())
-    keys = set(archive.files)
-    layout = _layout(path, keys)
-    arrays = {key: _read(archive, key, path) for key in layout}
-    if len(layout) == 2:
-        x_train, y_train = arrays["image"], arrays["label"]
-        x_test, y_test = None, None
-    else:
-        x_train, y_train, x_test, y_test = (arrays[k] for k in FULL_KEYS)
-    classes = _read_classes(archive, path) if "classes" in keys else None
-    names = ("image", "label") if x_test is None else ("x_train", "y_train")
-    _check_images(x_train, names[0], path)
-    _check_labels(y_train, x_train, names[1], path)
-    if x_test is not None:
-        _check_images(x_test, "x_test", path)
-        _check_labels(y_test, x_test, "y_test", path)
-        if x_test.shape[1:] != x_train.shape[1:]:
-            raise DataError(f"{path}: x_test images are {x_test.shape[1:]} but x_train images are {x_train.shape[1:]}")
-    num_classes = _num_classes(path, classes, [(names[1], y_train), ("y_test", y_test)])
-    return _bundle(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes, classes)
+    """Loads ``path`` (``root`` and ``download`` are accepted for a uniform builder signature).
 
-
-def _open(path: Path) -> np.lib.npyio.NpzFile:
-    if not path.is_file():
-        raise DataError(f"npz file not found: {path}")
+    Every dtype and shape is checked from the arrays' headers (and the memory they need
+    against the machine's) before any array is read: see :mod:`atzoo.safe_npz`.
+    """
+    reader = NpzReader(Path(path).expanduser())
     try:
-        archive = np.load(path, allow_pickle=False)  # never unpickle data from a file
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not a readable .npz archive ({str(exc).splitlines()[0]})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path} holds a single array, not an .npz archive with {', '.join(FULL_KEYS)}")
-    return archive
+        return _load(reader, path)
+    finally:
+        reader.close()
+
+
+def _load(reader: NpzReader, path: str) -> DatasetBundle:
+    layout = _layout(path, reader.keys)
+    infos = {key: reader.info(key) for key in layout}
+    pairs = [("image", "label")] if len(layout) == 2 else [("x_train", "y_train"), ("x_test", "y_test")]
+    for x_key, y_key in pairs:
+        _check_images(infos[x_key], path)
+        _check_labels(infos[y_key], infos[x_key], path)
+    if len(pairs) == 2 and infos["x_test"].shape[1:] != infos["x_train"].shape[1:]:
+        raise DataError(f"{path}: x_test images are {infos['x_test'].shape[1:]} but x_train images are "
+                        f"{infos['x_train'].shape[1:]}")
+    check_fits_in_memory(reader.path, list(infos.values()))
+    classes = _read_classes(reader, path) if "classes" in reader.keys else None
+    labels = {y_key: _read_labels(reader, y_key, path) for _, y_key in pairs}
+    num_classes = _num_classes(path, classes, list(labels.items()))
+    x_train, y_train = reader.read(pairs[0][0]), labels[pairs[0][1]]
+    x_test, y_test = (reader.read("x_test"), labels["y_test"]) if len(pairs) == 2 else (None, None)
+    return _bundle(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes, classes)
 
 
 def _layout(path: str, keys: set[str]) -> tuple[str, ...]:
@@ -78,7 +79,7 @@ def _layout(path: str, keys: set[str]) -> tuple[str, ...]:
         wanted = TRAIN_ONLY_KEYS
     missing = [k for k in wanted if k not in keys]
     if missing:
-        found = ", ".join(sorted(keys)) or "nothing"
+        found = ", ".join(sorted(keys)[:8]) or "nothing"
         raise DataError(
             f"{path} lacks {', '.join(missing)} (found: {found}); expected {', '.join(FULL_KEYS)}, "
             f"or {', '.join(TRAIN_ONLY_KEYS)} for training-only data"
@@ -86,36 +87,43 @@ def _layout(path: str, keys: set[str]) -> tuple[str, ...]:
     return wanted
 
 
-def _read(archive: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
-    try:
-        return archive[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # object arrays need pickle
-        raise DataError(f"{path}: cannot read '{key}' ({str(exc).splitlines()[0]})") from None
+def _read_classes(reader: NpzReader, path: str) -> list[str]:
+    info = reader.info("classes")
+    if len(info.shape) != 1 or info.dtype.kind not in "US" or not 0 < info.shape[0] <= MAX_CLASSES:
+        raise DataError(f"{path}: 'classes' must be a 1-d array of 1 to {MAX_CLASSES} names, "
+                        f"got {info.dtype} {info.shape}")
+    classes = reader.read("classes")
+    return [c.decode(errors="replace") if isinstance(c, bytes) else str(c) for c in classes.tolist()]
 
 
-def _read_classes(archive: np.lib.npyio.NpzFile, path: str) -> list[str]:
-    classes = _read(archive, "classes", path)
-    if classes.ndim != 1 or classes.dtype.kind not in "US":
-        raise DataError(f"{path}: 'classes' must be a 1-d array of names, got {classes.dtype} {classes.shape}")
-    return [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
-
-
-def _check_images(x: np.ndarray, key: str, path: str) -> None:
-    if x.dtype != np.uint8:
-        raise DataError(f"{path}: '{key}' must be uint8 images (0..255), got dtype {x.dtype}")
-    if x.ndim != 4 or x.shape[3] not in (1, 3):
-        raise DataError(f"{path}: '{key}' must have shape (N, H, W, C) with C = 1 or 3, got {x.shape}")
-    if x.shape[0] == 0:
+def _check_images(info: ArrayInfo, path: str) -> None:
+    key, shape = info.key, info.shape
+    if info.dtype != np.uint8:
+        raise DataError(f"{path}: '{key}' must be uint8 images (0..255), got dtype {info.dtype}")
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise DataError(f"{path}: '{key}' must have shape (N, H, W, C) with C = 1 or 3, got {shape}")
+    if shape[0] == 0:
         raise DataError(f"{path}: '{key}' holds no images")
 
 
-def _check_labels(y: np.ndarray, x: np.ndarray, key: str, path: str) -> None:
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: '{key}' must hold integer labels, got dtype {y.dtype}")
-    if y.shape != (x.shape[0],):
-        raise DataError(f"{path}: '{key}' has shape {y.shape} but there are {x.shape[0]} images; expected ({x.shape[0]},)")
-    if y.min() < 0:
-        raise DataError(f"{path}: '{key}' holds negative label {int(y.min())}; labels must be 0 .. num_classes - 1")
+def _check_labels(info: ArrayInfo, images: ArrayInfo, path: str) -> None:
+    key, n = info.key, images.shape[0]
+    if not np.issubdtype(info.dtype, np.integer):
+        raise DataError(f"{path}: '{key}' must hold integer labels, got dtype {info.dtype}")
+    if info.shape != (n,):
+        raise DataError(f"{path}: '{key}' has shape {info.shape} but there are {n} images; expected ({n},)")
+
+
+def _read_labels(reader: NpzReader, key: str, path: str) -> np.ndarray:
+    """The labels of ``key``, each in ``0 .. MAX_CLASSES - 1``."""
+    y = reader.read(key)
+    low, high = (int(y.min()), int(y.max())) if y.size else (0, 0)
+    if low < 0:
+        raise DataError(f"{path}: '{key}' holds negative label {low}; labels must be 0 .. num_classes - 1")
+    if high >= MAX_CLASSES:
+        raise DataError(f"{path}: '{key}' holds label {high}; atzoo supports at most {MAX_CLASSES} classes "
+                        f"(labels 0 .. {MAX_CLASSES - 1})")
+    return y
 
 
 def _num_classes(path: str, classes: list[str] | None, labels: list[tuple[str, np.ndarray | None]]) -> int:

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -56,14 +55,20 @@ _INT_KEYS = "__int_keys__"
 #: Phases: ``step`` (after that optimizer step, logged but not checkpointed),
 #: ``checkpoint-write`` (the checkpoint's files are in its temporary directory, the manifest
 #: and the rename are not done), ``checkpoint-done`` (the checkpoint is in place and pruned).
-#: Unset, it does nothing.
+#: ``<phase>:<step>:SIGINT`` (or another signal name) sends that signal instead, as a
+#: Ctrl-C would. Unset, it does nothing.
 CRASH_ENV = "ATZOO_TEST_CRASH_AT"
 
 
 def crash_point(phase: str, global_step: int) -> None:
-    """Kills the process when :data:`CRASH_ENV` names this phase and step (tests only)."""
-    if os.environ.get(CRASH_ENV) == f"{phase}:{global_step}":
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+    """Signals the process when :data:`CRASH_ENV` names this phase and step (tests only)."""
+    parts = os.environ.get(CRASH_ENV, "").split(":")
+    if parts[:2] != [phase, str(global_step)]:
+        return
+    kill = getattr(signal, "SIGKILL", signal.SIGTERM)
+    chosen = getattr(signal, parts[2], None) if len(parts) > 2 else kill
+    if isinstance(chosen, signal.Signals):
+        os.kill(os.getpid(), chosen)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -214,18 +219,31 @@ def save_checkpoint(root: str | Path, global_step: int, data: CheckpointData, *,
     remove_stale_temporaries(root)
     final = root / checkpoint_name(global_step)
     tmp = root / f"{_TMP_PREFIX}{final.name}.{os.getpid()}"
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+        _write_files(tmp, data, global_step)
+        _move_into_place(tmp, final)
+    except OSError as exc:  # disk full, quota, permissions: the earlier checkpoints are intact
+        raise CheckpointError(
+            f"cannot write checkpoint {final}: {exc.strerror or exc}; the earlier checkpoints are intact "
+            "(free space, then continue with --resume)"
+        ) from None
+    finally:  # also on Ctrl-C: no half-written checkpoint is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(root)
+    prune_checkpoints(root, keep)
+    crash_point("checkpoint-done", global_step)
+    return final
+
+
+def _write_files(tmp: Path, data: CheckpointData, global_step: int) -> None:
+    """Every file of the checkpoint into ``tmp``, each fsync'ed, the manifest last."""
     manifest = {"format": FORMAT, "files": {}}
     for name, blob in _serialise(data).items():
         manifest["files"][name] = {"sha256": write_synced(tmp / name, blob), "bytes": len(blob)}
     crash_point("checkpoint-write", global_step)
     write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
     fsync_dir(tmp)
-    _move_into_place(tmp, final)
-    fsync_dir(root)
-    prune_checkpoints(root, keep)
-    crash_point("checkpoint-done", global_step)
-    return final
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
@@ -323,13 +341,9 @@ def load_pickle_safely(file: Path) -> Any:
         CheckpointError: the file is not a torch pickle, or it asks to build objects
             that the safe unpickler does not allow (which is how a planted payload shows).
     """
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"refusing to load checkpoint file {file}: {reason}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"checkpoint file {file} cannot be read ({type(exc).__name__})") from None
+    from atzoo.safe_read import safe_torch_load
+
+    return safe_torch_load(file, "checkpoint file")
 
 
 def load_checkpoint(path: str | Path) -> CheckpointData:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from atzoo.config import RunConfig, from_yaml
+from atzoo.config import RunConfig, read_config_file
 from atzoo.engine.resume import config_differences
 from atzoo.errors import ConfigError
 from atzoo.methods.context import Need, StandardModel
@@ -64,7 +64,7 @@ def standard_model(cfg: RunConfig, run_dir: Path, epochs: int, train: Train) -> 
 
 def check_pretrain_settings(out: Path, cfg: RunConfig) -> None:
     """Raises ConfigError when the run in ``out`` was trained with other settings than ``cfg``."""
-    saved = from_yaml((out / "config.yaml").read_text(), str(out / "config.yaml"))
+    saved = read_config_file(out / "config.yaml")
     differences = config_differences(saved, cfg)
     if saved.run.max_steps != cfg.run.max_steps:
         differences.append("run.max_steps")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from atzoo import __version__
 from atzoo.common import atomic_write_text
-from atzoo.config import RunConfig, config_to_dict, from_yaml, to_yaml
+from atzoo.config import RunConfig, config_to_dict, read_config_file, to_yaml
 from atzoo.engine.checkpoint import (
     CheckpointData,
     ResumePoint,
@@ -35,7 +35,7 @@ from atzoo.engine.checkpoint import (
 )
 from atzoo.engine.logs import Logging, Meter, tracker_config
 from atzoo.engine.rng import capture_rng, restore_rng
-from atzoo.engine.rundir import prepare_run_dir
+from atzoo.engine.rundir import RunDirClaim
 from atzoo.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 
@@ -57,6 +57,24 @@ def _lookup(values: dict[str, Any], key: str) -> Any:
     return values[section].get(leaf)
 
 
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """``--resume`` continues only the configuration in the run's config.yaml (checked
+    before anything is built or written, through the bounded YAML reader).
+
+    Raises:
+        ConfigError: config.yaml is unreadable, or a setting that affects training differs.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    differences = config_differences(read_config_file(saved), cfg)
+    if differences:
+        raise ConfigError(
+            f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
+            "(use --force or another --out for a new run)"
+        )
+
+
 @dataclass
 class Position:
     """Where training is: epoch in progress, its batches consumed, optimizer steps done."""
@@ -76,14 +94,13 @@ class RunState(Logging):
         checkpoint) happens before the first write.
         """
         point = find_resume_checkpoint(self.run_dir / "checkpoints") if resume else None
-        self._check_resume_config(resume)
         if point is not None:
             self.restore(point)  # includes every process's RNG state
+        if self.claim is None:  # a Trainer used without train(): the lock lasts until the process ends
+            self.claim = RunDirClaim(self.run_dir, force=force, resume=resume, enabled=self.is_main)
         if self.is_main:
-            if not resume:
-                prepare_run_dir(self.run_dir, force=force)
-            else:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.claim.acquire()  # created, checked again and locked (atzoo.engine.rundir.RunDirClaim)
+            if resume:
                 remove_stale_temporaries(self.run_dir)  # e.g. an export cut short by a kill
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self.acc.wait_for_everyone()
@@ -102,21 +119,6 @@ class RunState(Logging):
             self._event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if trackers:
             self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
-
-    def _check_resume_config(self, resume: bool) -> None:
-        saved = self.run_dir / "config.yaml"
-        if not resume or not saved.is_file():
-            return
-        try:
-            text = saved.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{saved} is not a UTF-8 text file, so not an atzoo config") from None
-        differences = config_differences(from_yaml(text, str(saved)), self.cfg)
-        if differences:
-            raise ConfigError(
-                f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
-                "(use --force or another --out for a new run)"
-            )
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_data(self, rng_states: list[dict[str, Any]]) -> CheckpointData:

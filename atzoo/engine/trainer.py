@@ -48,11 +48,12 @@ from atzoo.engine.logs import Meter, StepValues
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.needs import satisfy_needs
 from atzoo.engine.progress import Reporter
-from atzoo.engine.resume import Position, config_differences
-from atzoo.engine.rundir import MetricsLog, check_run_dir, resolve_run_dir
+from atzoo.engine.preflight import check_evaluation, check_settings
+from atzoo.engine.resume import Position, check_resume_config, config_differences
+from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
-from atzoo.errors import ConfigError, DataError, NonFiniteLossError
+from atzoo.errors import ConfigError, DataError, InterruptedRun, NonFiniteLossError
 from atzoo.methods.base import EpochContext, Method, create_method
 from atzoo.registry import METHODS
 
@@ -87,15 +88,30 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
     check_seed(cfg.run.seed)
     check_run_dir(run_dir, force=force, resume=resume)
+    if resume:
+        check_resume_config(run_dir, cfg)
+    check_settings(cfg)  # builds SGD once on a dummy tensor (torch's first optimizer costs ~1 s)
     needs = METHODS.get(cfg.method.name).needs(cfg.method)
     resources = satisfy_needs(needs, cfg, run_dir, train)  # e.g. <run dir>-pretrain, a run of its own
     method = create_method(cfg.method.name, cfg, resources=resources)
     trackers = select_trackers(cfg.run.trackers)
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
     trainer = Trainer(cfg, run_dir, accelerator, method)
-    trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
-    trainer.fit()
-    trainer.finish()
+    if cfg.run.evaluate:
+        check_evaluation(cfg, trainer.bundle)
+    # The claim creates, locks and (for --force) swaps the directory; an error before the
+    # first optimizer step undoes all of it (docs/reliability.md).
+    claim = RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main)
+    try:
+        with claim:
+            trainer.claim = claim
+            trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
+            trainer.fit()
+            trainer.finish()
+    except KeyboardInterrupt:
+        kept = resume or claim.is_started
+        raise InterruptedRun(f"interrupted; {'the run is in' if kept else 'nothing was changed in'} {run_dir}",
+                             run_dir=run_dir, resumable=kept) from None
     return run_dir
 
 
@@ -173,6 +189,7 @@ class Trainer(Finishing):
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.claim: RunDirClaim | None = None  # train() sets it; open_run_dir() makes one otherwise
         self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
 
     # ------------------------------------------------------------------ building
@@ -308,6 +325,8 @@ class Trainer(Finishing):
 
     def after_optimizer_step(self) -> bool:
         """Scheduler, averaging, logging and step checkpoints; True when max_steps is reached."""
+        if self.claim is not None:
+            self.claim.started()  # a --force-replaced old run is deleted only now
         lr = self.last_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if not self.acc.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
             self.scheduler.step()

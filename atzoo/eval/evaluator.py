@@ -26,7 +26,6 @@ The payload is the content of ``eval.json`` (see :mod:`atzoo.eval.results`).
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -43,12 +42,13 @@ from torch import Tensor, nn
 
 from atzoo import __version__
 from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap_model
-from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args
+from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
-from atzoo.errors import CheckpointError, ConfigError
+from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
+from atzoo.safe_read import read_json_file
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
@@ -390,6 +390,7 @@ def evaluate(
     threat = ThreatModel.resolve(cfg, attack_cfg)
     if "aa" in attacks:
         check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
+        check_autoattack_classes(cfg.aa_version, aa_attacks, bundle.num_classes, bundle.name)
     n_test = len(bundle.test)
     n_sub = n_test if cfg.n_ex is None else min(cfg.n_ex, n_test)
     group = _group(accelerator)
@@ -533,13 +534,30 @@ def _run_files(path: Path) -> tuple[Path, Path]:
     return weights, meta
 
 
+#: model_meta.json keys and their types (checked before a model is built from them).
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "num_classes": (int,), "in_channels": (int,), "image_size": (int,), "normalize": (bool,),
+    "mean": (list,), "std": (list,), "method": (str,), "dataset": (str,), "weights": (str,),
+}
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:  # a binary file is no meta
+        meta = read_json_file(path, "model meta")
+    except AtzooError as exc:  # a binary or damaged file is no meta
         raise CheckpointError(f"cannot read {path}: {exc}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
+    for key, kinds in _META_TYPES.items():
+        value = meta.get(key)
+        wrong_type = value is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)))
+        if wrong_type or (key in ("num_classes", "in_channels") and value is not None and not 1 <= value <= 100_000):
+            raise CheckpointError(f"{path} is damaged: '{key}' is {brief(value)}; a run's model_meta.json holds "
+                                  f"a {kinds[0].__name__} there")
+    for key in ("mean", "std"):
+        values = meta.get(key)
+        if values is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise CheckpointError(f"{path} is damaged: '{key}' must be a list of numbers, got {brief(values)}")
     return meta
 
 

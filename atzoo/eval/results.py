@@ -19,13 +19,13 @@ should not be trusted:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from atzoo.attacks.sharding import write_json_atomic
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
+from atzoo.safe_read import read_json_file
 
 EVAL_FILE = "eval.json"
 #: AutoAttack this many points below PGD-20 raises ``aa_below_pgd20``.
@@ -47,13 +47,30 @@ def read_eval_json(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = "not text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise AtzooError(f"{path} is not valid JSON ({reason}); move it away to evaluate again") from None
+        payload = read_json_file(path, "eval file")
+    except AtzooError as exc:
+        raise AtzooError(f"{exc}; move it away to evaluate again") from None
     if not isinstance(payload, dict):
         raise AtzooError(f"{path} does not hold a JSON object; move it away to evaluate again")
+    problem = _payload_problem(payload)
+    if problem:
+        raise AtzooError(f"{path} is damaged: {problem}; move it away to evaluate again")
     return payload
+
+
+def _payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the types of an eval.json written earlier (None: nothing)."""
+    for key, value in payload.items():
+        if key.endswith("_acc") and value is not None and (isinstance(value, bool)
+                                                            or not isinstance(value, (int, float))):
+            return f"'{key}' must be a number or null, got {brief(value)}"
+    expected = {"previous": list, "flags": dict, "dataset": str, "norm": str}
+    for key, kind in expected.items():
+        if key in payload and payload[key] is not None and not isinstance(payload[key], kind):
+            return f"'{key}' must be a {kind.__name__}, got {brief(payload[key])}"
+    if "eps" in payload and (isinstance(payload["eps"], bool) or not isinstance(payload["eps"], (int, float))):
+        return f"'eps' must be a number, got {brief(payload['eps'])}"
+    return None
 
 
 def merge_payloads(old: dict[str, Any], new: dict[str, Any], ran: list[str]) -> dict[str, Any]:

@@ -7,14 +7,14 @@ with ``weights_only=True``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from atzoo.common import compare_state_dicts
-from atzoo.errors import CheckpointError
+from atzoo.errors import AtzooError, CheckpointError, brief
+from atzoo.safe_read import read_json_file, safe_torch_load
 
 
 def read_state_dict(path: str | Path, *, what: str) -> tuple[dict[str, Tensor], Path]:
@@ -36,12 +36,12 @@ def read_state_dict(path: str | Path, *, what: str) -> tuple[dict[str, Tensor], 
 
             state = load_file(str(file))
         elif file.suffix in (".pt", ".pth", ".bin"):
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = safe_torch_load(file, f"{what}:")
             if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
                 state = state.get("state_dict", state.get("model"))
         else:
             raise CheckpointError(f"{what}: {file} is not a .safetensors, .pt or .pth file")
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what}: cannot read {file}: {first}") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -73,7 +73,8 @@ def load_weights(module: nn.Module, path: str | Path, *, what: str) -> None:
 def _meta_hint(file: Path) -> str:
     meta = file.parent / "model_meta.json"
     try:
-        model = json.loads(meta.read_text()).get("model") if meta.is_file() else None
-    except (OSError, ValueError):
-        model = None
-    return f" (it holds a '{model}' model)" if model else ""
+        payload = read_json_file(meta, "model meta") if meta.is_file() else None
+    except AtzooError:
+        payload = None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return f" (it holds a '{brief(model, 40)}' model)" if isinstance(model, str) else ""

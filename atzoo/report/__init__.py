@@ -14,6 +14,7 @@ from pathlib import Path
 
 from atzoo.common import atomic_write_bytes, atomic_write_text
 from atzoo.errors import AtzooError
+from atzoo.paths import check_output_path
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
 from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown
@@ -86,6 +87,8 @@ def compare(
     """
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AtzooError(f"--out {out} exists and is not a folder; choose a folder for the leaderboard files")
+    if out is not None:
+        check_output_path(out, "--out", directory=True)
     board = build_leaderboard(load_runs(list(run_dirs)), paper=paper, cards_dir=cards_dir)
     written = write_outputs(board, out) if out is not None else {}
     return board, written

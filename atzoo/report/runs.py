@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import flatten, load_yaml
-from atzoo.errors import AtzooError
+from atzoo.common import flatten
+from atzoo.errors import AtzooError, brief
+from atzoo.safe_read import read_json_file, read_text, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
+
+#: The largest metrics.jsonl compare reads (a long run with run.log_every=1 logs ~20 MB).
+METRICS_MAX_BYTES = 256 << 20
 
 #: Keys of a metrics.jsonl row that hold the wall-clock seconds of one training epoch,
 #: in the order they are looked up. The engine writes ``{"kind": "epoch", ...}`` rows
@@ -86,12 +90,7 @@ class RunRecord:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AtzooError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise AtzooError(f"{path} is not a UTF-8 text file") from None
+    return read_json_file(path, path.name)
 
 
 def _accuracy(payload: dict[str, Any], key: str, where: Path) -> float | None:
@@ -99,9 +98,9 @@ def _accuracy(payload: dict[str, Any], key: str, where: Path) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise AtzooError(f"{where}: '{key}' must be a percentage or null, got {value!r}")
+        raise AtzooError(f"{where}: '{key}' must be a percentage or null, got {brief(value)}")
     if not 0.0 <= float(value) <= 100.0:
-        raise AtzooError(f"{where}: '{key}' must be a percentage in [0, 100], got {value!r}")
+        raise AtzooError(f"{where}: '{key}' must be a percentage in [0, 100], got {brief(value)}")
     return float(value)
 
 
@@ -115,9 +114,9 @@ def read_eval(path: Path) -> dict[str, Any]:
         raise AtzooError(f"{path} lacks key(s) {', '.join(missing)} (an eval.json written by 'atzoo eval' has them)")
     eps = payload["eps"]
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1:
-        raise AtzooError(f"{path}: 'eps' must be a number in (0, 1], got {eps!r}")
+        raise AtzooError(f"{path}: 'eps' must be a number in (0, 1], got {brief(eps)}")
     if payload["norm"] not in ("linf", "l2"):
-        raise AtzooError(f"{path}: 'norm' must be 'linf' or 'l2', got {payload['norm']!r}")
+        raise AtzooError(f"{path}: 'norm' must be 'linf' or 'l2', got {brief(payload['norm'])}")
     return payload
 
 
@@ -125,7 +124,7 @@ def read_config(path: Path) -> dict[str, Any]:
     """Flattened ``config.yaml`` (empty when absent)."""
     if not path.is_file():
         return {}
-    values = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    values = read_yaml_file(path, "config", error=AtzooError)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -146,7 +145,7 @@ def read_epoch_seconds(path: Path) -> list[float]:
     if not path.is_file():
         return []
     by_epoch: dict[Any, float] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "metrics log", error=AtzooError, limit=METRICS_MAX_BYTES).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
