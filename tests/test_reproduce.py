@@ -366,3 +366,13 @@ def test_a_run_written_before_a_config_key_existed_is_still_reused(tmp_path: Pat
     (planned.run_dir / "config.yaml").write_text(yaml.safe_dump(values))
     with pytest.raises(ConfigError, match=r"optim.lr=0.5 \(planned 0.1\)"):
         states(session)
+
+
+def test_out_that_is_a_file_and_jobs_file_that_is_a_folder_are_refused(cli, capsys, tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert cli("reproduce", "ar-at-table3", "--plan", "--out", str(a_file)) == 2
+    assert "--out" in capsys.readouterr().err and a_file.read_text() == "keep me"
+    assert cli("reproduce", "ar-at-table3", "--emit-jobs", str(tmp_path), "--out", str(tmp_path / "r")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("atzoo: error: --emit-jobs") and len(err.strip().splitlines()) == 1

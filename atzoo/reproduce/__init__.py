@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from atzoo.errors import AtzooError
 from atzoo.reproduce.manifest import Row, Table, load_table, load_tables, table_names
 from atzoo.reproduce.runner import PlannedRun, default_out, plan_runs, run_state, train_run
 from atzoo.reproduce.scale import SCALES, Scale, get_scale
@@ -51,10 +50,13 @@ def prepare(
     Raises:
         ConfigError: unknown table, row pattern or scale; a recipe that does not build.
     """
+    from atzoo.paths import check_output_path
+
     loaded = load_table(table)
     preset = get_scale(scale)
     selected = loaded.select(rows)
     folder = Path(out) if out is not None else default_out(loaded, preset)
+    check_output_path(folder, "--out", directory=True)
     planned = plan_runs(loaded, selected, out=folder, seeds=seeds, scale=preset, data=data)
     return Session(loaded, selected, preset, dict(data or {}), folder, planned)
 
@@ -124,9 +126,10 @@ def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none") -> 
     Raises:
         AtzooError: ``path`` is a folder or cannot be written.
     """
+    from atzoo.paths import check_output_path
+
     target = Path(path)
-    if target.is_dir():
-        raise AtzooError(f"--emit-jobs {target} is a folder; give a file name")
+    check_output_path(target, "--emit-jobs", directory=False)
     from atzoo.common import atomic_write_text
 
     lines = [p.command(launcher) for p in session.planned]

@@ -20,7 +20,8 @@ paper number, with which seeds, how far the measurement may fall from the paper
         paper_runs: 5                # how many runs the paper averaged, where it says
         card: {name: arat}           # the zoo card holding the same number (tested)
 
-Manifests are read with ``yaml.safe_load`` and validated here; anything malformed is a
+Manifests are read with atzoo's one YAML parser (PyYAML's safe loader, bounded:
+:func:`atzoo.safe_read.read_yaml_file`) and validated here; anything malformed is a
 one-line :class:`~atzoo.errors.ConfigError`.
 """
 
@@ -31,8 +32,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from atzoo.errors import ConfigError
 
@@ -293,14 +292,10 @@ def _claim(values: Any, source: str) -> Claim:
 
 def load_table_file(path: str | Path) -> Table:
     """Reads and validates one manifest file."""
+    from atzoo.safe_read import read_yaml_file  # bounded read, PyYAML's safe loader
+
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read table manifest {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"table manifest {path} is not valid YAML: {str(exc).strip().splitlines()[0]}") from None
-    table = parse_table(values, str(path))
+    table = parse_table(read_yaml_file(path, "table manifest"), str(path))
     return Table(**{**table.__dict__, "path": path})
 
 

@@ -179,11 +179,10 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
 
 def stored_config(path: Path) -> dict[str, Any]:
     """The flattened ``config.yaml`` of a run, with keys newer than the run at their defaults."""
-    import yaml
-
     from atzoo.config import config_from_dict
+    from atzoo.safe_read import read_yaml_file
 
-    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = read_yaml_file(path, "config") or {}
     try:
         return _flat(config_to_dict(config_from_dict(values)))
     except (ConfigError, AttributeError, TypeError):  # another atzoo version's config: compare what is there
