@@ -16,6 +16,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # Two cores on the CI machine: one intra-op thread keeps parallel tests from thrashing.
     torch.set_num_threads(1)
+    # atzoo's per-machine cache (dataset fingerprints, bench step-cost records): a fresh
+    # folder per session, so tests neither read nor write the user's.
+    import tempfile
+
+    os.environ["ATZOO_CACHE"] = tempfile.mkdtemp(prefix="atzoo-test-cache-")
 
 
 @pytest.fixture(scope="session")

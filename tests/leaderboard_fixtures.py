@@ -31,8 +31,16 @@ def make_run(
     overrides: list[str] | None = None,
     n_examples: int = 1000,
     aa_n_examples: int | None = None,
+    costs: list[dict[str, Any]] | None = None,
+    provenance: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
-    """Writes one run directory under ``root`` and returns it."""
+    """Writes one run directory under ``root`` and returns it.
+
+    ``costs`` adds each epoch row's ``cost`` object (one per epoch), ``provenance`` and
+    ``identity`` eval.json's ``provenance`` and ``dataset_identity`` (runs of atzoo
+    versions that record them); without them the run looks like an older one.
+    """
     run = root / name
     run.mkdir(parents=True)
     cfg = build_config(
@@ -48,9 +56,15 @@ def make_run(
     }
     if aa_n_examples is not None:
         payload["aa_n_examples"] = aa_n_examples
+    if provenance is not None:
+        payload["provenance"] = provenance
+    if identity is not None:
+        payload["dataset_identity"] = identity
     (run / "eval.json").write_text(json.dumps(payload))
     rows = [{"kind": "step", "epoch": 0, "step": 1, "loss": 2.3}]
     rows += [{"kind": "epoch", "epoch": i, "seconds": s} for i, s in enumerate(epoch_seconds)]
+    for row, cost in zip(rows[1:], costs or []):
+        row["cost"] = cost
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run
 
@@ -64,3 +78,11 @@ def standard_set(root: Path) -> list[Path]:
         make_run(root, "arat-s0", "arat", clean=87.0, pgd20=53.0, autoattack=None, epoch_seconds=(12.5, 12.5)),
         make_run(root, "mart-s0", "mart", clean=82.0, pgd20=50.0, autoattack=47.0, eps=0.031),
     ]
+
+
+def cost_row(cpu_s: float, wall_s: float, *, device: str = "cpu", device_name: str = "Test CPU 9000",
+             precision: str = "no", threads: int = 1, processes: int = 1, host: str = "box-a") -> dict[str, Any]:
+    """One epoch's ``cost`` object as ``atzoo.engine.cost.CostMeter.row`` writes it."""
+    return {"cpu_s": cpu_s, "wall_s": wall_s, "steps": 10, "mixed": False, "device": device,
+            "device_name": device_name, "processes": processes, "threads": threads, "precision": precision,
+            "host": host}

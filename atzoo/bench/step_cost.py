@@ -501,10 +501,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     """Where the figures were taken: device, versions, threads, load."""
     from atzoo import __version__
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    from atzoo.provenance import device_name
+
+    name = device_name(device)  # the CPU model or GPU name, as training runs record it
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
+        "device": str(device), "device_name": name, "host": platform.node(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
         "atzoo_version": __version__, "load_average_start": list(load) if load else None,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

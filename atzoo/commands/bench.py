@@ -211,6 +211,11 @@ def step_cost_command(
         highlight=False,
     )
     write_json(json_file, payload, console)
+    from atzoo.report.bench_records import record_step_cost
+
+    recorded = record_step_cost(payload)
+    if recorded is not None:
+        console.print(f"ratios recorded for 'atzoo compare' in {recorded}", highlight=False)
 
 
 # --------------------------------------------------------------------------- eval

@@ -83,6 +83,8 @@ class DatasetBundle:
     flip: bool = True
     train_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     eval_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
+    #: Files the splits were read from (registered sets): keys the fingerprint cache.
+    source_files: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def in_memory(self) -> bool:

@@ -115,7 +115,7 @@ def _cifar(name: str, cls_name: str, folder_name: str, files: list[str], archive
         mean=mean, std=std,
         train=ImageArrays.from_nhwc(train.data, np.asarray(train.targets)),
         test=ImageArrays.from_nhwc(test.data, np.asarray(test.targets)),
-        crop_padding=4, flip=True,
+        crop_padding=4, flip=True, source_files=tuple(str(folder / folder_name / f) for f in files),
     )
 
 
@@ -156,6 +156,7 @@ def svhn(root: str | None = None, download: bool = True) -> DatasetBundle:
         name="svhn", num_classes=10, in_channels=3, image_size=32, classes=[str(d) for d in range(10)],
         mean=SVHN_MEAN, std=SVHN_STD, train=arrays[0], test=arrays[1],
         crop_padding=4, flip=False,  # a mirrored digit is not the same digit
+        source_files=tuple(str(folder / f) for f in files),
     )
 
 

@@ -40,6 +40,7 @@ from torch import Tensor
 from atzoo.common import TMP_PREFIX as _TMP_PREFIX
 from atzoo.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from atzoo.errors import CheckpointError
+from atzoo.safe_read import read_json_file, safe_torch_load
 
 FORMAT = "atzoo-checkpoint-1"
 MANIFEST = "MANIFEST.json"
@@ -289,7 +290,7 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     if not manifest_path.is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json_file(manifest_path, "checkpoint manifest", error=CheckpointError)
         files = manifest["files"]
         if manifest.get("format") != FORMAT or not isinstance(files, dict):
             raise ValueError("unknown format")
@@ -341,8 +342,6 @@ def load_pickle_safely(file: Path) -> Any:
         CheckpointError: the file is not a torch pickle, or it asks to build objects
             that the safe unpickler does not allow (which is how a planted payload shows).
     """
-    from atzoo.safe_read import safe_torch_load
-
     return safe_torch_load(file, "checkpoint file")
 
 

@@ -18,6 +18,7 @@ from atzoo import __version__
 from atzoo.common import atomic_write_bytes, atomic_write_json
 from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
+from atzoo.engine.identity import run_identity
 from atzoo.engine.resume import RunState
 
 
@@ -83,6 +84,7 @@ class Finishing(RunState):
             "image_size": b.image_size, "normalize": self.cfg.model.normalize,
             "mean": list(b.mean), "std": list(b.std), "method": self.cfg.method.name,
             "dataset": self.cfg.data.name, "weights": weights, "atzoo_version": __version__,
+            **run_identity(self.cfg, b),  # data fingerprint and provenance (atzoo.engine.identity)
         }
 
     def evaluate(self, model: nn.Module, weights: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 :class:`Logging` is the part of :class:`~atzoo.engine.trainer.Trainer` that writes the
 ``step``, ``epoch``, ``diagnostics`` and ``event`` rows (and sends their numbers to the
 Accelerate trackers). It uses the trainer's ``cfg``, ``acc``, ``is_main``, ``position``,
-``window``, ``epoch_meter``, ``last_lr``, ``last_batch``, ``average``, ``metrics``,
+``window``, ``epoch_meter``, ``cost``, ``last_lr``, ``last_batch``, ``average``, ``metrics``,
 ``reporter``, ``method`` and ``core``.
 """
 
@@ -101,7 +101,7 @@ class Logging:
         row = {"kind": "epoch", "epoch": epoch, "step": self.position.global_step, "partial": partial,
                "loss": summary["loss"], "parts": summary["parts"], "train_acc": summary["train_acc"],
                "lr": self.last_lr, "seconds": summary["seconds"],
-               "images_per_s": summary["images_per_s"]}
+               "images_per_s": summary["images_per_s"], "cost": self.cost.row()}
         if self.average.enabled:
             row["n_averaged"] = self.average.n_averaged
         if self.cfg.diagnostics.every > 0 and self.is_main:

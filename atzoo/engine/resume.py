@@ -139,6 +139,7 @@ class RunState(Logging):
             "rng": rng_json,
             "window": self.window.state_dict(),
             "epoch_meter": self.epoch_meter.state_dict(),
+            "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "atzoo_version": __version__,
         }
@@ -182,6 +183,7 @@ class RunState(Logging):
             self.position = Position(**state["position"])
             self.window = Meter.from_state(state["window"])
             self.epoch_meter = Meter.from_state(state["epoch_meter"])
+            self.cost.load_state_dict(state.get("cost"))
             self.resume_metrics_bytes = int(state["metrics_bytes"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None

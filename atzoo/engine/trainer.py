@@ -43,6 +43,7 @@ from atzoo.config import RunConfig
 from atzoo.engine.accelerator import make_accelerator, per_process_batch, select_trackers
 from atzoo.engine.averaging import WeightAverage, averaging_kind
 from atzoo.engine.checkpoint import crash_point
+from atzoo.engine.cost import CostMeter, hardware_profile
 from atzoo.engine.finish import Finishing
 from atzoo.engine.logs import Meter, StepValues
 from atzoo.engine.module import TrainingModule
@@ -185,6 +186,7 @@ class Trainer(Finishing):
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()
+        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes, cfg.run.precision))
         self.last_lr = cfg.optim.lr
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
@@ -257,7 +259,8 @@ class Trainer(Finishing):
         self.acc.step = 0  # accumulation phase; epochs hold whole optimizer steps
         remaining = self.batches_per_epoch - self.position.batch
         for x, y in itertools.islice(self.loader.iter_from(self.position.batch), remaining):
-            self.train_batch(x, y)
+            with self.cost.step():  # CPU and wall time of the step itself (atzoo.engine.cost)
+                self.train_batch(x, y)
             if self.acc.sync_gradients and self.after_optimizer_step():
                 return  # run.max_steps reached mid-epoch (a checkpoint was written)
         self.end_epoch(epoch)
@@ -265,6 +268,7 @@ class Trainer(Finishing):
     def start_epoch(self, epoch: int) -> None:
         """``method.on_epoch_start`` (e.g. AR-AT's auto-balance) and a fresh epoch meter."""
         self.epoch_meter = Meter()
+        self.cost.reset()
         context = EpochContext(
             epoch=epoch, model=self.core.model, modules=self.core.method_modules,
             calibration_batches=self._calibration_batches,

@@ -47,9 +47,11 @@ from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
+from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
-from atzoo.safe_read import read_json_file
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+from atzoo.provenance import evaluation_provenance
+from atzoo.safe_read import read_json_file
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
 STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)
@@ -473,6 +475,9 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         **results,
         "atzoo_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # What the numbers were measured on (by content) and where they came from.
+        "dataset_identity": dataset_identity(bundle, trained_on=meta.get("dataset_identity")),
+        "provenance": evaluation_provenance(meta),
     }
     payload["flags"] = masking_flags(payload)
     return payload

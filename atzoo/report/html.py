@@ -121,11 +121,15 @@ def _row(entry: Entry) -> str:
     values = sort_values(entry)
     classes = " ".join(c for c in (entry.kind, "pareto" if entry.pareto else "") if c)
     tds = []
+    hover = {"cost_vs_at": entry.cost_note or entry.cost_source}
     for key, _ in COLUMNS:
         kind = "number" if key in _NUMERIC else "text"
-        tds.append(f'<td class="{key}" data-type="{kind}" data-sort="{_attr(_sort_attr(values[key]))}">'
+        tip = f' title="{_attr(hover[key])}"' if hover.get(key) else ""
+        tds.append(f'<td class="{key}" data-type="{kind}" data-sort="{_attr(_sort_attr(values[key]))}"{tip}>'
                    f"{html.escape(text[key])}</td>")
-    title = f' title="{_attr(entry.source)}"' if entry.source else ""
+    # Hovering a row shows where it came from: the paper, or the runs' provenance.
+    about = entry.source or (entry.provenance_text() if entry.kind == "measured" else "")
+    title = f' title="{_attr(about)}"' if about else ""
     return f'<tr class="{classes}" data-label="{_attr(entry.label)}"{title}>' + "".join(tds) + "</tr>"
 
 
@@ -145,8 +149,8 @@ def to_html(board: Leaderboard) -> str:
     """The standalone page (UTF-8, no external resources)."""
     from atzoo import __version__
 
-    separation = (f'<p class="separation">{html.escape(board.separation_note)}</p>'
-                  if board.separation_note else "")
+    separation = "".join(f'<p class="separation">{html.escape(note)}</p>'
+                         for note in (board.separation_note, board.machines_note) if note)
     tables = "\n".join(_table(g) for g in board.groups)
     # Raw text inside <script>: only "</" could end the element early, so escape it.
     data = json.dumps(board.to_dict()).replace("</", "<\\/")

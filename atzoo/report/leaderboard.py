@@ -5,6 +5,11 @@ Rules (documented for users in ``docs/cli.md``):
 * **Grouping.** Runs are grouped by ``(dataset, model, norm, eps)`` as evaluated. Robust
   accuracy under one threat model says nothing about another, so runs evaluated under
   different norms or radii never share a table; nor do different datasets or models.
+  A dataset is identified by its content fingerprint (``eval.json``'s
+  ``dataset_identity``, :mod:`atzoo.data.fingerprint`), so the same ``.npz`` reached by
+  two paths, or mounted elsewhere on another machine, is one dataset; the table shows
+  its readable name and a note lists the paths seen. Runs evaluated before atzoo
+  recorded fingerprints are grouped by the dataset name as before.
 * **Seeds.** Within a group, runs of the same method with the same configuration
   (everything but the seed and bookkeeping keys) are seeds of one *entry*: each metric
   is reported as mean ± sample standard deviation (ddof 1) over the seeds that have it.
@@ -14,7 +19,11 @@ Rules (documented for users in ``docs/cli.md``):
   accuracy when every seed of the entry was evaluated with AutoAttack, and the PGD-20
   accuracy otherwise (marked, because PGD overestimates robustness).
 * **Cost.** Seconds per training epoch from ``metrics.jsonl``, and the ratio to the
-  ``at`` entry of the same group when there is one.
+  ``at`` entry of the same group, only where it means what it says
+  (:mod:`atzoo.report.cost`: same hardware and settings, CPU time on the CPU, wall time
+  on GPUs; else the recorded ``bench step-cost`` ratio, marked; else none, with why).
+* **Provenance.** Every row lists the atzoo version, git commit, seeds, config hash and
+  host of its runs; a table assembled from several machines says so.
 * **Paper rows** (``--paper``) come from the zoo cards, only for the card's
   ``<dataset>-<model>`` setting and threat model; they are marked and never ranked.
 """
@@ -29,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from atzoo.cards import Card, PaperResult, load_cards, setting_key
-from atzoo.report.runs import RunRecord
+from atzoo.report import cost as cost_rules
+from atzoo.report.runs import PROVENANCE_KEYS, RunRecord
 
 #: Two eps values closer than this are the same threat model (floats from YAML/JSON).
 EPS_TOLERANCE = 1e-6
@@ -74,7 +84,12 @@ class Entry:
     pgd20: Stat | None = None
     autoattack: Stat | None = None
     seconds_per_epoch: Stat | None = None
+    step_seconds: Stat | None = None  # training-step seconds per epoch on the cost basis
+    step_basis: str | None = None  # "process CPU time" (CPU) | "wall time" (GPU)
     cost_vs_at: float | None = None
+    cost_source: str | None = None  # where cost_vs_at comes from (atzoo.report.cost)
+    cost_note: str | None = None  # why there is no measured ratio
+    cost_kind: str | None = None  # "measured" | "bench" | "wall-clock" (older runs) | None
     source: str = ""
     rank: int | None = None
     pareto: bool = False
@@ -115,9 +130,23 @@ class Entry:
             "seeds": self.seeds, "seed_values": [r.seed for r in self.runs],
             "clean": stat(self.clean), "pgd20": stat(self.pgd20), "autoattack": stat(self.autoattack),
             "robust_metric": self.robust_metric, "score": self.score, "pareto": self.pareto,
-            "seconds_per_epoch": stat(self.seconds_per_epoch), "cost_vs_at": self.cost_vs_at,
+            "seconds_per_epoch": stat(self.seconds_per_epoch), "step_seconds_per_epoch": stat(self.step_seconds),
+            "step_seconds_basis": self.step_basis, "cost_vs_at": self.cost_vs_at,
+            "cost_kind": self.cost_kind, "cost_source": self.cost_source, "cost_note": self.cost_note,
             "runs": [str(r.path) for r in self.runs], "source": self.source,
+            "provenance": [{"run": str(r.path), **r.provenance} for r in self.runs],
         }
+
+    def provenance_values(self, key: str) -> list[str]:
+        """The distinct values of one provenance field over the entry's runs (unknown: ``?``)."""
+        return list(dict.fromkeys("?" if r.provenance.get(key) is None else str(r.provenance[key])
+                                  for r in self.runs))
+
+    def provenance_text(self) -> str:
+        """One line per field, for a hover text or a details row."""
+        names = {"atzoo_version": "atzoo", "git_commit": "commit", "seed": "seeds", "config_hash": "config",
+                 "host": "host", "machine": "machine"}
+        return "; ".join(f"{names[k]} {', '.join(self.provenance_values(k))}" for k in PROVENANCE_KEYS)
 
 
 @dataclass
@@ -130,6 +159,17 @@ class Group:
     eps: float
     entries: list[Entry] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dataset_key: str = ""  # content fingerprint ("sha:...") or, for older runs, "name:<dataset>"
+    dataset_sources: list[str] = field(default_factory=list)  # eval.json dataset strings seen
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        return self.dataset_key[4:] if self.dataset_key.startswith("sha:") else None
+
+    @property
+    def hosts(self) -> list[str]:
+        """Hosts the group's runs were made on (recorded ones only)."""
+        return sorted({r.provenance["host"] for e in self.measured for r in e.runs if r.provenance.get("host")})
 
     @property
     def eps_label(self) -> str:
@@ -152,7 +192,8 @@ class Group:
         return {
             "title": self.title, "dataset": self.dataset, "model": self.model, "norm": self.norm,
             "eps": self.eps, "eps_label": self.eps_label, "notes": list(self.notes),
-            "rows": [e.to_dict() for e in self.entries],
+            "dataset_fingerprint": self.dataset_fingerprint, "dataset_sources": list(self.dataset_sources),
+            "hosts": self.hosts, "rows": [e.to_dict() for e in self.entries],
         }
 
 
@@ -168,8 +209,21 @@ class Leaderboard:
 
         return {
             "atzoo_version": __version__, "n_runs": sum(len(e.runs) for g in self.groups for e in g.entries),
-            "separation_note": self.separation_note, "groups": [g.to_dict() for g in self.groups],
+            "separation_note": self.separation_note, "hosts": self.hosts, "machines_note": self.machines_note,
+            "groups": [g.to_dict() for g in self.groups],
         }
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({h for g in self.groups for h in g.hosts})
+
+    @property
+    def machines_note(self) -> str | None:
+        """Says when the runs come from several machines (hover a row for which one)."""
+        if len(self.hosts) < 2:
+            return None
+        return (f"Assembled from runs made on {len(self.hosts)} machines ({', '.join(self.hosts)}); "
+                "each row's provenance names its host, atzoo version and commit.")
 
 
 def format_eps(eps: float) -> str:
@@ -184,18 +238,21 @@ def format_eps(eps: float) -> str:
 
 
 def group_runs(runs: Sequence[RunRecord]) -> list[Group]:
-    """Splits runs into groups of equal (dataset, model, norm, eps), in first-seen order."""
+    """Splits runs into groups of equal (dataset content, model, norm, eps), in first-seen order."""
     groups: list[Group] = []
     for run in runs:
+        entry = Entry(label=run.label, method=run.method, kind="measured", runs=[run])
         for group in groups:
-            if (group.dataset, group.model, group.norm) == (run.dataset, run.model, run.norm) and math.isclose(
+            if (group.dataset_key, group.model, group.norm) == (run.dataset_key, run.model, run.norm) and math.isclose(
                 group.eps, run.eps, rel_tol=0.0, abs_tol=EPS_TOLERANCE
             ):
-                group.entries.append(Entry(label=run.label, method=run.method, kind="measured", runs=[run]))
+                group.entries.append(entry)
+                if run.dataset not in group.dataset_sources:
+                    group.dataset_sources.append(run.dataset)
                 break
         else:
-            entry = Entry(label=run.label, method=run.method, kind="measured", runs=[run])
-            groups.append(Group(run.dataset, run.model, run.norm, run.eps, entries=[entry]))
+            groups.append(Group(run.dataset_name, run.model, run.norm, run.eps, entries=[entry],
+                                dataset_key=run.dataset_key, dataset_sources=[run.dataset]))
     return groups
 
 
@@ -205,7 +262,7 @@ def separation_note(groups: Sequence[Group]) -> str | None:
         return None
     differing = []
     for name, values in (
-        ("dataset", {g.dataset for g in groups}), ("model", {g.model for g in groups}),
+        ("dataset", {_dataset_label(g, groups) for g in groups}), ("model", {g.model for g in groups}),
         ("norm", {g.norm for g in groups}), ("eps", {g.eps_label for g in groups}),
     ):
         if len(values) > 1:
@@ -215,6 +272,12 @@ def separation_note(groups: Sequence[Group]) -> str | None:
         "Accuracies measured on different data, models or threat models (norm, eps) are not "
         "comparable, so they are never ranked together."
     )
+
+
+def _dataset_label(group: Group, groups: Sequence[Group]) -> str:
+    """The readable name, plus the content fingerprint where two different datasets share it."""
+    clash = any(g.dataset == group.dataset and g.dataset_key != group.dataset_key for g in groups)
+    return f"{group.dataset} [data {group.dataset_fingerprint or 'unrecorded'}]" if clash else group.dataset
 
 
 def split_configurations(runs: Sequence[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
@@ -258,23 +321,38 @@ def _differing_keys(configs: Sequence[dict[str, str]]) -> list[str]:
 
 def aggregate(label: str, runs: Sequence[RunRecord]) -> Entry:
     """One measured entry from the seeds of one configuration."""
+    steps, step_basis = cost_rules.step_seconds(runs)
     return Entry(
         label=label, method=runs[0].method, kind="measured", runs=list(runs),
         clean=Stat.of([r.clean for r in runs]), pgd20=Stat.of([r.pgd20 for r in runs]),
         autoattack=Stat.of([r.autoattack for r in runs]),
         seconds_per_epoch=Stat.of([r.seconds_per_epoch for r in runs]),
+        step_seconds=Stat.of(steps), step_basis=step_basis,
     )
 
 
-def attach_cost_ratio(entries: Sequence[Entry]) -> None:
-    """Sets ``cost_vs_at`` of every measured entry against the group's plain ``at`` entry."""
+def attach_cost_ratio(entries: Sequence[Entry], *, records: Path | None = None) -> None:
+    """Sets ``cost_vs_at``, ``cost_source`` and ``cost_note`` of every measured entry.
+
+    Against the group's plain ``at`` entry, by the rules of :mod:`atzoo.report.cost`;
+    ``records`` is the folder of ``bench step-cost`` records (default: this machine's).
+    """
     reference = next((e for e in entries if e.kind == "measured" and e.label == "at"), None)
     reference = reference or next((e for e in entries if e.kind == "measured" and e.method == "at"), None)
-    if reference is None or reference.seconds_per_epoch is None:
+    if reference is None:
         return
     for entry in entries:
-        if entry.kind == "measured" and entry.seconds_per_epoch is not None:
-            entry.cost_vs_at = entry.seconds_per_epoch.mean / reference.seconds_per_epoch.mean
+        if entry.kind != "measured":
+            continue
+        ratio, source, reason = cost_rules.measured_ratio(entry.runs, reference.runs)
+        if ratio is None and reason is not None and entry is not reference:
+            entry.cost_note = f"No measured cost ratio for {entry.label}: {reason}."
+            bench = cost_rules.bench_ratio(entry.method, entry.runs, records)
+            if bench is not None:
+                (ratio, source), entry.cost_kind = bench, "bench"
+        elif ratio is not None:
+            entry.cost_kind = "wall-clock" if source == cost_rules.LEGACY_SOURCE else "measured"
+        entry.cost_vs_at, entry.cost_source = ratio, source
 
 
 def mark_pareto(entries: Sequence[Entry]) -> None:
@@ -388,6 +466,30 @@ def group_notes(group: Group) -> list[str]:
                      f"(clean and PGD-20 on {' / '.join(map(str, sorted(sizes)))}).")
     if any(e.seconds_per_epoch is None for e in group.measured):
         notes.append("Cost is missing where a run's metrics.jsonl has no timing row of a complete epoch.")
+    notes += cost_notes(group)
+    if len(group.dataset_sources) > 1:
+        notes.append(f"One dataset (content fingerprint {group.dataset_fingerprint}) reached by different paths: "
+                     f"{', '.join(group.dataset_sources)}.")
+    if len(group.hosts) > 1:
+        notes.append(f"Runs made on {len(group.hosts)} machines: {', '.join(group.hosts)}.")
     if group.paper:
         notes.append("Rows marked (paper) are the numbers reported in the papers (see zoo_cards/), not measured here.")
+    return notes
+
+
+def cost_notes(group: Group) -> list[str]:
+    """Where the cost ratios come from, and why an entry has no measured one."""
+    notes = []
+    sources: dict[str, list[str]] = {}
+    for entry in group.measured:
+        if entry.cost_source and entry.cost_vs_at is not None:
+            sources.setdefault(entry.cost_source, []).append(entry.label)
+    for source, labels in sources.items():
+        notes.append(f"Cost vs AT of {', '.join(labels)}: {source}.")
+    for entry in group.measured:
+        if entry.cost_note:
+            fallback = "the recorded benchmark ratio is shown instead" if entry.cost_vs_at is not None else \
+                "no ratio is shown (no 'atzoo bench step-cost' record for its hardware)"
+            notes.append(f"{entry.cost_note[:-1]}; step times from different hardware or settings are not "
+                         f"comparable, so {fallback}.")
     return notes

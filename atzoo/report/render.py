@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat
+from atzoo.report.runs import PROVENANCE_KEYS
 
 #: (key, header) of every displayed column, in order.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -49,7 +50,8 @@ def cells(entry: Entry) -> dict[str, str]:
         "robust_metric": _METRIC_LABEL[entry.robust_metric],
         "score": f"{entry.score:.2f}" if entry.score is not None else "-",
         "seconds_per_epoch": _stat(entry.seconds_per_epoch, 1),
-        "cost_vs_at": (f"{entry.cost_vs_at:.2f}x" + (" (A100, paper)" if paper else ""))
+        "cost_vs_at": (f"{entry.cost_vs_at:.2f}x" + (" (A100, paper)" if paper else "")
+                       + (" (bench)" if entry.cost_kind == "bench" else ""))
         if entry.cost_vs_at is not None else "-",
         "pareto": "yes" if entry.pareto else "",
     }
@@ -101,6 +103,8 @@ def to_markdown(board: Leaderboard) -> str:
              "(AA), or PGD-20 where AutoAttack was not run (marked *).", ""]
     if board.separation_note:
         parts += [f"> {board.separation_note}", ""]
+    if board.machines_note:
+        parts += [f"> {board.machines_note}", ""]
     parts += [group_markdown(g) for g in board.groups]
     return "\n".join(parts)
 
@@ -110,7 +114,11 @@ def to_markdown(board: Leaderboard) -> str:
 CSV_FIELDS: tuple[str, ...] = (
     "dataset", "model", "norm", "eps", "rank", "label", "method", "kind", "seeds",
     "clean_mean", "clean_std", "pgd20_mean", "pgd20_std", "autoattack_mean", "autoattack_std",
-    "robust_metric", "score", "seconds_per_epoch", "cost_vs_at", "pareto", "source", "runs",
+    "robust_metric", "score", "seconds_per_epoch", "step_seconds_per_epoch", "step_seconds_basis",
+    "cost_vs_at", "cost_kind", "cost_source", "cost_note",
+    "pareto", "source", "runs", "dataset_fingerprint",
+    # provenance: distinct values over the entry's runs, ";"-joined ("?" = not recorded)
+    "atzoo_version", "git_commit", "seed_values", "config_hash", "host", "machine",
 )
 
 
@@ -120,9 +128,15 @@ def _csv_row(group: Group, entry: Entry) -> dict[str, Any]:
         "rank": entry.rank, "label": entry.label, "method": entry.method, "kind": entry.kind,
         "seeds": entry.seeds, "robust_metric": entry.robust_metric, "score": entry.score,
         "seconds_per_epoch": entry.seconds_per_epoch.mean if entry.seconds_per_epoch else None,
-        "cost_vs_at": entry.cost_vs_at, "pareto": entry.pareto, "source": entry.source,
-        "runs": ";".join(str(r.path) for r in entry.runs),
+        "step_seconds_per_epoch": entry.step_seconds.mean if entry.step_seconds else None,
+        "step_seconds_basis": entry.step_basis,
+        "cost_vs_at": entry.cost_vs_at, "cost_kind": entry.cost_kind, "cost_source": entry.cost_source,
+        "cost_note": entry.cost_note, "pareto": entry.pareto, "source": entry.source,
+        "runs": ";".join(str(r.path) for r in entry.runs), "dataset_fingerprint": group.dataset_fingerprint,
     }
+    if entry.kind == "measured":
+        for key in PROVENANCE_KEYS:
+            row["seed_values" if key == "seed" else key] = ";".join(entry.provenance_values(key))
     for metric in ("clean", "pgd20", "autoattack"):
         stat: Stat | None = getattr(entry, metric)
         row[f"{metric}_mean"] = stat.mean if stat else None
@@ -159,14 +173,15 @@ def _terminal_cells(entry: Entry) -> dict[str, str]:
     row = cells(entry)
     if entry.robust_metric == "pgd20" and entry.score is not None:
         row["score"] += "*"
-    row["cost_vs_at"] = row["cost_vs_at"].replace(" (A100, paper)", "ᵖ")
+    row["cost_vs_at"] = row["cost_vs_at"].replace(" (A100, paper)", "ᵖ").replace(" (bench)", "ᵇ")
     return row
 
 
 def rich_group(group: Group) -> Table:
     """One group as a rich Table: paper rows dim italic, Pareto-optimal entries green."""
     legend = "AA = AutoAttack; score = clean + AA (* = clean + PGD-20); green = Pareto-optimal; n = seeds"
-    legend += "; ᵖ = the paper's A100 time ratio." if group.paper else "."
+    legend += "; ᵖ = the paper's A100 time ratio" if group.paper else ""
+    legend += "; ᵇ = ratio from 'atzoo bench step-cost'." if any(e.cost_kind == "bench" for e in group.entries) else "."
     table = Table(title=group.title, title_style="bold", caption="\n".join([legend, *group.notes]),
                   caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     wrapping = {"label", "clean", "pgd20", "autoattack", "seconds_per_epoch"}
@@ -185,5 +200,7 @@ def rich_leaderboard(board: Leaderboard) -> RichGroup:
     items: list[Any] = []
     if board.separation_note:
         items.append(Text(board.separation_note, style="yellow"))
+    if board.machines_note:
+        items.append(Text(board.machines_note, style="yellow"))
     items.extend(rich_group(g) for g in board.groups)
     return RichGroup(*items)

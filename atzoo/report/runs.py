@@ -17,6 +17,7 @@ from typing import Any
 
 from atzoo.common import flatten
 from atzoo.errors import AtzooError, brief
+from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
 from atzoo.safe_read import read_json_file, read_text, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
@@ -31,14 +32,8 @@ METRICS_MAX_BYTES = 256 << 20
 EPOCH_SECONDS_KEYS: tuple[str, ...] = ("epoch_seconds", "epoch_time", "epoch_time_s", "seconds_per_epoch")
 EPOCH_ROW_KEYS: tuple[str, ...] = EPOCH_SECONDS_KEYS + ("seconds", "time_s", "elapsed")
 
-#: Flattened config keys that do not change what a run learns; runs that differ only in
-#: these (and in the seed) are seeds of one configuration.
-NON_SEMANTIC_KEYS: frozenset[str] = frozenset({
-    "run.seed", "run.name", "run.out", "run.trackers", "run.log_every", "run.checkpoint_every",
-    "run.checkpoint_every_steps", "run.keep_checkpoints", "run.evaluate", "run.deterministic",
-    "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
-    "model.compile", "model.channels_last", "eval.batch_size", "diagnostics.every",
-})
+#: Keys of an epoch row's ``cost`` object (``atzoo.engine.cost.CostMeter.row``) compare needs.
+COST_KEYS: tuple[str, ...] = ("cpu_s", "wall_s", "device", "device_name", "processes", "threads", "precision")
 
 
 @dataclass
@@ -55,6 +50,14 @@ class RunRecord:
         seed: ``run.seed`` from config.yaml (``None`` without it).
         config: flattened config (``section.key`` -> value); empty without config.yaml.
         epoch_seconds: wall-clock seconds of each completed training epoch.
+        epoch_costs: the ``cost`` object of each completed epoch that has one
+            (:mod:`atzoo.engine.cost`: CPU and wall seconds of the training steps and the
+            hardware profile); empty for runs made before atzoo recorded it.
+        dataset_name: readable dataset name (``npz:cifar10_subset.npz``).
+        dataset_fingerprint: content hash of the data (:mod:`atzoo.data.fingerprint`);
+            ``None`` for runs evaluated before atzoo recorded it.
+        provenance: atzoo version, git commit, seed, config hash, host and machine
+            (``None`` where unknown).
     """
 
     path: Path
@@ -71,6 +74,18 @@ class RunRecord:
     seed: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     epoch_seconds: list[float] = field(default_factory=list)
+    epoch_costs: list[dict[str, Any]] = field(default_factory=list)
+    dataset_name: str = ""
+    dataset_fingerprint: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dataset_name = self.dataset_name or self.dataset
+
+    @property
+    def dataset_key(self) -> str:
+        """What identifies the data: its content fingerprint, else (older runs) its name."""
+        return f"sha:{self.dataset_fingerprint}" if self.dataset_fingerprint else f"name:{self.dataset}"
 
     @property
     def seconds_per_epoch(self) -> float | None:
@@ -85,8 +100,13 @@ class RunRecord:
         return self.method + suffix
 
     def fingerprint(self) -> tuple[tuple[str, str], ...]:
-        """The configuration without seed and bookkeeping: equal for seeds of one setting."""
-        return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in NON_SEMANTIC_KEYS))
+        """The configuration without seed and bookkeeping: equal for seeds of one setting.
+
+        With a dataset fingerprint, ``data.name`` (a path for ``npz:`` data) is left out:
+        the runs of a table already share the data's content.
+        """
+        ignored = NON_SEMANTIC_KEYS | ({"data.name"} if self.dataset_fingerprint else set())
+        return tuple(sorted((k, repr(v)) for k, v in self.config.items() if k not in ignored))
 
 
 def _read_json(path: Path) -> Any:
@@ -132,8 +152,8 @@ def read_config(path: Path) -> dict[str, Any]:
     return flatten(values)
 
 
-def read_epoch_seconds(path: Path) -> list[float]:
-    """Seconds of each training epoch from ``metrics.jsonl`` (empty when absent).
+def read_epoch_rows(path: Path) -> list[dict[str, Any]]:
+    """The timing row of each completed training epoch from ``metrics.jsonl`` ([] when absent).
 
     An epoch row is a ``kind: epoch`` row with one of :data:`EPOCH_ROW_KEYS`, or a row
     without ``kind`` that has one of :data:`EPOCH_SECONDS_KEYS`; rows marked
@@ -144,7 +164,7 @@ def read_epoch_seconds(path: Path) -> list[float]:
     """
     if not path.is_file():
         return []
-    by_epoch: dict[Any, float] = {}
+    by_epoch: dict[Any, dict[str, Any]] = {}
     lines = read_text(path, "metrics log", error=AtzooError, limit=METRICS_MAX_BYTES).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -155,10 +175,25 @@ def read_epoch_seconds(path: Path) -> list[float]:
             if number == len(lines):
                 break
             raise AtzooError(f"{path} line {number} is not valid JSON") from None
-        seconds = _epoch_seconds(row)
-        if seconds is not None and not row.get("partial"):
-            by_epoch[row.get("epoch", number)] = seconds
+        if _epoch_seconds(row) is not None and not row.get("partial"):
+            by_epoch[row.get("epoch", number)] = row
     return list(by_epoch.values())
+
+
+def read_epoch_seconds(path: Path) -> list[float]:
+    """Wall-clock seconds of each completed epoch (see :func:`read_epoch_rows`)."""
+    return [_epoch_seconds(row) for row in read_epoch_rows(path)]  # type: ignore[misc]
+
+
+def epoch_cost(row: dict[str, Any]) -> dict[str, Any] | None:
+    """An epoch row's ``cost`` object when it is complete and its times are positive numbers."""
+    cost = row.get("cost")
+    if not isinstance(cost, dict) or any(k not in cost for k in COST_KEYS):
+        return None
+    times = [cost["cpu_s"], cost["wall_s"]]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0 for t in times):
+        return None
+    return cost
 
 
 def _epoch_seconds(row: Any) -> float | None:
@@ -196,7 +231,11 @@ def load_run(path: str | Path) -> RunRecord:
     payload = read_eval(eval_path)
     config = read_config(path / "config.yaml")
     seed = config.get("run.seed")
+    seed = seed if isinstance(seed, int) else None
     n_examples = _int_or_none(payload.get("n_examples"))
+    rows = read_epoch_rows(path / "metrics.jsonl")
+    identity = payload.get("dataset_identity")
+    identity = identity if isinstance(identity, dict) and isinstance(identity.get("fingerprint"), str) else {}
     return RunRecord(
         path=path, method=str(payload["method"]), model=str(payload["model"]), dataset=str(payload["dataset"]),
         norm=str(payload["norm"]), eps=float(payload["eps"]),
@@ -204,9 +243,39 @@ def load_run(path: str | Path) -> RunRecord:
         autoattack=_accuracy(payload, "autoattack_acc", eval_path),
         n_examples=n_examples,
         aa_n_examples=_int_or_none(payload.get("aa_n_examples")),
-        seed=seed if isinstance(seed, int) else None, config=config,
-        epoch_seconds=read_epoch_seconds(path / "metrics.jsonl"),
+        seed=seed, config=config,
+        epoch_seconds=[_epoch_seconds(r) for r in rows],  # type: ignore[misc]
+        epoch_costs=[c for c in map(epoch_cost, rows) if c is not None],
+        dataset_name=str(identity.get("name") or payload["dataset"]),
+        dataset_fingerprint=identity.get("fingerprint"),
+        provenance=run_provenance(payload, config, seed, identity.get("fingerprint")),
     )
+
+
+#: The provenance fields of a leaderboard row, in order.
+PROVENANCE_KEYS: tuple[str, ...] = ("atzoo_version", "git_commit", "seed", "config_hash", "host", "machine")
+
+
+def run_provenance(payload: dict[str, Any], config: dict[str, Any], seed: int | None,
+                   fingerprint: str | None) -> dict[str, Any]:
+    """Version, commit, seed, config hash, host and machine of a run.
+
+    From eval.json's ``provenance`` (the training record); for older runs the version
+    comes from eval.json, the seed and the config hash from config.yaml, and commit,
+    host and machine are unknown (``None``).
+    """
+    recorded = payload.get("provenance")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    machine = recorded.get("machine") if isinstance(recorded.get("machine"), dict) else {}
+    gpu = machine.get("gpu")
+    return {
+        "atzoo_version": recorded.get("atzoo_version") or payload.get("atzoo_version"),
+        "git_commit": recorded.get("git_commit"),
+        "seed": recorded.get("seed") if isinstance(recorded.get("seed"), int) else seed,
+        "config_hash": recorded.get("config_hash") or (config_hash(config, fingerprint) if config else None),
+        "host": machine.get("host"),
+        "machine": (f"{machine.get('cpu')}" + (f" + {gpu}" if gpu else "")) if machine.get("cpu") else None,
+    }
 
 
 def load_runs(paths: list[str | Path]) -> list[RunRecord]:
