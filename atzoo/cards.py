@@ -41,9 +41,11 @@ from typing import Any
 
 from atzoo.common import load_yaml
 from atzoo.errors import AtzooError, brief
+from atzoo.resources import resource_dir
 
-#: Folder holding the cards: ``$ATZOO_CARDS`` or ``zoo_cards/`` next to the package.
-DEFAULT_CARDS_DIR = Path(__file__).resolve().parents[1] / "zoo_cards"
+#: Folder holding the cards: ``$ATZOO_CARDS``, else the checkout's ``zoo_cards/``, else the
+#: copy inside the installed package (see :mod:`atzoo.resources`).
+DEFAULT_CARDS_DIR = resource_dir("zoo_cards")
 
 #: Front-matter keys every card must have.
 REQUIRED_KEYS: tuple[str, ...] = ("name", "title", "paper", "venue", "year", "arxiv", "loss", "defaults")
@@ -160,7 +162,7 @@ def setting_key(dataset: str, model: str) -> str:
 
 
 def cards_dir() -> Path:
-    """Where the cards live (``$ATZOO_CARDS`` overrides the repository's ``zoo_cards/``)."""
+    """Where the cards live (``$ATZOO_CARDS`` overrides the bundled ``zoo_cards/``)."""
     env = os.environ.get("ATZOO_CARDS")
     return Path(env) if env else DEFAULT_CARDS_DIR
 

@@ -32,11 +32,12 @@ app = typer.Typer(
     help="atzoo: an adversarial-training zoo (AT, TRADES, MART, LBGAT, ARREST, AR-AT, Asym-TRADES).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
 #: Modules that add commands to ``app`` through their ``register(app)`` function.
-COMMAND_MODULES: list[str] = ["atzoo.commands.bench", "atzoo.commands.compare", "atzoo.commands.docs", "atzoo.commands.eval", "atzoo.commands.reproduce", "atzoo.commands.train"]
+COMMAND_MODULES: list[str] = ["atzoo.commands.bench", "atzoo.commands.compare", "atzoo.commands.docs", "atzoo.commands.eval", "atzoo.commands.export", "atzoo.commands.reproduce", "atzoo.commands.train"]
 
 console = Console()
 
@@ -57,10 +58,17 @@ def _root(
 
 
 @app.command("list")
-def list_entries(kind: str = typer.Argument(..., help="methods | models | datasets | attacks")) -> None:
-    """List the registered methods, models, datasets or attacks."""
-    from atzoo.registry import get_registry, load_builtins
+def list_entries(kind: str = typer.Argument(..., help="methods | models | datasets | attacks | recipes")) -> None:
+    """List the registered methods, models, datasets or attacks, or the bundled recipes."""
+    import difflib
 
+    from atzoo.registry import REGISTRIES, get_registry, load_builtins
+
+    if kind == "recipes":
+        console.print(recipes_table())
+        return
+    if kind not in REGISTRIES and difflib.get_close_matches(kind, ["recipes"], n=1, cutoff=0.6):
+        raise AtzooError(f"unknown list '{kind}'. Did you mean 'recipes'? Valid choices: {', '.join(REGISTRIES)}, recipes")
     registry = get_registry(kind)
     load_builtins()
     table = Table(title=f"atzoo {kind}", show_lines=False)
@@ -71,6 +79,23 @@ def list_entries(kind: str = typer.Argument(..., help="methods | models | datase
     for prefix, help_text in registry.prefixes().items():
         table.add_row(f"{prefix}:...", help_text)
     console.print(table)
+
+
+def recipes_table() -> Table:
+    """The bundled recipes: name (for ``--recipe``), method, dataset, model, threat model."""
+    from atzoo.config import load_recipe
+    from atzoo.resources import list_recipes
+
+    table = Table(title="atzoo recipes (atzoo train METHOD --recipe NAME)")
+    table.add_column("name", style="bold cyan", no_wrap=True)
+    for column in ("method", "dataset", "model", "attack"):
+        table.add_column(column)
+    for name in list_recipes():
+        values = {k: v if isinstance(v, dict) else {} for k, v in load_recipe(name).items()}
+        attack = values.get("attack", {})
+        table.add_row(name, *(str(values.get(s, {}).get("name", "-")) for s in ("method", "data", "model")),
+                      f"{attack.get('norm', 'linf')} eps={attack.get('eps', '-')}")
+    return table
 
 
 def describe_entry(kind: str, name: str, obj: object) -> str:
@@ -141,6 +166,14 @@ def run(argv: list[str] | None = None) -> int:
         result = command.main(args=argv, prog_name="atzoo", standalone_mode=False)
     except EXITS as exc:  # type: ignore[misc]
         return int(getattr(exc, "exit_code", 0) or 0)
+    except USAGE_ERRORS as exc:  # type: ignore[misc]
+        if type(exc).__name__ != "NoArgsIsHelpError":  # bare 'atzoo' (or 'atzoo bench'): help, exit 0
+            if debug:
+                raise
+            return error_exit(exc)
+        if exc.format_message().strip():  # typer's rich help has printed itself already
+            print(exc.format_message())
+        return 0
     except (Exception, KeyboardInterrupt) as exc:
         if debug:
             raise

@@ -56,6 +56,7 @@ class ModelConfig:
     num_classes: Optional[int] = None
     in_channels: Optional[int] = None
     normalize: bool = False  # mean/std layer inside the model (off, as in the official code)
+    pretrained: bool = False  # timm:NAME only: start from timm's pretrained weights
     channels_last: bool = False  # NHWC memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the training forward
 
@@ -76,6 +77,9 @@ class AttackConfig:
     random_start: Optional[Literal["uniform", "normal", "none"]] = None
     start_std: float = 0.001  # std of the normal start (TRADES, MART)
     bn_mode: Optional[Literal["eval", "train"]] = None  # model mode during the attack
+    # Autocast precision of the training attack; "same" follows run.precision (resolved
+    # to a concrete value, so config.yaml records what ran). See atzoo/precision.py.
+    precision: Literal["fp32", "bf16", "fp16", "same"] = "same"
 
 
 @dataclass
@@ -108,6 +112,7 @@ class EvalConfig:
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
     batch_size: int = 256
     invariance: bool = True  # mean cos(clean, PGD-20) penultimate features
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the evaluation attacks
 
 
 @dataclass
@@ -135,7 +140,7 @@ class RunSection:
     name: Optional[str] = None  # runs/<name>; default <method>-<model>-<dataset>-s<seed>
     out: Optional[str] = None  # explicit run directory (overrides name)
     seed: int = 0
-    precision: Literal["no", "bf16", "fp16"] = "no"
+    precision: Literal["no", "fp32", "bf16", "fp16"] = "no"  # training forward/backward; "no" = fp32
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume tests)
     log_every: int = 50  # steps between metrics.jsonl rows
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -388,10 +393,13 @@ def read_config_file(path: str | Path) -> RunConfig:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Reads a recipe file into a nested dict (validated later by config_from_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
+    """Reads a recipe (a file, or a bundled recipe's name) into a nested dict.
+
+    The dict is validated later by config_from_dict.
+    """
+    from atzoo.resources import find_recipe
+
+    path = find_recipe(path)
     values = read_yaml_file(path, "recipe")
     if values is None:
         return {}
@@ -471,6 +479,10 @@ def build_config(
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fills method-dependent defaults (training-attack mode/start, gamma per model)."""
     cfg.attack = resolve_attack(cfg.attack, cfg.method.name)
+    if cfg.attack.precision == "same":  # config.yaml records the precision the attack runs in
+        from atzoo.precision import attack_precision
+
+        cfg.attack.precision = attack_precision("same", cfg.run.precision)  # type: ignore[assignment]
     cfg.method = cfg.method.resolve(cfg)
     validate(cfg)
     return cfg
@@ -518,6 +530,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.checkpoint_every >= 1, f"run.checkpoint_every must be >= 1, got {cfg.run.checkpoint_every}"),
         (cfg.run.checkpoint_every_steps >= 0,
          f"run.checkpoint_every_steps must be >= 0, got {cfg.run.checkpoint_every_steps}"),
+        (not cfg.model.pretrained or cfg.model.name.startswith("timm:"),
+         f"model.pretrained=true needs a timm:NAME model (timm holds the weights); '{cfg.model.name}' is built "
+         "from scratch only"),
         (cfg.averaging.swa_every_steps >= 1,
          f"averaging.swa_every_steps must be >= 1, got {cfg.averaging.swa_every_steps}"),
     ]

@@ -29,11 +29,13 @@ import pytest
 import torch
 
 from atzoo.cli import run
+from atzoo.commands.train import plan_run
 
-RUN = "runs/at-small_cnn-digits-s0"  # the default run directory of the command lines below
 #: A valid, tiny training command line (the cases break one thing each).
 TRAIN = ["--model", "small_cnn", "--dataset", "digits", "data.train_subset=128", "data.test_subset=32",
          "attack.steps=1", "run.max_steps=1", "run.evaluate=false", "run.trackers=[]"]
+#: The default run directory of the command lines below (runs/at-small_cnn-digits-s0-<settings hash>).
+RUN = plan_run("at", model="small_cnn", dataset="digits", overrides=TRAIN[4:])[1].as_posix()
 
 
 @dataclass(frozen=True)

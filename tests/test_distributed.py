@@ -13,6 +13,7 @@ starts (measured difference: at most 1.4%, losses 14-33 over 4 steps).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,32 @@ def test_batch_must_divide_over_processes() -> None:
     assert per_process_batch(128, 2) == 64
     with pytest.raises(ConfigError, match="not divisible by the 2 processes"):
         per_process_batch(129, 2)
+
+
+@pytest.mark.slow
+def test_cli_train_and_eval_on_two_processes(tmp_path: Path) -> None:
+    """``torchrun -m atzoo train`` then ``torchrun -m atzoo eval``, end to end on 2 CPU processes:
+    one set of run files (written by rank 0), the same clean accuracy as one process."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "atzoo"]
+    train_args = ["train", "standard", "--model", "small_cnn", "--dataset", "digits", "--epochs", "1",
+                  "--batch-size", "64", "--out", str(run_dir), "data.train_subset=128", "data.test_subset=64",
+                  "run.trackers=[]", "eval.attacks=[clean]"]
+    proc = subprocess.run([*launch, *train_args], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 process(es)" in proc.stderr and proc.stdout.count("run directory:") == 1  # rank 0 reports
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "config.yaml", "eval.json", "metrics.jsonl", "model.safetensors", "model_meta.json"]
+
+    proc = subprocess.run([*launch, "eval", str(run_dir), "--attacks", "clean,pgd2", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((run_dir / "eval.json").read_text())
+    assert proc.stdout.count("\nwrote ") == 1 and f"wrote {run_dir / 'eval.json'}" in proc.stdout  # rank 0 only
+    from atzoo.api import evaluate, load
+
+    one = evaluate(load(run_dir), "digits", attacks=["clean"], n_ex=64)
+    assert two["n_examples"] == one["n_examples"] == 64
+    assert two["clean_acc"] == pytest.approx(one["clean_acc"])  # every example counted once across ranks
+    assert two["pgd2_acc"] is not None and two["pgd2_acc"] <= two["clean_acc"]

@@ -178,3 +178,61 @@ def test_list_models_shows_parameter_counts(capsys: pytest.CaptureFixture[str]) 
     for name in MODELS.names():
         assert name in out
     assert "11.17 M params" in out and "46.16 M params" in out and "timm:..." in out
+
+
+def _out_of_place(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The residual blocks written with ``out + shortcut`` (the form before the in-place add)."""
+    from atzoo.models.resnet import BasicBlock, PreActBlock
+
+    if isinstance(block, BasicBlock):
+        out = block.bn2(block.conv2(block.relu1(block.bn1(block.conv1(x)))))
+        return block.relu2(out + block.shortcut(x))
+    if isinstance(block, PreActBlock):
+        out = block.relu1(block.bn1(x))
+        shortcut = block.shortcut(out) if len(block.shortcut) else x
+        return block.conv2(block.relu2(block.bn2(block.conv1(out)))) + shortcut
+    act = block.relu1(block.bn1(x))
+    out = block.conv2(block.relu2(block.bn2(block.conv1(act))))
+    return out + (x if block.convShortcut is None else block.convShortcut(act))
+
+
+@pytest.mark.parametrize("block_name", ["BasicBlock", "PreActBlock", "WideBasicBlock"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_in_place_residual_add_changes_no_value(block_name: str, stride: int, monkeypatch) -> None:
+    """Train mode, forward, input gradient and weight gradients are bit-equal to ``out + shortcut``."""
+    from atzoo.models import resnet, wideresnet
+
+    cls = getattr(resnet, block_name, None) or getattr(wideresnet, block_name)
+    results = []
+    for forward in (cls.forward, _out_of_place):
+        monkeypatch.setattr(cls, "forward", forward)
+        torch.manual_seed(0)
+        block = cls(8, 8 * stride, stride).train()
+        x = torch.randn(4, 8, 6, 6, requires_grad=True)
+        out = block(x)
+        out.square().sum().backward()
+        results.append([out.detach(), x.grad, *(p.grad for p in block.parameters()), *block.buffers()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+class _AddCounter(TorchFunctionMode):
+    """Counts out-of-place and in-place tensor additions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("add", "__add__", "add_", "__iadd__"):
+            self.added.append("in place" if name in ("add_", "__iadd__") else "new tensor")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "wrn28_10"])
+def test_residual_adds_allocate_no_new_tensor(name: str) -> None:
+    """The residual sums are in place: no activation-sized allocation per block and pass."""
+    model = create_model(name, 10, 3).eval()
+    with torch.no_grad(), _AddCounter() as counter:
+        model(torch.rand(1, 3, 32, 32))
+    assert counter.added and set(counter.added) == {"in place"}

@@ -19,13 +19,16 @@ The contract (as in torchattacks), kept by every function here:
   parameter ``.grad`` is created or changed and no DDP all-reduce is triggered.
 * ``mode`` (``"eval"``/``"train"``) and the BN ``route`` are set for the attack and
   every submodule's mode and the route are restored afterwards (:func:`attack_mode`).
-* Under ``torch.autocast`` the loss and gradient are computed in float32 and the
-  iterate is kept in float32.
+* Under ``torch.autocast`` (an enclosing one, or the attack's own ``precision``) the
+  network runs in the autocast dtype, while the loss, the input gradient, the iterate and
+  its projection stay float32: the eps-ball and [0, 1] hold exactly, whatever the precision.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 
 from atzoo.attacks.mode import attack_mode, check_mode
 from atzoo.errors import ConfigError
+from atzoo.precision import autocast
 
 NORMS: tuple[str, ...] = ("linf", "l2")
 STARTS: tuple[str, ...] = ("uniform", "normal", "none")
@@ -60,6 +64,7 @@ def pgd(
     mode: str = "eval",
     route: str | None = None,
     generator: torch.Generator | None = None,
+    precision: str | None = None,
 ) -> Tensor:
     """PGD adversarial examples for ``(x, y)`` (see the module docstring for the contract).
 
@@ -86,6 +91,8 @@ def pgd(
         mode: model mode during the attack, ``"eval"`` or ``"train"``.
         route: BN route of a routed-BN model (``None``: unchanged).
         generator: random generator for the start (reproducible attacks).
+        precision: autocast of the attack's forward/backward passes (``fp32``, ``bf16``,
+            ``fp16``; see :mod:`atzoo.precision`); ``None`` keeps the caller's autocast state.
 
     Returns:
         The adversarial images, detached, with the dtype and device of ``x``.
@@ -98,7 +105,7 @@ def pgd(
     check_mode(mode)
     x0 = x.detach().float()
     probs = clean_probs.detach().float() if clean_probs is not None else None
-    with attack_mode(model, mode, route) as net:
+    with attack_mode(model, mode, route) as net, _precision(precision, x.device):
         best: Tensor | None = None
         best_score: tuple[Tensor, Tensor] | None = None
         for _ in range(restarts):
@@ -168,6 +175,11 @@ def _validate(
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _precision(precision: str | None, device: torch.device) -> Any:
+    """The attack's autocast context; ``None``: leave the enclosing autocast state alone."""
+    return nullcontext() if precision is None else autocast(precision, device)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from atzoo import precision as prec
 from atzoo.bench.passes import PassCounter, StepPasses, cost_units
 from atzoo.errors import AtzooError, ConfigError
 
@@ -61,7 +62,10 @@ TARGET_RATIOS: dict[str, float] = {
     "arat": 1.12, "asym_trades": 1.12, "mart": 1.12, "trades": 1.20, "lbgat": 1.35, "arrest": 1.10,
 }
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "mps")
-PRECISIONS: tuple[str, ...] = ("no", "bf16", "fp16")
+PRECISIONS: tuple[str, ...] = prec.RUN_PRECISIONS
+#: Suffix of the float32 rows measured beside a lower-precision run.
+FP32_SUFFIX = prec.FP32_TWIN_SUFFIX
+FP32_OVERRIDES: tuple[str, ...] = ("run.precision=fp32", "attack.precision=fp32")
 
 Progress = Callable[[str, int, int], None]
 
@@ -85,7 +89,11 @@ class StepCostSettings:
         image_size, channels, num_classes: shape of the random batch (CIFAR: 32, 3, 10).
         dataset: take the first ``batch_size`` training images of this dataset instead of
             a random batch (its shape and classes override the three above).
-        precision: ``no``, ``bf16`` or ``fp16`` (``run.precision``).
+        precision: ``no``/``fp32``, ``bf16`` or ``fp16`` (``run.precision``).
+        attack_precision: ``fp32``, ``bf16``, ``fp16`` or ``same`` (``attack.precision``).
+            When either is not fp32, every row is measured a second time in fp32
+            (``<row>@fp32``) in the same rounds, and each row gets its speed-up over its
+            fp32 twin (not with fp16, whose loss scaler belongs to the whole process).
         channels_last: NHWC memory format (``model.channels_last``).
         compile: ``torch.compile`` the network (``model.compile``; the attack too), after the
             instrumented step.
@@ -109,6 +117,7 @@ class StepCostSettings:
     num_classes: int = 10
     dataset: str | None = None
     precision: str = "no"
+    attack_precision: str = "same"
     channels_last: bool = False
     compile: bool = False
     threads: int | None = None
@@ -129,10 +138,23 @@ class StepCostSettings:
             (self.device in DEVICES, f"unknown device '{self.device}'. Valid choices: {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS,
              f"unknown precision '{self.precision}'. Valid choices: {', '.join(PRECISIONS)}"),
+            (self.attack_precision in prec.ATTACK_PRECISIONS,
+             f"unknown attack precision '{self.attack_precision}'. "
+             f"Valid choices: {', '.join(prec.ATTACK_PRECISIONS)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def phases(self) -> tuple[str, str]:
+        """The concrete (training, attack) precisions."""
+        return prec.canonical(self.precision), prec.attack_precision(self.attack_precision, self.precision)
+
+    @property
+    def fp32_twins(self) -> bool:
+        """Whether every row is also measured in fp32 (a lower precision other than fp16)."""
+        return self.phases != ("fp32", "fp32") and "fp16" not in self.phases
 
 
 def resolve_methods(names: tuple[str, ...] | list[str]) -> list[str]:
@@ -176,6 +198,9 @@ class MethodCost:
         state_mb: parameters, buffers and optimizer state of the model and the method's
             modules.
         losses: training loss of every step (instrumented, warm-up, timed).
+        precision: ``train <p>, attack <p>`` of this row.
+        speedup_cpu: for a lower-precision row, median over rounds of its fp32 twin's
+            CPU time over its own (``None`` without a twin); ``speedup`` from wall time.
     """
 
     method: str
@@ -191,6 +216,9 @@ class MethodCost:
     activations_mb: float | None
     state_mb: float
     losses: list[float]
+    precision: str = "train fp32, attack fp32"
+    speedup: float | None = None
+    speedup_cpu: float | None = None
 
     @property
     def finite(self) -> bool:
@@ -206,6 +234,7 @@ class MethodCost:
             "fwd": p.total("fwd"), "bwd": p.total("bwd"), "passes": p.as_dict(),
             "peak_memory_mb": self.peak_memory_mb, "activations_mb": self.activations_mb,
             "state_mb": self.state_mb, "losses": self.losses, "finite": self.finite,
+            "precision": self.precision, "speedup_vs_fp32": self.speedup, "speedup_vs_fp32_cpu_time": self.speedup_cpu,
         }
 
 
@@ -249,6 +278,8 @@ class Harness:
     optimizer: Any
     accelerator: Any
     channels_last: bool
+    run_precision: str = "fp32"
+    attack_precision: str = "fp32"
 
 
 def check_device(device: str) -> None:
@@ -339,6 +370,7 @@ def _config(build_config: Any, name: str, method: dict[str, Any], settings: Step
                "channels_last": settings.channels_last, "compile": settings.compile},
         method=method,
         run={"precision": settings.precision, "seed": settings.seed},
+        attack={"precision": settings.attack_precision},
     )
 
 
@@ -375,12 +407,13 @@ def build_harness(name: str, settings: StepCostSettings, bundle: Any, accelerato
     torch.manual_seed(settings.seed)  # the same initial weights for every method
     model = method.prepare_model(build_model(cfg, bundle))
     core = TrainingModule(model, nn.ModuleDict(method.build_modules(model)), method)
-    if settings.channels_last:
+    if cfg.model.channels_last:  # --channels-last, or a row's model.channels_last=true
         core.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(core, cfg)
     wrapped, optimizer = accelerator.prepare(core, optimizer)
     core.train()
-    return Harness(label or name, method, core, wrapped, optimizer, accelerator, settings.channels_last)
+    return Harness(label or name, method, core, wrapped, optimizer, accelerator, cfg.model.channels_last,
+                   prec.canonical(cfg.run.precision), cfg.attack.precision)
 
 
 # --------------------------------------------------------------------------- one step
@@ -400,7 +433,8 @@ def train_step(h: Harness, x: Tensor, y: Tensor, *, counter: PassCounter | None 
     from atzoo.engine.step import StepRunner
     from atzoo.engine.step import train_step as engine_step
 
-    runner = StepRunner(h.accelerator, h.core, h.wrapped, h.optimizer, channels_last=h.channels_last)
+    runner = StepRunner(h.accelerator, h.core, h.wrapped, h.optimizer, channels_last=h.channels_last,
+                        run_precision=h.run_precision, attack_precision=h.attack_precision)
     phase = (lambda name: setattr(counter, "phase", name)) if counter is not None else None
     return float(engine_step(runner, x, y, phase=phase, forward_context=forward_context).loss.detach())
 
@@ -530,6 +564,8 @@ def run_step_cost(settings: StepCostSettings, *, progress: Progress | None = Non
     """
     settings.validate()
     specs = [(n, n, ()) for n in resolve_methods(settings.methods)] + check_variants(settings.variants)
+    if settings.fp32_twins:
+        specs += [(label + FP32_SUFFIX, m, (*o, *FP32_OVERRIDES)) for label, m, o in specs]
     names = [label for label, _, _ in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"variant labels must differ from each other and from the methods: {names}")
@@ -538,8 +574,12 @@ def run_step_cost(settings: StepCostSettings, *, progress: Progress | None = Non
     from atzoo.registry import MODELS
 
     MODELS.get(settings.model)
-    accelerator = make_accelerator(settings.device, settings.precision)
+    # Only fp16 needs Accelerate's own mixed precision (its loss scaler); bf16 and fp32 rows
+    # get their autocast per row in the step, so they can share the process.
+    accelerator = make_accelerator(settings.device, "fp16" if "fp16" in settings.phases else "no")
     device = accelerator.device
+    for option, value in zip(("--precision", "--attack-precision"), settings.phases):
+        prec.check_supported(value, device, option)
     bundle = load_bundle(settings)
     x, y = make_batch(settings, bundle, device)
     env = environment(device)
@@ -587,18 +627,24 @@ def run_step_cost(settings: StepCostSettings, *, progress: Progress | None = Non
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     env["load_average_end"] = list(load) if load else None
 
-    ref_units = cost_units(first[REFERENCE_METHOD][0])
     rows = []
     for h in harnesses:
         passes, activations, growth = first[h.name]
         units = cost_units(passes)
+        # fp32 twins are compared with AT's fp32 twin, the others with AT in the run's precision.
+        ref = REFERENCE_METHOD + (FP32_SUFFIX if h.name.endswith(FP32_SUFFIX) else "")
+        ref_units = cost_units(first[ref][0])
+        twin = h.name + FP32_SUFFIX if h.name + FP32_SUFFIX in times else None
         rows.append(MethodCost(
             method=h.name, times_s=times[h.name], median_s=statistics.median(times[h.name]),
-            ratio=paired_ratio(times[h.name], times[REFERENCE_METHOD]), cpu_times_s=cpu_times[h.name],
-            ratio_cpu=paired_ratio(cpu_times[h.name], cpu_times[REFERENCE_METHOD]), passes=passes, cost_units=units,
+            ratio=paired_ratio(times[h.name], times[ref]), cpu_times_s=cpu_times[h.name],
+            ratio_cpu=paired_ratio(cpu_times[h.name], cpu_times[ref]), passes=passes, cost_units=units,
             bound_ratio=units / ref_units if ref_units else None,
             peak_memory_mb=cuda_peak.get(h.name) if device.type == "cuda" else growth,
             activations_mb=activations, state_mb=state_megabytes(h), losses=losses[h.name],
+            precision=f"train {h.run_precision}, attack {h.attack_precision}",
+            speedup=paired_ratio(times[twin], times[h.name]) if twin else None,
+            speedup_cpu=paired_ratio(cpu_times[twin], cpu_times[h.name]) if twin else None,
         ))
     return StepCostResult(settings, rows, env)
 

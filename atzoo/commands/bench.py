@@ -116,13 +116,16 @@ def step_cost_table(payload: dict[str, Any]) -> Table:
     """The rich table of a step-cost result (``StepCostResult.as_dict()``)."""
     s, env = payload["settings"], payload["environment"]
     title = (f"training step: {s['model']}, batch {s['batch_size']}, PGD-{s['attack_steps']}, {env['device']} "
-             f"({env['torch_threads']} threads), precision {s['precision']}"
+             f"({env['torch_threads']} threads), precision {s['precision']} "
+             f"(attack {s.get('attack_precision', 'same')})"
              f"{', channels-last' if s['channels_last'] else ''}{', compiled' if s['compile'] else ''}, "
              f"median of {s['steps']} rounds")
     table = Table(title=title, title_justify="left")
     on_cpu = env["device"] == "cpu"
-    columns = ["method", "s/step", "x AT"] + (["x AT cpu"] if on_cpu else []) + ["target", "bound", "peak MB",
-                                                                                "act MB"]
+    twins = any(row.get("speedup_vs_fp32") is not None for row in payload["methods"])
+    speedups = (["x fp32"] + (["x fp32 cpu"] if on_cpu else [])) if twins else []
+    columns = ["method", "s/step", "x AT"] + (["x AT cpu"] if on_cpu else []) + speedups + [
+        "target", "bound", "peak MB", "act MB"]
     for name in columns:
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for row in payload["methods"]:
@@ -130,6 +133,9 @@ def step_cost_table(payload: dict[str, Any]) -> Table:
         ratios = [_ratio(row["ratio_to_at"], target)]
         if on_cpu:
             ratios.append(_ratio(row["ratio_to_at_cpu_time"], target))
+        if twins:
+            keys = ["speedup_vs_fp32"] + (["speedup_vs_fp32_cpu_time"] if on_cpu else [])
+            ratios += [f"{row[k]:.2f}" if row.get(k) is not None else "" for k in keys]
         table.add_row(
             row["method"] + ("" if row["finite"] else " [red]NaN[/]"), f"{row['median_s']:.3f}", *ratios,
             f"{target:.2f}" if target is not None else "",
@@ -174,7 +180,10 @@ def step_cost_command(
     image_size: int = typer.Option(32, "--image-size", help="Side of the random images."),
     channels: int = typer.Option(3, "--channels", help="Channels of the random images."),
     num_classes: int = typer.Option(10, "--num-classes", help="Classes of the random labels."),
-    precision: str = typer.Option("no", "--precision", help="no | bf16 | fp16 (as run.precision)."),
+    precision: str = typer.Option("no", "--precision", help="no (fp32) | bf16 | fp16 (as run.precision)."),
+    attack_precision: str = typer.Option(
+        "same", "--attack-precision",
+        help="fp32 | bf16 | fp16 | same (as attack.precision). Below fp32, each row is also measured in fp32."),
     channels_last: bool = typer.Option(False, "--channels-last", help="NHWC memory format (model.channels_last)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile the network, attack included (model.compile)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch intra-op threads (default: unchanged)."),
@@ -190,8 +199,8 @@ def step_cost_command(
     settings = StepCostSettings(
         model=model, batch_size=batch_size, methods=parse_list(methods), device=device, steps=steps, warmup=warmup,
         attack_steps=attack_steps, image_size=image_size, channels=channels, num_classes=num_classes,
-        dataset=dataset, precision=precision, channels_last=channels_last, compile=compile_, threads=threads,
-        seed=seed, overrides=tuple(overrides or ()),
+        dataset=dataset, precision=precision, attack_precision=attack_precision, channels_last=channels_last,
+        compile=compile_, threads=threads, seed=seed, overrides=tuple(overrides or ()),
     )
     with _Bar("step-cost") as progress:
         result = run_step_cost(settings, progress=progress)
@@ -206,7 +215,8 @@ def step_cost_command(
         "red: over it); x AT cpu: the same from the process CPU time (the stable figure on a shared CPU with "
         "one thread). bound: the ratio the pass "
         "counts predict (forward = 1, attack backward = 1, training backward = 2). fwd/bwd: passes in batch "
-        "equivalents (all networks). act MB: tensors saved for backward by the training forward. peak MB: "
+        "equivalents (all networks). x fp32: the row's fp32 twin (<row>@fp32, same rounds) over the row. "
+        "act MB: tensors saved for backward by the training forward. peak MB: "
         f"{env['memory_measure']}." + (f" Load average at start: {load[0]:.2f}." if load else ""),
         highlight=False,
     )

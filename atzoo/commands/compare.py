@@ -7,13 +7,15 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from atzoo.report import DEFAULT_OUT, OUTPUT_FILES, compare, rich_leaderboard
 
 
 def compare_command(
     run_dirs: Optional[list[Path]] = typer.Argument(
-        None, help="Run directories written by 'atzoo train' (each needs an eval.json).", show_default=False
+        None, help="Run directories written by 'atzoo train', or folders holding them (searched recursively); "
+                   "runs without eval.json are skipped with a warning.", show_default=False
     ),
     out: Path = typer.Option(
         Path(DEFAULT_OUT), "--out", "-o",
@@ -31,6 +33,10 @@ def compare_command(
     """
     board, written = compare(list(run_dirs or []), out=out, paper=paper)
     console = Console()
+    if board.skipped:
+        names = ", ".join(str(p) for p in board.skipped[:3]) + (", ..." if len(board.skipped) > 3 else "")
+        message = f" skipped {len(board.skipped)} run(s) without eval.json ({names}); evaluate with 'atzoo eval RUN_DIR'"
+        Console(stderr=True).print(Text.assemble(("warning:", "bold yellow"), message), soft_wrap=True)
     console.print(rich_leaderboard(board))
     console.print(f"wrote {', '.join(written)} to {out}/")
     console.print(f"open {written['leaderboard.html']} in a browser; plot: {written['tradeoff.png']}")

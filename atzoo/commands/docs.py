@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Optional
 
 import typer
 import yaml
-from rich.console import Console, Group
+from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from atzoo.cards import Card, card_names, load_card
 from atzoo.errors import AtzooError
@@ -98,7 +100,31 @@ def docs_command(
         raise _unknown(method)
     card = load_card(method)
     console.print(Panel(card_header(card), title=f"{card.title} ({card.name})", expand=False))
-    console.print(Group(Markdown(card.body)))
+    print_markdown(console, card.body)
+
+
+#: A fenced code block: opening fence with an optional language, the code, closing fence.
+_FENCE = re.compile(r"^(?P<fence>```|~~~)[^\n]*\n(?P<code>.*?)^(?P=fence)[ \t]*$\n?", re.MULTILINE | re.DOTALL)
+
+
+def print_markdown(console: Console, text: str) -> None:
+    """Markdown through rich, except fenced code blocks, which are printed unwrapped.
+
+    rich wraps code blocks at the terminal width, which breaks formulas and commands
+    across lines; here each code line is written whole (the terminal may still fold it
+    on screen, but copying it gives the original line).
+    """
+    position = 0
+    for match in _FENCE.finditer(text):
+        if text[position:match.start()].strip():
+            console.print(Markdown(text[position:match.start()]))
+        console.print()
+        for line in match.group("code").rstrip("\n").splitlines():
+            console.print(Text("    " + line, style="cyan"), soft_wrap=True)
+        console.print()
+        position = match.end()
+    if text[position:].strip():
+        console.print(Markdown(text[position:]))
 
 
 def register(app: typer.Typer) -> None:

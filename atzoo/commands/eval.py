@@ -20,12 +20,15 @@ from rich.table import Table
 from atzoo.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import ConfigError, DataError
+from atzoo.precision import check_supported
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
 
 
 def eval_command(
-    path: Path = typer.Argument(..., help="A run directory, or a .safetensors file with its _meta.json beside it."),
+    path: Path = typer.Argument(
+        ..., help="A run directory, a .safetensors file with its _meta.json beside it, or a model: timm:NAME, "
+                  "torchvision:NAME or package.module:factory (with --weights and --dataset)."),
     attacks: Optional[str] = typer.Option(
         None, "--attacks",
         help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa, or any name of `atzoo list attacks`. "
@@ -41,31 +44,88 @@ def eval_command(
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
     norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision",
+        help="fp32 | bf16 | fp16: autocast of the attacks (default: the run's eval.precision, fp32)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    weights: Optional[Path] = typer.Option(
+        None, "--weights", help="For timm:/torchvision:/module:factory models: a .safetensors or .pt state dict."),
+    mean: Optional[str] = typer.Option(
+        None, "--mean", help="For such models trained on normalised inputs: per-channel mean, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, "--std", help="With --mean: per-channel std."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="For such models: the folder for eval.json (default: the weights file's folder)."),
 ) -> None:
     """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
     from atzoo.eval import evaluate, load_run_model
+    from atzoo.models.external import is_model_spec
 
     if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
         raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
-    run_dir = path if path.is_dir() else path.parent
-    _check_not_training(run_dir)
-    cfg, has_config = _run_config(run_dir)
+    external = is_model_spec(str(path))
+    run_dir = _external_out(out, weights) if external else (path if path.is_dir() else path.parent)
+    if not external:
+        _check_not_training(run_dir)
+    cfg, has_config = _run_config(run_dir) if not external else (RunConfig(), False)
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
-                            eps=eps, norm=norm)
+                            eps=eps, norm=norm, precision=precision)
     custom = [a.strip() for a in aa_attacks.split(",") if a.strip()] if aa_attacks else None
     _check_inputs(eval_cfg, cfg.attack, custom)
-    model, meta = load_run_model(path)
-    name = dataset or meta.get("dataset") or (cfg.data.name if has_config else None)
-    if not name:
-        raise ConfigError(f"no dataset recorded for {path} (no config.yaml, no 'dataset' in the meta); pass --dataset")
-    bundle = _dataset(name, cfg, meta)
+    if external:
+        model, meta, bundle = _external_model(str(path), dataset, weights, mean, std, cfg)
+    else:
+        model, meta = load_run_model(path)
+        name = dataset or meta.get("dataset") or (cfg.data.name if has_config else None)
+        if not name:
+            raise ConfigError(f"no dataset recorded for {path} (no config.yaml, no 'dataset' in the meta); "
+                              "pass --dataset")
+        bundle = _dataset(name, cfg, meta)
     accelerator = _accelerator()
+    check_supported(eval_cfg.precision, accelerator.device, "--precision")
     model.to(accelerator.device)
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
+    # Leave together and close the process group: a rank that exits while another still
+    # talks to it can be aborted by the gloo backend.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def _external_out(out: Path | None, weights: Path | None) -> Path:
+    """Where eval.json of a timm:/torchvision:/factory model goes."""
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return weights.parent if weights is not None else Path(".")
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+
+
+def _external_model(spec: str, dataset: str | None, weights: Path | None, mean: str | None, std: str | None,
+                    cfg: RunConfig) -> tuple[Any, dict[str, Any], Any]:
+    """(model, meta, dataset) for ``timm:NAME``, ``torchvision:NAME`` or ``module:factory``."""
+    from atzoo.models.external import build_external_model, check_weights_file
+
+    if not dataset:
+        raise ConfigError(f"evaluating {spec} needs --dataset (e.g. --dataset cifar10)")
+    check_weights_file(weights)
+    bundle = _dataset(dataset, cfg, {})
+    model = build_external_model(spec, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                                 weights=weights, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    meta = {"model": spec, "method": None, "dataset": dataset, "weights_file": str(weights) if weights else None}
+    return model, meta, bundle
 
 
 def _check_not_training(run_dir: Path) -> None:
@@ -135,9 +195,13 @@ def _dataset(name: str, cfg: RunConfig, meta: dict[str, Any]) -> Any:
 
 
 def _accelerator() -> Any:
+    """The evaluation's Accelerator; ``cpu=True`` without a GPU so that several CPU
+    processes (``torchrun``) still form one group and share the test set."""
     from accelerate import Accelerator
 
-    return Accelerator()
+    from atzoo.engine.accelerator import accelerator_available
+
+    return Accelerator(cpu=not accelerator_available())
 
 
 def _fmt(value: Any) -> str:
@@ -152,7 +216,8 @@ def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")
     rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
-    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items() if k.startswith("pgd") and k.endswith("_acc")]
+    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items()
+             if k.startswith(("pgd", "fgsm")) and k.endswith("_acc") and not k.startswith("pgd_")]
     rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
              ("invariance cos", payload.get("invariance_cos"))]
     for name, value in rows:
@@ -160,7 +225,7 @@ def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     console.print(table)
     for message in payload.get("flags", {}).get("messages", []):
         console.print(f"[bold yellow]warning:[/] {message}")
-    console.print(f"wrote {run_dir / 'eval.json'}")
+    console.print(f"wrote {run_dir / 'eval.json'}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

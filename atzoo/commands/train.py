@@ -3,11 +3,19 @@
 Example::
 
     atzoo train at --model resnet18 --dataset cifar10 --epochs 100 attack.eps=8/255
-    atzoo train arat --recipe recipes/arat_cifar10_resnet18.yaml --resume
+    atzoo train arat --recipe arat_cifar10_resnet18 method.split_bn=false   # runs/<name>-<hash>
+    atzoo train arat --resume --out runs/arat-resnet18-cifar10-s0 --epochs 120
+
+The default run directory is ``runs/<run.name>`` (or ``<method>-<model>-<dataset>-s<seed>``),
+followed by a short hash of the settings when flags or overrides change the recipe's
+training configuration, so an ablation never lands in its main run's directory.
+``--resume`` continues a run from its own ``config.yaml``: other flags are needed only to
+find the directory (``--out``), and ``--epochs`` may extend the training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from pathlib import Path
 from typing import Any, Optional
@@ -15,8 +23,21 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from atzoo.config import RunConfig, build_config, load_recipe
+from atzoo.config import (
+    RunConfig,
+    apply_overrides,
+    build_config,
+    config_from_dict,
+    config_to_dict,
+    load_recipe,
+    merge,
+    read_config_file,
+    resolve,
+)
 from atzoo.errors import ConfigError, InterruptedRun
+
+#: Overrides that name the run directory themselves (no hash is added to the name then).
+NAMING_KEYS: tuple[str, ...] = ("run.name", "run.out")
 
 
 def recipe_method(recipe: Path | None) -> str | None:
@@ -47,14 +68,101 @@ def make_config(
     named = recipe_method(recipe)
     if named is not None and named != method:
         raise ConfigError(f"recipe {recipe} is for method '{named}', not '{method}'; use 'atzoo train {named}'")
-    cfg = build_config(
-        recipe, list(overrides or []),
-        method={"name": method}, model={"name": model}, data={"name": dataset, "batch_size": batch_size},
-        optim={"epochs": epochs}, run={"seed": seed},
-    )
+    cfg = build_config(recipe, list(overrides or []), **flag_sections(
+        method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed))
     if cfg.method.name != method:
         raise ConfigError(f"method.name={cfg.method.name} contradicts the command's method '{method}'")
     return cfg
+
+
+def flag_sections(method: str, *, model: str | None = None, dataset: str | None = None, epochs: int | None = None,
+                  batch_size: int | None = None, seed: int | None = None) -> dict[str, dict[str, Any]]:
+    """The ``atzoo train`` flags as config sections (``None``: not given)."""
+    return {"method": {"name": method}, "model": {"name": model}, "data": {"name": dataset, "batch_size": batch_size},
+            "optim": {"epochs": epochs}, "run": {"seed": seed}}
+
+
+def settings_hash(cfg: RunConfig, base: RunConfig) -> str | None:
+    """Six hex digits naming how ``cfg`` differs from ``base`` in what training learns.
+
+    ``None`` when they agree on every key that ``--resume`` checks (the same keys decide
+    whether two runs may share a directory).
+    """
+    from atzoo.engine.resume import config_differences
+
+    keys = config_differences(base, cfg)
+    if not keys:
+        return None
+    values = config_to_dict(cfg)
+    text = "\n".join(f"{key}={values[key.split('.')[0]].get(key.split('.', 1)[1])!r}" for key in keys)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def name_run(cfg: RunConfig, method: str, *, model: str | None, dataset: str | None, seed: int | None,
+             recipe: Path | None, overrides: list[str]) -> RunConfig:
+    """Adds the settings hash to the default run name (see the module docstring).
+
+    The base is the recipe with the flags that are part of the name (method, model,
+    dataset, seed); a run that sets ``run.name``/``run.out`` itself keeps its name.
+    """
+    if cfg.run.out or any(o.split("=", 1)[0].strip() in NAMING_KEYS for o in overrides):
+        return cfg
+    from atzoo.engine.rundir import default_run_name, format_run_name
+
+    base = build_config(recipe, [], **flag_sections(method, model=model, dataset=dataset, seed=seed))
+    suffix = settings_hash(cfg, base)
+    if suffix is not None:
+        name = format_run_name(cfg.run.name, cfg) if cfg.run.name else default_run_name(cfg)
+        cfg.run.name = f"{name}-{suffix}"
+    return cfg
+
+
+def resumed_config(saved_file: Path, method: str, *, recipe: Path | None, overrides: list[str],
+                   **flags: Any) -> RunConfig:
+    """A run's ``config.yaml`` with only the settings given now applied on top.
+
+    The engine then refuses any change that matters for training (naming each key with
+    both values) except a longer ``optim.epochs``.
+    """
+    saved = read_config_file(saved_file)
+    if saved.method.name != method:
+        raise ConfigError(f"{saved_file.parent} is a run of '{saved.method.name}', not '{method}'; "
+                          f"use 'atzoo train {saved.method.name} --resume'")
+    values = config_to_dict(saved)
+    if recipe is not None:
+        values = merge(values, load_recipe(recipe))
+    for section, given in flag_sections(method, **flags).items():
+        values = merge(values, {section: {k: v for k, v in given.items() if v is not None}})
+    return resolve(config_from_dict(apply_overrides(values, overrides)))
+
+
+def run_training(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None,
+                 out: Path | None = None, force: bool = False, resume: bool = False, **flags: Any) -> Path:
+    """``atzoo train`` as a function (the CLI and ``atzoo.train`` call it); returns the run directory.
+
+    ``flags`` are the command's ``model``, ``dataset``, ``epochs``, ``batch_size`` and
+    ``seed`` (``None``: not given).
+    """
+    from atzoo.engine import train
+
+    overrides = list(overrides or [])
+    cfg, run_dir = plan_run(method, recipe=recipe, overrides=overrides, out=out, **flags)
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        cfg = resumed_config(saved, method, recipe=recipe, overrides=overrides, **flags)
+    return train(cfg, out=run_dir, force=force, resume=resume)
+
+
+def plan_run(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None, out: Path | None = None,
+             **flags: Any) -> tuple[RunConfig, Path]:
+    """The resolved config of ``atzoo train`` and the run directory it would use."""
+    from atzoo.engine.rundir import resolve_run_dir
+
+    overrides = list(overrides or [])
+    cfg = make_config(method, recipe=recipe, overrides=overrides, **flags)
+    cfg = name_run(cfg, method, model=flags.get("model"), dataset=flags.get("dataset"), seed=flags.get("seed"),
+                   recipe=recipe, overrides=overrides)
+    return cfg, resolve_run_dir(cfg, out)
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
@@ -93,23 +201,24 @@ def register(app: typer.Typer) -> None:
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name or npz:PATH."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch size."),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe file."),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="A recipe: its name (see 'atzoo list recipes') or a YAML file."),
         out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
         force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the newest good checkpoint."),
+        resume: bool = typer.Option(
+            False, "--resume",
+            help="Continue the run in --out (or the default directory) from its config.yaml and newest good "
+                 "checkpoint; --epochs may extend it.",
+        ),
     ) -> None:
         """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
         import json
 
-        from atzoo.engine import train
-
-        cfg = make_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
-                          recipe=recipe, overrides=overrides)
         flags = {"--model": model, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
                  "--recipe": recipe, "--seed": seed}
         try:
-            run_dir = train(cfg, out=out, force=force, resume=resume)
+            run_dir = run_training(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                                   seed=seed, recipe=recipe, overrides=overrides, out=out, force=force, resume=resume)
         except InterruptedRun as exc:
             raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState
@@ -119,5 +228,5 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
         eval_file = run_dir / "eval.json"
-        if cfg.run.evaluate and eval_file.is_file():
+        if read_config_file(run_dir / "config.yaml").run.evaluate and eval_file.is_file():
             console.print(f"eval: {summary_line(json.loads(eval_file.read_text()))}", highlight=False)

@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+from atzoo import precision as prec
 from atzoo.config import RunConfig
 from atzoo.errors import ConfigError
 from atzoo.methods.base import Method
@@ -20,7 +21,7 @@ from atzoo.methods.base import Method
 def new_accelerator(precision: str, *, cpu: bool | None = None, grad_accum: int = 1, run_dir: Path | None = None,
                     trackers: list[str] | None = None, find_unused_parameters: bool = False,
                     what: str = "run.precision") -> Accelerator:
-    """An Accelerator with ``precision`` (``no``/``bf16``/``fp16``).
+    """An Accelerator with ``precision`` (``no``/``fp32``/``bf16``/``fp16``).
 
     The device (``cpu=None``: an accelerator when one is present) and the distributed
     setting (``torchrun``/``accelerate launch``) come from the environment, as Accelerate
@@ -33,7 +34,7 @@ def new_accelerator(precision: str, *, cpu: bool | None = None, grad_accum: int 
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)) if run_dir else None
     try:
         return Accelerator(
-            mixed_precision=precision,
+            mixed_precision=prec.accelerate_name(precision),
             gradient_accumulation_steps=grad_accum,
             log_with=trackers or None,
             project_config=project,
@@ -48,9 +49,23 @@ def new_accelerator(precision: str, *, cpu: bool | None = None, grad_accum: int 
 
 
 def make_accelerator(cfg: RunConfig, run_dir: Path, trackers: list[str], method: Method) -> Accelerator:
-    """The run's Accelerator: precision, accumulation, trackers, DDP options."""
-    return new_accelerator(cfg.run.precision, grad_accum=cfg.optim.grad_accum, run_dir=run_dir, trackers=trackers,
-                           find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
+    """The run's Accelerator: precision, accumulation, trackers, DDP options.
+
+    Raises:
+        ConfigError: a phase's precision is not available on the device (before any write).
+    """
+    accelerator = new_accelerator(cfg.run.precision, grad_accum=cfg.optim.grad_accum, run_dir=run_dir,
+                                  trackers=trackers,
+                                  find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
+    check_precisions(cfg, accelerator.device)
+    return accelerator
+
+
+def check_precisions(cfg: RunConfig, device: torch.device) -> None:
+    """Refuses (one line) a phase precision the device lacks: training, attack, evaluation."""
+    prec.check_supported(cfg.run.precision, device, "run.precision")
+    prec.check_supported(prec.attack_precision(cfg.attack.precision, cfg.run.precision), device, "attack.precision")
+    prec.check_supported(cfg.eval.precision, device, "eval.precision")
 
 
 def accelerator_available() -> bool:

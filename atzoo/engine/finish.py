@@ -14,7 +14,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from atzoo import __version__
+from atzoo import __version__, precision
 from atzoo.common import atomic_write_bytes, atomic_write_json
 from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
@@ -62,7 +62,8 @@ class Finishing(RunState):
         attack = self.method.ctx.attack
 
         def adversarial(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            return attack(net, x, y, route=route, mode="train")
+            with precision.autocast(self.runner.attack_precision, x.device):  # as in training
+                return attack(net, x, y, route=route, mode="train")
 
         loader = self._train_loader(augment=self.cfg.data.augment)
         loader.set_epoch(self.cfg.optim.epochs)  # a fixed, reproducible pass
@@ -72,7 +73,9 @@ class Finishing(RunState):
 
     def export(self, model: nn.Module, filename: str, weights: str) -> None:
         """Writes a plain model's weights (safetensors) and, for the deployable one, its meta."""
-        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(model)))
+        from atzoo.models.timm_models import portable_module  # timm runs export timm's own keys
+
+        atomic_write_bytes(self.run_dir / filename, safetensors_save(plain_state_dict(portable_module(model))))
         if filename == "model.safetensors":
             atomic_write_json(self.run_dir / "model_meta.json", self.model_meta(weights))
 

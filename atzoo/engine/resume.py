@@ -18,7 +18,7 @@ from typing import Any
 from accelerate.utils import gather_object, set_seed
 from torch import Tensor, nn
 
-from atzoo import __version__
+from atzoo import __version__, precision
 from atzoo.common import atomic_write_text
 from atzoo.config import RunConfig, config_to_dict, read_config_file, to_yaml
 from atzoo.engine.checkpoint import (
@@ -52,27 +52,54 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     return [k for k in keys if k not in _RESUME_FREE_KEYS and _lookup(a, k) != _lookup(b, k)]
 
 
+def resume_refusals(saved: RunConfig, new: RunConfig) -> list[str]:
+    """``key: saved -> new`` for each difference that ``--resume`` cannot continue across.
+
+    A longer ``optim.epochs`` is allowed where the schedule is a function of the epoch
+    alone (``piecewise``, ``constant``): the run continues at the last learning rate.
+    A cosine or one-cycle schedule spans the whole run, so changing its length would
+    change the learning rate of the steps already taken.
+    """
+    a, b = config_to_dict(saved), config_to_dict(new)
+    refusals = []
+    for key in config_differences(saved, new):
+        if key == "optim.epochs" and b["optim"]["epochs"] > a["optim"]["epochs"] \
+                and new.optim.schedule in ("piecewise", "constant"):
+            continue
+        refusals.append(f"{key}: {_lookup(a, key)!r} -> {_lookup(b, key)!r}")
+    return refusals
+
+
 def _lookup(values: dict[str, Any], key: str) -> Any:
     section, _, leaf = key.partition(".")
     return values[section].get(leaf)
 
 
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+def check_resume_config(run_dir: Path, cfg: RunConfig) -> str | None:
     """``--resume`` continues only the configuration in the run's config.yaml (checked
-    before anything is built or written, through the bounded YAML reader).
+    before anything is built or written, through the bounded YAML reader), except for a
+    longer ``optim.epochs`` (see :func:`resume_refusals`).
+
+    Returns:
+        The line announcing an extension (``extending the run from 100 to 120 epochs``), or None.
 
     Raises:
-        ConfigError: config.yaml is unreadable, or a setting that affects training differs.
+        ConfigError: config.yaml is unreadable, or a setting that affects training differs
+            (each named with both values).
     """
     saved = run_dir / "config.yaml"
     if not saved.is_file():
-        return
-    differences = config_differences(read_config_file(saved), cfg)
-    if differences:
+        return None
+    previous = read_config_file(saved)
+    refusals = resume_refusals(previous, cfg)
+    if refusals:
         raise ConfigError(
-            f"--resume needs the configuration of {saved}, but {', '.join(differences)} differ "
-            "(use --force or another --out for a new run)"
+            f"--resume continues {saved} unchanged, but {'; '.join(refusals)} "
+            "(drop those settings, or use --force or another --out for a new run)"
         )
+    if cfg.optim.epochs != previous.optim.epochs:
+        return f"extending the run from {previous.optim.epochs} to {cfg.optim.epochs} epochs"
+    return None
 
 
 @dataclass
@@ -86,6 +113,11 @@ class Position:
 
 class RunState(Logging):
     """Opening the run directory, checkpoints and resume (a part of the trainer)."""
+
+    def precision_summary(self) -> str:
+        """``train bf16, attack bf16, eval fp32``: the precision of each phase of this run."""
+        c = self.cfg
+        return precision.describe(c.run.precision, c.attack.precision, c.eval.precision)
 
     def open_run_dir(self, *, force: bool, resume: bool, trackers: list[str]) -> None:
         """Fresh, replaced (``force``) or resumed directory; then trackers are started.
@@ -111,7 +143,8 @@ class RunState(Logging):
                 self.metrics.truncate(0)
                 self._event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
             self._event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
-                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch -> {self.run_dir}")
+                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
+                                 f"{self.precision_summary()} -> {self.run_dir}")
             # Independent attack noise per process from here on (rank 0 keeps run.seed).
             set_seed(self.cfg.run.seed, device_specific=True)
         missing = sorted(set(self.cfg.run.trackers) - set(trackers))

@@ -3,8 +3,9 @@
 For one loader batch (see the hook contract in :mod:`atzoo.methods.base`)::
 
     with accelerator.accumulate(wrapped):
-        with accelerator.autocast():
-            x_adv = method.attack(model, modules, x, y)      # unwrapped network
+        with autocast(run.precision):                        # = accelerator.autocast()
+            with autocast(attack.precision):                 # the attack's own precision
+                x_adv = method.attack(model, modules, x, y)  # unwrapped network
             method.before_step(step)
             parts, logits, stats = wrapped(x, x_adv, y)      # ONE forward of the prepared module
         loss = float32 sum of parts; check(loss)             # e.g. stop on NaN before the weights
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from atzoo import precision as prec
 from atzoo.engine.module import TrainingModule
 from atzoo.methods.base import Method, StepContext, total_loss
 
@@ -38,6 +40,9 @@ class StepRunner:
         optimizer: the prepared optimizer.
         channels_last: NHWC input (``model.channels_last``).
         grad_clip: ``optim.grad_clip`` (None: no clipping).
+        run_precision: ``run.precision``, the autocast of the training forward (the
+            Accelerator's own mixed precision: the same, plus fp16's loss scaler).
+        attack_precision: the concrete precision of the training attack (``attack.precision``).
     """
 
     accelerator: Any
@@ -46,6 +51,8 @@ class StepRunner:
     optimizer: Any
     channels_last: bool = False
     grad_clip: float | None = None
+    run_precision: str = "fp32"
+    attack_precision: str = "fp32"
 
     @property
     def method(self) -> Method:
@@ -90,10 +97,14 @@ def train_step(
         step = StepContext(epoch=epoch, global_step=global_step, model=r.core.model, modules=r.core.method_modules,
                            x=x, x_adv=None, y=y, lr=float(r.optimizer.param_groups[0]["lr"]),
                            synced=bool(acc.sync_gradients))
-        with acc.autocast():
+        # The step's own autocast contexts (not acc.autocast()), so that runners of different
+        # precisions can share one process and Accelerator (atzoo bench step-cost).
+        with prec.autocast(r.run_precision, x.device):
             tell("attack")
-            # The attack runs on the unwrapped network: input gradients only, no DDP hooks.
-            step.x_adv = method.attack(r.core.model, r.core.method_modules, x, y)
+            # The attack runs on the unwrapped network: input gradients only, no DDP hooks,
+            # in its own precision (attack.precision may differ from run.precision).
+            with prec.autocast(r.attack_precision, x.device):
+                step.x_adv = method.attack(r.core.model, r.core.method_modules, x, y)
             tell("loss")
             method.before_step(step)
             with forward_context if forward_context is not None else nullcontext():

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import Tensor, nn
 
+from atzoo import precision
 from atzoo.common import MAX_SEED
 from atzoo.config import RunConfig
 from atzoo.engine.accelerator import make_accelerator, per_process_batch, select_trackers
@@ -89,8 +90,7 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     averaging_kind(cfg.averaging)  # config conflicts first, before anything else
     check_seed(cfg.run.seed)
     check_run_dir(run_dir, force=force, resume=resume)
-    if resume:
-        check_resume_config(run_dir, cfg)
+    extension = check_resume_config(run_dir, cfg) if resume else None
     check_settings(cfg)  # builds SGD once on a dummy tensor (torch's first optimizer costs ~1 s)
     needs = METHODS.get(cfg.method.name).needs(cfg.method)
     resources = satisfy_needs(needs, cfg, run_dir, train)  # e.g. <run dir>-pretrain, a run of its own
@@ -98,6 +98,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     trackers = select_trackers(cfg.run.trackers)
     accelerator = make_accelerator(cfg, run_dir, trackers, method)
     trainer = Trainer(cfg, run_dir, accelerator, method)
+    if extension:
+        trainer.reporter.message(extension)
     if cfg.run.evaluate:
         check_evaluation(cfg, trainer.bundle)
     # The claim creates, locks and (for --force) swaps the directory; an error before the
@@ -136,7 +138,7 @@ def build_model(cfg: RunConfig, bundle: Any) -> nn.Module:
             raise DataError(f"model.{key}={given} does not match dataset '{cfg.data.name}', which has {data_value}")
     return create_model(
         cfg.model.name, bundle.num_classes, bundle.in_channels,
-        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std,
+        normalize=cfg.model.normalize, mean=bundle.mean, std=bundle.std, pretrained=cfg.model.pretrained,
     )
 
 
@@ -181,12 +183,15 @@ class Trainer(Finishing):
             # attack's passes run compiled too. Methods' own glue stays eager.
             self.core.model.compile()
         self.runner = StepRunner(accelerator, self.core, self.wrapped, self.optimizer,
-                                 channels_last=cfg.model.channels_last, grad_clip=cfg.optim.grad_clip)
+                                 channels_last=cfg.model.channels_last, grad_clip=cfg.optim.grad_clip,
+                                 run_precision=precision.canonical(cfg.run.precision),
+                                 attack_precision=precision.attack_precision(cfg.attack.precision, cfg.run.precision))
         self.average = WeightAverage(self.core.model, cfg.averaging)
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()
-        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes, cfg.run.precision))
+        self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes,
+                                                   precision.profile(cfg.run.precision, cfg.attack.precision)))
         self.last_lr = cfg.optim.lr
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None

@@ -50,6 +50,7 @@ from atzoo.config import AttackConfig, EvalConfig
 from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
 from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+from atzoo.precision import autocast
 from atzoo.provenance import evaluation_provenance
 from atzoo.safe_read import read_json_file
 
@@ -234,15 +235,20 @@ def _test_pass(
     device: torch.device, group: ProcessGroup, accelerator: Any, progress: _Progress, seed: int, n_sub: int,
     extra: Sequence[BatchAttack] = (),
 ) -> _PassTotals:
-    """Clean and PGD-N accuracy per class over this process's shard, then summed."""
+    """Clean and PGD-N accuracy per class over this process's shard, then summed.
+
+    The invariance needs penultimate features; a model without them (any ``nn.Module``
+    that is neither an atzoo nor a timm network) is measured on its logits alone.
+    """
     from atzoo.data import make_eval_loader
+    from atzoo.models import has_penultimate_features
 
     loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
     classes = bundle.num_classes
     totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
                          for n in ["clean"] + [f"pgd{s}" for s in steps_list] + [a.name for a in extra]},
                          torch.zeros((), device=device), torch.zeros(2, device=device))
-    invariance = cfg.invariance and 20 in steps_list
+    invariance = cfg.invariance and 20 in steps_list and has_penultimate_features(net)
     names = [f"PGD-{s}" for s in steps_list] + [a.name for a in extra]
     task = progress.task("clean + " + ", ".join(names) if names else "clean",
                          len(loader))
@@ -401,14 +407,16 @@ def evaluate(
         read_eval_json(out_path / EVAL_FILE)  # a damaged eval.json fails now, not after the attacks
     device = _device(model, accelerator)
     results: dict[str, Any] = {}
-    with attack_mode(unwrap_model(model), "eval", None) as net, \
+    # Every evaluation attack runs in eval.precision (fp32 unless asked), whatever autocast
+    # the caller is in: robustness is measured at full precision by default.
+    with attack_mode(unwrap_model(model), "eval", None) as net, autocast(cfg.precision, device), \
             _Progress(progress and group.is_main).show() as bars:
         steps_list = pgd_steps_of(attacks)
         extra = [threat.attack(n) for n in attacks if n in registered_eval_attacks()]
         if "clean" in attacks:
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
                                 accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub, extra=extra)
-            results.update(_pass_results(totals, bundle, steps_list, cfg, threat))
+            results.update(_pass_results(totals, bundle, steps_list, cfg, threat, net))
             results["attacks"].update({a.name: a.describe() for a in extra})
         m = min(STEP_CHECK_EXAMPLES, n_sub)
         need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
@@ -425,7 +433,7 @@ def evaluate(
             if 20 in steps_list:
                 results["aa_subset_pgd20_acc"] = results.pop("_subset_pgd20")
     results.pop("_subset_pgd20", None)
-    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None)
+    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None, cfg.precision)
     if out_path is not None:
         if group.is_main:
             payload = write_eval_json(out_path, payload, attacks)
@@ -434,8 +442,10 @@ def evaluate(
 
 
 def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
-                  threat: ThreatModel) -> dict[str, Any]:
+                  threat: ThreatModel, net: nn.Module) -> dict[str, Any]:
     """Accuracies (percent), per-class accuracies and the invariance from the test pass."""
+    from atzoo.models import has_penultimate_features
+
     n = float(totals.total.sum().item())
     results: dict[str, Any] = {"per_class": {}, "attacks": {"clean": {}}}
     for name, correct in totals.correct.items():
@@ -447,7 +457,8 @@ def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: 
     for steps in steps_list:
         results["attacks"][f"pgd{steps}"] = threat.pgd_settings(steps)
     if 20 in steps_list:
-        results["invariance_cos"] = totals.cos_sum.item() / n if cfg.invariance else None
+        measured = cfg.invariance and has_penultimate_features(net)
+        results["invariance_cos"] = totals.cos_sum.item() / n if measured else None
         correct, count = totals.subset_pgd20.tolist()
         results["_subset_pgd20"] = 100.0 * correct / count if count else None
     return results
@@ -459,7 +470,7 @@ def _class_names(bundle: Any) -> list[str]:
 
 
 def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: dict[str, Any],
-             n_examples: int | None) -> dict[str, Any]:
+             n_examples: int | None, precision: str) -> dict[str, Any]:
     payload = {
         "method": meta.get("method"),
         "model": meta.get("model"),
@@ -472,6 +483,7 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         "autoattack_acc": None,
         "per_class": None,
         "invariance_cos": None,
+        "precision": precision,
         **results,
         "atzoo_version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -502,6 +514,7 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load_file
 
     from atzoo.models import create_model
+    from atzoo.models.timm_models import weights_target
 
     weights, meta_path = _run_files(Path(path))
     meta = _read_meta(meta_path)
@@ -515,8 +528,9 @@ def load_run_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read {weights}: {exc}") from None
-    _check_state(model, state, weights, meta)
-    model.load_state_dict(state, strict=True)
+    target = weights_target(model, state)  # a timm run's file holds timm's own keys
+    _check_state(target, state, weights, meta)
+    target.load_state_dict(state, strict=True)
     return model.eval(), meta
 
 

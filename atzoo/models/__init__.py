@@ -31,6 +31,7 @@ from atzoo.models.routed_bn import (
     set_route,
 )
 from atzoo.models.taps import FeatureTaps, TapError, resolve_tap_names
+from atzoo.models.timm_models import pretrained_timm_builder
 from atzoo.registry import MODELS
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "describe_model",
     "export_route",
     "get_route",
+    "has_penultimate_features",
     "has_routed_bn",
     "parameter_count",
     "penultimate_features",
@@ -71,6 +73,7 @@ def create_model(
     normalize: bool = False,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    pretrained: bool = False,
 ) -> nn.Module:
     """Builds the registered model ``name`` (or ``timm:NAME``) with random weights.
 
@@ -82,20 +85,37 @@ def create_model(
             official code of TRADES, MART, LBGAT and AR-AT).
         mean: per-channel mean, required when ``normalize``.
         std: per-channel std, required when ``normalize``.
+        pretrained: start from timm's pretrained weights (``timm:NAME`` models only).
 
     Raises:
         RegistryError: unknown name (the message lists the valid names).
-        ConfigError: invalid class/channel counts or normalisation statistics.
+        ConfigError: invalid class/channel counts or normalisation statistics, or
+            ``pretrained`` for a model that has no pretrained weights.
+        CheckpointError: the pretrained weights cannot be loaded (e.g. offline).
     """
     _check_count("num_classes", num_classes)
     _check_count("in_channels", in_channels)
     builder = MODELS.get(name)
+    if pretrained:
+        if not name.startswith("timm:"):
+            raise ConfigError(f"model.pretrained=true needs a timm:NAME model (timm holds the weights); "
+                              f"'{name}' is built from scratch only")
+        builder = pretrained_timm_builder(name)
     return builder(num_classes, in_channels, normalize=normalize, mean=mean, std=std)
 
 
 def _is_bare_timm(model: nn.Module) -> bool:
     """A timm network used directly (its ``forward_features`` returns an unpooled map)."""
     return hasattr(model, "forward_head") and hasattr(model, "get_classifier")
+
+
+def has_penultimate_features(model: nn.Module) -> bool:
+    """Whether :func:`penultimate_features` works on ``model`` (atzoo and timm models).
+
+    Any other classifier (an ``nn.Sequential``, a torchvision network) is evaluated on its
+    logits alone; measurements that need features (invariance) are skipped for it.
+    """
+    return _is_bare_timm(model) or (hasattr(model, "forward_features") and isinstance(getattr(model, "fc", None), nn.Module))
 
 
 def penultimate_features(model: nn.Module, x: Tensor) -> Tensor:

@@ -56,7 +56,10 @@ def load_weights(module: nn.Module, path: str | Path, *, what: str) -> None:
         CheckpointError: one line naming the first mismatch (and the checkpoint's model
             name when its ``model_meta.json`` is present).
     """
+    from atzoo.models.timm_models import weights_target
+
     state, file = read_state_dict(path, what=what)
+    module = weights_target(module, state)  # a timm run's model.safetensors holds timm's own keys
     expected = module.state_dict()
     bad = compare_state_dicts(expected, state)
     if bad is not None:

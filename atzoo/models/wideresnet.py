@@ -43,7 +43,8 @@ class WideBasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         act = self.relu1(self.bn1(x))
         out = self.conv2(self.relu2(self.bn2(self.conv1(act))))
-        return out + (x if self.convShortcut is None else self.convShortcut(act))
+        out += x if self.convShortcut is None else self.convShortcut(act)  # in place: conv2 backward needs no output
+        return out
 
 
 class NetworkBlock(nn.Module):

@@ -8,7 +8,6 @@ See :mod:`atzoo.report.leaderboard` for the grouping, seed and ranking rules.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from atzoo.paths import check_output_path
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
 from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown
-from atzoo.report.runs import RunRecord, load_run, load_runs
+from atzoo.report.runs import RunRecord, collect_runs, load_run, load_runs
 
 __all__ = [
     "DEFAULT_OUT", "OUTPUT_FILES", "Entry", "Group", "Leaderboard", "RunRecord", "Stat", "build_leaderboard",
-    "compare", "format_eps", "load_run", "load_runs", "prepare_out_dir", "rich_leaderboard", "write_outputs",
+    "collect_runs", "compare", "format_eps", "load_run", "load_runs", "prepare_out_dir", "rich_leaderboard", "write_outputs",
 ]
 
 #: Where ``atzoo compare`` writes when ``--out`` is not given (relative to the cwd).
@@ -48,21 +47,28 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 
 def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
-    """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files)."""
+    """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files).
+
+    The HTML page embeds the trade-off plot and, where the runs have training logs, the
+    training curves (as PNG data, so the page stays one self-contained file).
+    """
     folder = prepare_out_dir(out)
+    from atzoo.report.plot import curves_figure, png_bytes, tradeoff_figure  # matplotlib: only when plotting
+
+    tradeoff = png_bytes(tradeoff_figure(board))
+    curves = curves_figure(board)
+    figures = {"Robustness-accuracy trade-off": tradeoff}
+    if curves is not None:
+        figures["Training curves"] = png_bytes(curves)
     texts = {
         "leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
-        "leaderboard.json": to_json(board), "leaderboard.html": to_html(board),
+        "leaderboard.json": to_json(board), "leaderboard.html": to_html(board, figures=figures, out_dir=folder),
     }
     written: dict[str, Path] = {}
     for name, text in texts.items():
         atomic_write_text(folder / name, text)
         written[name] = folder / name
-    from atzoo.report.plot import plot_tradeoff  # matplotlib is slow to import: only when plotting
-
-    png = io.BytesIO()
-    plot_tradeoff(board, png)
-    atomic_write_bytes(folder / "tradeoff.png", png.getvalue())
+    atomic_write_bytes(folder / "tradeoff.png", tradeoff)
     written["tradeoff.png"] = folder / "tradeoff.png"
     return written
 
@@ -77,7 +83,8 @@ def compare(
     the output folder as it was.
 
     Args:
-        run_dirs: run directories (each with an ``eval.json``).
+        run_dirs: run directories, or folders searched for them; runs without an
+            ``eval.json`` are left out and listed in ``board.skipped``.
         out: output folder (created if missing); ``None`` writes nothing.
         paper: add the zoo cards' reported numbers as reference rows.
         cards_dir: folder of zoo cards (default: the repository's ``zoo_cards/``).
@@ -89,6 +96,8 @@ def compare(
         raise AtzooError(f"--out {out} exists and is not a folder; choose a folder for the leaderboard files")
     if out is not None:
         check_output_path(out, "--out", directory=True)
-    board = build_leaderboard(load_runs(list(run_dirs)), paper=paper, cards_dir=cards_dir)
+    runs, skipped = collect_runs(list(run_dirs))
+    board = build_leaderboard(runs, paper=paper, cards_dir=cards_dir)
+    board.skipped = skipped
     written = write_outputs(board, out) if out is not None else {}
     return board, written

@@ -53,19 +53,38 @@ def _basis(device: str) -> tuple[str, str]:
 def record_step_cost(payload: dict[str, Any], folder: Path | None = None) -> Path | None:
     """Stores the ratios of a ``StepCostResult.as_dict()`` payload; returns the file.
 
+    The rows go to the record of their own precision: the run's rows to the profile of
+    ``--precision``/``--attack-precision`` (:func:`atzoo.precision.profile`), the fp32 twins
+    (``<method>@fp32``) to the fp32 profile under their method's name.
+
     Returns ``None`` (nothing written) for a benchmark with overrides or variants, or
     when the cache folder cannot be written.
     """
-    settings, env = payload["settings"], payload["environment"]
+    from atzoo.precision import FP32_TWIN_SUFFIX as FP32_SUFFIX
+    from atzoo.precision import profile as precision_profile
+
+    settings = payload["settings"]
     if settings.get("overrides") or settings.get("variants"):
         return None
+    main = precision_profile(settings["precision"], settings.get("attack_precision", "same"))
+    rows = [r for r in payload["methods"] if not r["method"].endswith(FP32_SUFFIX)]
+    twins = [{**r, "method": r["method"][: -len(FP32_SUFFIX)]} for r in payload["methods"]
+             if r["method"].endswith(FP32_SUFFIX)]
+    if twins:
+        _record(payload, twins, precision_profile("fp32"), folder)
+    return _record(payload, rows, main, folder)
+
+
+def _record(payload: dict[str, Any], rows: list[dict[str, Any]], precision: str, folder: Path | None) -> Path | None:
+    """Merges ``rows``' ratios into the record of ``precision`` on the payload's device."""
+    settings, env = payload["settings"], payload["environment"]
     device = str(env["device"]).split(":")[0]
     key, basis = _basis(device)
-    profile = {"device": device, "device_name": env["device_name"], "precision": settings["precision"],
+    profile = {"device": device, "device_name": env["device_name"], "precision": precision,
                "host": env.get("host"), "threads": env.get("torch_threads")}
-    path = (folder or records_dir()) / record_name(device, env["device_name"], settings["precision"])
+    path = (folder or records_dir()) / record_name(device, env["device_name"], precision)
     methods = dict(read_record(path).get("methods", {}))
-    for row in payload["methods"]:
+    for row in rows:
         if row.get(key) is None or not row.get("finite", True):
             continue
         methods[row["method"]] = {

@@ -13,8 +13,11 @@ Chromium's ``--dump-dom``.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import os
+from pathlib import Path
 
 from atzoo.report.leaderboard import Entry, Group, Leaderboard
 from atzoo.report.render import COLUMNS, cells, sort_values
@@ -33,6 +36,8 @@ th[data-type="text"], td[data-type="text"] { text-align: left; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; } th[aria-sort="descending"]::after { content: " \\25BC"; }
 tr.paper td { color: #5b6570; font-style: italic; background: #fbfaf3; }
 tr.pareto td.label { font-weight: 600; }
+img.figure { max-width: 100%; height: auto; border: 1px solid #d8dee4; }
+span.runs { font-size: .85em; } span.runs a { color: #2f6fb3; }
 .note { color: #5b6570; margin: .2rem 0; } .separation { background: #fff6d6; padding: .6rem .8rem; }
 """
 
@@ -116,7 +121,21 @@ def _sort_attr(value: float | str | None) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def _row(entry: Entry) -> str:
+def _config_links(entry: Entry, out_dir: Path | None) -> str:
+    """Links from the label to each run's ``config.yaml`` (relative to the page's folder)."""
+    if out_dir is None:
+        return ""
+    links = []
+    for number, run in enumerate(entry.runs, 1):
+        config = Path(run.path) / "config.yaml"
+        if config.is_file():
+            target = Path(os.path.relpath(config.resolve(), Path(out_dir).resolve())).as_posix()
+            text = "config" if len(entry.runs) == 1 else f"seed {run.seed if run.seed is not None else number}"
+            links.append(f'<a href="{_attr(target)}" title="{_attr(run.path)}">{html.escape(text)}</a>')
+    return f' <span class="runs">({", ".join(links)})</span>' if links else ""
+
+
+def _row(entry: Entry, out_dir: Path | None = None) -> str:
     text = cells(entry)
     values = sort_values(entry)
     classes = " ".join(c for c in (entry.kind, "pareto" if entry.pareto else "") if c)
@@ -125,33 +144,51 @@ def _row(entry: Entry) -> str:
     for key, _ in COLUMNS:
         kind = "number" if key in _NUMERIC else "text"
         tip = f' title="{_attr(hover[key])}"' if hover.get(key) else ""
+        links = _config_links(entry, out_dir) if key == "label" else ""
         tds.append(f'<td class="{key}" data-type="{kind}" data-sort="{_attr(_sort_attr(values[key]))}"{tip}>'
-                   f"{html.escape(text[key])}</td>")
+                   f"{html.escape(text[key])}{links}</td>")
     # Hovering a row shows where it came from: the paper, or the runs' provenance.
     about = entry.source or (entry.provenance_text() if entry.kind == "measured" else "")
     title = f' title="{_attr(about)}"' if about else ""
     return f'<tr class="{classes}" data-label="{_attr(entry.label)}"{title}>' + "".join(tds) + "</tr>"
 
 
-def _table(group: Group) -> str:
+def _table(group: Group, out_dir: Path | None = None) -> str:
     heads = "".join(
         f'<th scope="col" data-key="{key}" data-type="{"number" if key in _NUMERIC else "text"}">'
         f"{html.escape(header)}</th>"
         for key, header in COLUMNS
     )
-    rows = "\n".join(_row(e) for e in group.entries)
+    rows = "\n".join(_row(e, out_dir) for e in group.entries)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in group.notes)
     return (f"<h2>{html.escape(group.title)}</h2>\n<table class=\"leaderboard\">"
             f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>\n{notes}")
 
 
-def to_html(board: Leaderboard) -> str:
-    """The standalone page (UTF-8, no external resources)."""
+def _figures(figures: dict[str, bytes]) -> str:
+    """Each PNG inline as a data URI (the page needs no other file)."""
+    return "\n".join(
+        f'<h2>{html.escape(title)}</h2>\n<img class="figure" alt="{_attr(title)}" '
+        f'src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+        for title, data in figures.items()
+    )
+
+
+def to_html(board: Leaderboard, *, figures: dict[str, bytes] | None = None, out_dir: str | Path | None = None) -> str:
+    """The standalone page (UTF-8, no external resources).
+
+    Args:
+        board: the leaderboard.
+        figures: title -> PNG data, embedded below the tables (trade-off plot, curves).
+        out_dir: the folder the page is written to; each row then links to its runs'
+            ``config.yaml`` by a relative path.
+    """
     from atzoo import __version__
 
     separation = "".join(f'<p class="separation">{html.escape(note)}</p>'
                          for note in (board.separation_note, board.machines_note) if note)
-    tables = "\n".join(_table(g) for g in board.groups)
+    folder = Path(out_dir) if out_dir is not None else None
+    tables = "\n".join(_table(g, folder) for g in board.groups) + "\n" + _figures(figures or {})
     # Raw text inside <script>: only "</" could end the element early, so escape it.
     data = json.dumps(board.to_dict()).replace("</", "<\\/")
     return f"""<!DOCTYPE html>

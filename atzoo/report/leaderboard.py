@@ -203,6 +203,7 @@ class Leaderboard:
 
     groups: list[Group]
     separation_note: str | None = None
+    skipped: list[Path] = field(default_factory=list)  # run directories without eval.json
 
     def to_dict(self) -> dict[str, Any]:
         from atzoo import __version__

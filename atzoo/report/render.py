@@ -182,7 +182,8 @@ def rich_group(group: Group) -> Table:
     legend = "AA = AutoAttack; score = clean + AA (* = clean + PGD-20); green = Pareto-optimal; n = seeds"
     legend += "; ᵖ = the paper's A100 time ratio" if group.paper else ""
     legend += "; ᵇ = ratio from 'atzoo bench step-cost'." if any(e.cost_kind == "bench" for e in group.entries) else "."
-    table = Table(title=group.title, title_style="bold", caption="\n".join([legend, *group.notes]),
+    # Text, not markup: labels such as "arat [method.split_bn=False]" hold square brackets.
+    table = Table(title=Text(group.title, style="bold"), caption=Text("\n".join([legend, *group.notes])),
                   caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
     wrapping = {"label", "clean", "pgd20", "autoattack", "seconds_per_epoch"}
     for key, header in _TERMINAL_COLUMNS:
@@ -191,7 +192,7 @@ def rich_group(group: Group) -> Table:
     for entry in group.entries:
         row = _terminal_cells(entry)
         style = "dim italic" if entry.kind == "paper" else ("green" if entry.pareto else None)
-        table.add_row(*(row[k] for k, _ in _TERMINAL_COLUMNS), style=style)
+        table.add_row(*(Text(row[k]) for k, _ in _TERMINAL_COLUMNS), style=style)
     return table
 
 

@@ -227,7 +227,10 @@ def load_run(path: str | Path) -> RunRecord:
         raise AtzooError(f"{path} is not a run directory (expected a folder holding eval.json)")
     eval_path = path / "eval.json"
     if not eval_path.is_file():
-        raise AtzooError(f"{path} has no eval.json: evaluate the run first with 'atzoo eval {path}'")
+        if is_run_dir(path):
+            raise AtzooError(f"{path} has no eval.json: evaluate the run first with 'atzoo eval {path}'")
+        raise AtzooError(f"{path} has no eval.json: evaluate the run first ('atzoo eval RUN_DIR'); {path} holds no "
+                         "run directory either (folders written by 'atzoo train')")
     payload = read_eval(eval_path)
     config = read_config(path / "config.yaml")
     seed = config.get("run.seed")
@@ -278,21 +281,55 @@ def run_provenance(payload: dict[str, Any], config: dict[str, Any], seed: int | 
     }
 
 
-def load_runs(paths: list[str | Path]) -> list[RunRecord]:
-    """Reads every run directory (each once, in the order given).
+def is_run_dir(path: Path) -> bool:
+    """A folder ``atzoo train`` wrote (or one holding an ``eval.json``)."""
+    from atzoo.engine.rundir import looks_like_run
+
+    return (path / "eval.json").is_file() or looks_like_run(path)
+
+
+def find_run_dirs(path: Path) -> list[Path]:
+    """The run directories at or below ``path``, sorted (a run's own sub-folders are not searched)."""
+    if is_run_dir(path):
+        return [path]
+    found: list[Path] = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += find_run_dirs(child)
+    return found
+
+
+def collect_runs(paths: list[str | Path]) -> tuple[list[RunRecord], list[Path]]:
+    """Reads every run directory given or found below a given folder (each once, in order).
+
+    Runs without ``eval.json`` (not evaluated yet, or still training) are returned apart,
+    so that compare can skip them with one warning.
 
     Raises:
-        AtzooError: no paths, or any path is not a readable run directory.
+        AtzooError: no paths; a path that is missing, a file, or a folder without runs; a
+            malformed run; or no evaluated run at all.
     """
     if not paths:
         raise AtzooError("no run directories given: pass one or more folders written by 'atzoo train'")
     seen: set[Path] = set()
     runs: list[RunRecord] = []
+    skipped: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        resolved = path.resolve()
-        if resolved in seen:
-            continue
-        seen.add(resolved)
-        runs.append(load_run(path))
-    return runs
+        found = find_run_dirs(path) if path.is_dir() else []
+        for run_dir in found or [path]:  # no run found: load_run names the problem
+            if run_dir.resolve() in seen:
+                continue
+            seen.add(run_dir.resolve())
+            if found and not (run_dir / "eval.json").is_file():
+                skipped.append(run_dir)
+            else:
+                runs.append(load_run(run_dir))
+    if not runs:
+        raise AtzooError(f"none of the {len(skipped)} run(s) has an eval.json yet; evaluate them first with "
+                         f"'atzoo eval {skipped[0]}'")
+    return runs, skipped
+
+
+def load_runs(paths: list[str | Path]) -> list[RunRecord]:
+    """The evaluated runs among ``paths`` (see :func:`collect_runs`)."""
+    return collect_runs(paths)[0]

@@ -32,9 +32,6 @@ from atzoo.errors import ConfigError
 from atzoo.reproduce.manifest import Row, Table
 from atzoo.reproduce.scale import Scale, model_overrides, paper_steps, scale_overrides
 
-#: The repository's recipe folder (a checkout or an installed tree that carries it).
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
-
 #: Default root of reproduction outputs (relative to the working directory).
 DEFAULT_ROOT = Path("reproductions")
 
@@ -81,15 +78,19 @@ class PlannedRun:
 
 
 def find_recipe(name: str) -> Path:
-    """``recipes/<name>`` of the installed tree.
+    """The bundled recipe ``name`` (``arat_cifar10_resnet18.yaml``, ``ablation/01_none.yaml``), absolute.
+
+    The bundled folder (:func:`atzoo.resources.recipes_dir`: the checkout's ``recipes/`` or the
+    installed package's copy) is looked at first, so a file of the same name in the working
+    directory cannot stand in for a table's recipe.
 
     Raises:
-        ConfigError: the recipe is not there.
+        ConfigError: no such recipe (naming the closest one).
     """
-    path = Path(name) if Path(name).is_absolute() else RECIPES_DIR / name
-    if not path.is_file():
-        raise ConfigError(f"recipe {name} not found in {RECIPES_DIR}; the table needs atzoo's recipes folder")
-    return path.resolve()
+    from atzoo.resources import find_recipe as find_any, recipes_dir
+
+    bundled = recipes_dir() / name
+    return (bundled if bundled.is_file() else find_any(name)).resolve()
 
 
 def parse_data_map(items: list[str] | None) -> dict[str, str]:

@@ -1,0 +1,233 @@
+"""The public Python API: load, train, evaluate and compare (re-exported by ``atzoo``).
+
+Each function is the library form of a command (``atzoo train|eval|compare``) and goes
+through the same code, so a run trained from Python is the run the CLI would train::
+
+    import atzoo
+    run = atzoo.train("at", model="small_cnn", dataset="digits", epochs=1)
+    model = atzoo.load(run)                        # nn.Module, eval mode, inputs in [0, 1]
+    print(atzoo.evaluate(model, "digits", attacks=["clean", "pgd20"], n_ex=100))
+    board = atzoo.compare(["runs"])                # every evaluated run below runs/
+
+See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from atzoo.errors import ConfigError, DataError
+
+#: ``atzoo.train`` keywords that are command-line flags of ``atzoo train``.
+TRAIN_FLAGS: tuple[str, ...] = ("model", "dataset", "epochs", "batch_size", "seed", "recipe")
+
+
+def load(run_dir: str | Path) -> nn.Module:
+    """The deployable model of a run: a plain ``nn.Module`` in eval mode, inputs in [0, 1].
+
+    Args:
+        run_dir: a run directory (``model.safetensors`` + ``model_meta.json``) or a
+            ``.safetensors`` file with its meta JSON beside it.
+
+    Raises:
+        CheckpointError: a file is missing or the weights do not fit the recorded model.
+    """
+    from atzoo.eval.evaluator import load_run_model
+
+    return load_run_model(run_dir)[0]
+
+
+def _override(section: str, key: str, value: Any) -> str:
+    """``section.key=value`` with the value written as YAML (read back unchanged)."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return f"{section}.{key}={text.removesuffix('...').strip()}"
+
+
+def train_overrides(sections: Mapping[str, Any]) -> list[str]:
+    """``{"optim": {"lr": 0.05}, "attack.steps": 1}`` -> ``["optim.lr=0.05", "attack.steps=1"]``.
+
+    Raises:
+        ConfigError: a keyword is neither ``section.key`` nor a section mapping.
+    """
+    from atzoo.config import SECTIONS
+
+    overrides: list[str] = []
+    for name, value in sections.items():
+        if "." in name:
+            section, _, key = name.partition(".")
+            overrides.append(_override(section, key, value))
+        elif name in SECTIONS and isinstance(value, Mapping):
+            overrides += [_override(name, key, v) for key, v in value.items()]
+        else:
+            raise ConfigError(
+                f"unknown keyword '{name}' for atzoo.train: use one of {', '.join(TRAIN_FLAGS)}, out, force, "
+                f"resume, overrides, a section mapping ({', '.join(SECTIONS)}), or **{{'section.key': value}}"
+            )
+    return overrides
+
+
+def train(
+    method: str,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    **fields: Any,
+) -> Path:
+    """Trains ``method`` exactly as ``atzoo train`` would; returns the run directory.
+
+    Args:
+        method: a registered method (``atzoo.list_methods()``).
+        out: the run directory (default ``runs/<name>``, as the CLI).
+        force: replace an existing run directory.
+        resume: continue the run in ``out`` (or the default directory) from its config.
+        overrides: ``section.key=value`` strings, as on the command line.
+        **fields: the flags of ``atzoo train`` (``model``, ``dataset``, ``epochs``,
+            ``batch_size``, ``seed``, ``recipe``), section mappings
+            (``optim={"lr": 0.05}``) or dotted keys (``**{"attack.steps": 1}``).
+
+    Raises:
+        AtzooError: bad configuration or run directory (nothing written), or a failed run.
+    """
+    from atzoo.commands.train import run_training
+
+    flags = {k: fields.pop(k) for k in TRAIN_FLAGS if k in fields}
+    extra = train_overrides(fields)
+    return run_training(method, out=Path(out) if out is not None else None, force=force, resume=resume,
+                        overrides=[*overrides, *extra], **flags)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _as_dataset(data: Any) -> torch.utils.data.Dataset:
+    """A ``Dataset`` of ``(image in [0, 1], label)`` from a Dataset, a DataLoader or batches."""
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        return data
+    if isinstance(data, Iterable):
+        batches = list(data)
+        if not batches:
+            raise DataError("the data to evaluate holds no batches")
+        xs, ys = zip(*batches)
+        return TensorDataset(torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys]))
+    raise DataError(f"cannot evaluate on a {type(data).__name__}: give a dataset name, a Dataset, a DataLoader "
+                    "or an iterable of (images, labels) batches")
+
+
+def _bundle_of(model: nn.Module, data: Any, n_ex: int | None) -> Any:
+    """The :class:`~atzoo.data.DatasetBundle` to evaluate on, holding the first ``n_ex`` examples."""
+    from atzoo.data import DatasetBundle, create_dataset
+    from atzoo.data.bundle import head
+
+    if isinstance(data, str):
+        return create_dataset(data, test_subset=n_ex)
+    if isinstance(data, DatasetBundle):
+        return data.subset(test=n_ex)
+    dataset = head(_as_dataset(data), n_ex, "n_ex")
+    if len(dataset) == 0:
+        raise DataError("the data to evaluate holds no examples")
+    image = torch.as_tensor(dataset[0][0])
+    if image.dim() != 3:
+        raise DataError(f"each image must be a (C, H, W) tensor in [0, 1], got shape {tuple(image.shape)}")
+    with torch.no_grad():
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        num_classes = int(model.eval()(image[None].float().to(device)).shape[1])
+    channels = image.shape[0]
+    return DatasetBundle(
+        name=type(dataset).__name__, num_classes=num_classes, in_channels=channels, image_size=image.shape[-1],
+        classes=[str(i) for i in range(num_classes)], mean=(0.5,) * channels, std=(0.25,) * channels,
+        train=dataset, test=dataset,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    attacks: Sequence[str] = ("clean", "pgd20"),
+    eps: float | str = 8 / 255,
+    norm: str = "linf",
+    n_ex: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Robust accuracy of ANY classifier that takes images in [0, 1].
+
+    The representation invariance (AR-AT's cosine of clean and PGD-20 features) is
+    measured only when the model exposes penultimate features (an atzoo or timm model);
+    for any other ``nn.Module`` it is ``None``.
+
+    Args:
+        model: the classifier (its device is used; eval mode during the evaluation).
+        data: a dataset name (``"digits"``, ``"cifar10"``, ``"npz:PATH"``), a
+            :class:`~atzoo.data.DatasetBundle`, a ``Dataset`` or ``DataLoader`` of
+            ``(image in [0, 1], label)``, or an iterable of ``(images, labels)`` batches.
+        attacks: ``clean``, ``pgd<N>``, ``fgsm``, ``fgsm_rs``, ``aa`` (AutoAttack).
+        eps: the radius (``8/255`` or ``"8/255"``).
+        norm: ``linf`` or ``l2``.
+        n_ex: evaluate on the first ``n_ex`` test examples only (every attack).
+        batch_size: examples per batch.
+        seed: seed of the random starts and of AutoAttack.
+        progress: show progress bars.
+        out: a folder to write (or update) ``eval.json`` in.
+
+    Returns:
+        The ``eval.json`` payload: ``clean_acc``, ``pgd20_acc``, ``autoattack_acc``, ... in percent.
+
+    Raises:
+        AtzooError: an unknown attack, a bad radius or norm, unusable data.
+    """
+    from atzoo.config import AttackConfig, EvalConfig, coerce
+    from atzoo.eval import evaluate as run_evaluation
+
+    if n_ex is not None and (isinstance(n_ex, bool) or not isinstance(n_ex, int) or n_ex < 1):
+        raise ConfigError(f"n_ex must be a positive integer or None, got {n_ex!r}")
+    radius = coerce(eps, float, "eps")
+    cfg = EvalConfig(attacks=list(attacks), norm=norm, eps=radius, n_ex=None, batch_size=batch_size)  # type: ignore[arg-type]
+    bundle = _bundle_of(model, data, n_ex)
+    return run_evaluation(model, bundle, cfg, attack_cfg=AttackConfig(norm=norm, eps=radius),  # type: ignore[arg-type]
+                          progress=progress, out=out, seed=seed)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(
+    runs: str | Path | Sequence[str | Path], *, out: str | Path | None = None, paper: bool = False,
+) -> Any:
+    """The leaderboard of evaluated runs (folders are searched for run directories).
+
+    Args:
+        runs: run directories, or folders holding them (searched recursively); runs
+            without ``eval.json`` are skipped with a warning.
+        out: a folder to write the leaderboard files into (``None``: write nothing).
+        paper: add the papers' reported numbers as reference rows.
+
+    Returns:
+        The :class:`~atzoo.report.Leaderboard` (``board.groups[i].entries``).
+    """
+    import warnings
+
+    from atzoo.report import compare as run_compare
+
+    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    board = run_compare(paths, out=out, paper=paper)[0]
+    if board.skipped:
+        warnings.warn(f"skipped {len(board.skipped)} run(s) without eval.json: "
+                      f"{', '.join(str(p) for p in board.skipped)}", stacklevel=2)
+    return board
