@@ -218,7 +218,7 @@ def _plot(rep: Reproduction) -> bytes:
 
     scale = f"SCALED ({rep.scale.name}): orderings only" if rep.scale else "full size"
     png = io.BytesIO()
-    plot_tradeoff(rep.board, png, title=f"{rep.table.name}, {scale}")
+    plot_tradeoff(rep.board, png, title=f"{rep.table.name}, {scale}\nrobust = AutoAttack (hollow circle: PGD-20 only)")
     return png.getvalue()
 
 
