@@ -48,6 +48,11 @@ PAPER_TABLE: dict[tuple[str, str], tuple[float, float]] = {
     ("arrest", "cifar100-wrn34_10"): (73.05, 24.32),
     # Asym-TRADES table
     ("asym_trades", "cifar10-resnet18"): (85.62, 48.58),
+    # AWP: the official repository's AutoAttack tables (released checkpoints, 2020-10-13)
+    ("at_awp", "cifar10-wrn34_10"): (85.36, 53.97),
+    ("at_awp", "cifar100-wrn34_10"): (60.38, 28.86),
+    ("trades_awp", "cifar10-wrn34_10"): (85.36, 56.17),
+    ("trades_awp", "cifar100-wrn34_10"): (60.17, 28.80),
 }
 
 # Variant rows: (card, label, setting) -> (clean, robust, robust metric)

@@ -257,6 +257,28 @@ def test_weights_changed_before_the_step_are_the_ones_the_gradient_sees() -> Non
     assert not torch.allclose(next(plain.core.parameters()), next(unperturbed.core.parameters()))
 
 
+def test_step_context_sums_over_processes_through_the_accelerator() -> None:
+    """``step.all_reduce_sum`` is the accelerator's sum over processes (so a hook can make the
+    same weight change on every process); on one process it returns the tensor unchanged."""
+    from atzoo.engine.step import train_step
+
+    runner, method = _runner()
+    seen: list[Tensor] = []
+    method.before_step = lambda step: seen.append(step.all_reduce_sum(torch.tensor([1.0, -2.0])))
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    train_step(runner, x, y)
+    calls: list[str] = []
+
+    def fake_reduce(t: Tensor, reduction: str) -> Tensor:  # stands in for two processes
+        calls.append(reduction)
+        return 2 * t
+
+    runner.accelerator.reduce = fake_reduce
+    train_step(runner, x, y)
+    assert torch.equal(seen[0], torch.tensor([1.0, -2.0]))
+    assert torch.equal(seen[1], torch.tensor([2.0, -4.0])) and calls == ["sum"]
+
+
 def test_method_state_may_hold_an_optimizer_state_dict() -> None:
     """A proxy optimizer's state (integer keys) round-trips through the checkpoint format."""
     from atzoo.engine.checkpoint import join_tensors, split_tensors

@@ -96,7 +96,7 @@ def train_step(
     with acc.accumulate(r.wrapped):
         step = StepContext(epoch=epoch, global_step=global_step, model=r.core.model, modules=r.core.method_modules,
                            x=x, x_adv=None, y=y, lr=float(r.optimizer.param_groups[0]["lr"]),
-                           synced=bool(acc.sync_gradients))
+                           synced=bool(acc.sync_gradients), all_reduce_sum=lambda t: acc.reduce(t, "sum"))
         # The step's own autocast contexts (not acc.autocast()), so that runners of different
         # precisions can share one process and Accelerator (atzoo bench step-cost).
         with prec.autocast(r.run_precision, x.device):

@@ -6,6 +6,7 @@ Importing this package registers every built-in method.
 from atzoo.methods import at, standard  # noqa: F401  (registration side effects)
 from atzoo.methods import arat, asym_trades  # noqa: F401  (registration side effects)
 from atzoo.methods import arrest, lbgat, mart, trades  # noqa: F401  (registration side effects)
+from atzoo.methods import at_awp, trades_awp  # noqa: F401  (registration side effects)
 from atzoo.methods.base import (
     EpochContext,
     LossOutput,

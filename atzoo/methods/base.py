@@ -19,7 +19,7 @@ Life cycle inside the engine (``atzoo/engine``)::
         method.on_epoch_start(EpochContext(...))         # e.g. AR-AT auto-balance
         for x, y in loader:                              # one loader batch
             x_adv = method.attack(model, modules, x, y)  # unwrapped model, no param grads
-            step = StepContext(epoch, global_step, model, modules, x, x_adv, y, lr, synced)
+            step = StepContext(epoch, global_step, model, modules, x, x_adv, y, lr, synced, all_reduce_sum)
             method.before_step(step)                     # e.g. AWP: perturb the weights
             out = training_module(x, x_adv, y)           # ONE forward through DDP -> LossOutput
             backward(out.total()); clip (when synced)
@@ -43,7 +43,9 @@ Hook contract (``before_step``, ``before_optimizer_step``, ``after_optimizer_ste
 * a hook may run extra forward/backward passes on its *own* modules (e.g. a proxy copy
   made with :func:`proxy_copy`, with its own optimizer): they are not in the
   ``TrainingModule``, so the engine's optimizer and DDP never see them; with several
-  processes such a module sees only this process's batch;
+  processes such a module sees only this process's batch, so a change to ``step.model``
+  derived from it must be made the same on every process (reduce what it depends on with
+  ``step.all_reduce_sum``) or the replicas drift apart;
 * a hook must not put gradients into ``step.model``'s parameters (no ``backward`` through
   them: use ``torch.autograd.grad`` or a proxy) and returns nothing;
 * anything a resumed run needs (a proxy optimizer's state, counters) goes into

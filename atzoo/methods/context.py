@@ -15,7 +15,7 @@ and, per step, a :class:`StepContext` in its step hooks. Methods never import th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -96,6 +96,9 @@ class StepContext:
         lr: the learning rate of this step.
         synced: whether this batch's ``optimizer.step()`` updates the weights (False on the
             first k-1 batches of a ``optim.grad_accum = k`` step).
+        all_reduce_sum: sums a tensor over processes (identity with one process). A hook that
+            changes the weights from this process's batch alone (e.g. AWP's perturbation) uses
+            it so that every process makes the same change and the replicas stay equal.
     """
 
     epoch: int
@@ -107,6 +110,7 @@ class StepContext:
     y: Tensor
     lr: float
     synced: bool = True
+    all_reduce_sum: Callable[[Tensor], Tensor] = field(default=lambda t: t)
 
 
 def method_context(run: "RunConfig", resources: Mapping[str, Path] | None = None,
