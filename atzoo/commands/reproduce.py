@@ -111,8 +111,8 @@ def summary_line(session, found: list[str], estimates) -> str:
     total = sum(e.seconds for e in estimates) / 3600
     todo = sum(e.seconds for e, s in zip(estimates, found) if s != "done") / 3600
     shape = f"{len(seeds)} seeds x {len(labels)} methods x {len(settings)} settings"
-    averaged = sorted({r.key for r in session.rows if r.paper_runs})
-    counts = sorted({r.paper_runs for r in session.rows if r.paper_runs})
+    averaged = sorted({r.key for r in session.rows if r.paper_runs and r.paper_runs > 1})
+    counts = sorted({r.paper_runs for r in session.rows if r.paper_runs and r.paper_runs > 1})
     paper = (f"; the paper gives mean ± std of {'/'.join(map(str, counts))} runs only for {', '.join(averaged)}"
              ", its other rows are single numbers" if averaged else "")
     hours = lambda h: f"{h:.1f}" if h < 10 else f"{h:.0f}"  # noqa: E731
