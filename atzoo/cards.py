@@ -99,9 +99,10 @@ class Card:
     def title(self) -> str:
         return str(self.meta.get("title") or self.name)
 
-    def threat_model(self) -> tuple[str, float] | None:
-        """``(norm, eps)`` under which the reported numbers were measured, if stated."""
-        tm = self.meta.get("threat_model")
+    def threat_model(self, tm: Any = None) -> tuple[str, float] | None:
+        """``(norm, eps)`` under which the reported numbers were measured, if stated
+        (``tm``: a variant's own ``threat_model`` mapping instead of the card's)."""
+        tm = tm or self.meta.get("threat_model")
         if not tm:
             return None
         return str(tm["norm"]), parse_eps(tm["eps"], f"{self.name} card threat_model.eps")
@@ -120,8 +121,11 @@ class Card:
         ]
         for label, variant in (self.meta.get("reported_variants") or {}).items():
             when = dict(variant.get("when") or {})
+            # A variant may state its own threat model (e.g. the L2 table of a paper).
+            own = self.threat_model(variant.get("threat_model")) if variant.get("threat_model") else tm
             for setting, values in (variant.get("results") or {}).items():
-                rows.append(_paper_result(str(label), self.name, setting, values, source, when, tm))
+                rows.append(_paper_result(str(label), self.name, setting, values,
+                                          str(variant.get("source") or source), when, own))
         return rows
 
 

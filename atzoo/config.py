@@ -9,8 +9,10 @@ The ``method`` section is special: its schema is the frozen config dataclass tha
 selected method declares (``Method.config_class``), so ``method.gamma`` exists for AR-AT
 but is an unknown key for AT. ``method.name`` selects it.
 
-Resolution order (later wins): dataclass defaults -> method-specific defaults for the
-training attack -> recipe file -> command-line flags -> ``section.key=value`` overrides.
+Resolution order (later wins): dataclass defaults -> the method's paper defaults
+(``Method.paper_defaults``: its training attack and optimiser) -> recipe file ->
+command-line flags -> ``section.key=value`` overrides; :func:`resolve_config` records the
+source of every value and rescales the schedule when ``optim.epochs`` is changed.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class DataConfig:
     num_workers: int = 2  # only for datasets too large to hold in memory
     train_subset: Optional[int] = None  # first N training images (debugging, demo)
     test_subset: Optional[int] = None  # first N test images
+    val_size: Optional[int] = None  # held-out training images for eval.val_every; null: min(1000, N/10)
 
 
 @dataclass
@@ -94,7 +97,7 @@ class OptimConfig:
     schedule: Literal["piecewise", "cosine", "onecycle", "constant"] = "piecewise"
     milestones: list[int] = field(default_factory=lambda: [75, 90])
     lr_decay: float = 0.1
-    warmup_epochs: int = 1  # piecewise: epochs run at warmup_lr before lr
+    warmup_epochs: float = 1.0  # piecewise: epochs run at warmup_lr before lr (fractions allowed)
     warmup_lr: Optional[float] = 0.02  # None: no warm-up
     grad_clip: Optional[float] = None
     grad_accum: int = 1
@@ -108,10 +111,13 @@ class EvalConfig:
     norm: Optional[Literal["linf", "l2"]] = None  # None: the training attack's
     eps: Optional[float] = None  # None: the training attack's
     pgd_step_size: Optional[float] = None  # None: 2/255 for L-inf, eps/4 for L2
-    n_ex: Optional[int] = 1000  # AutoAttack subset; None = the whole test set
+    n_ex: Optional[int] = 1000  # the first N test images, for every attack; None = the whole test set
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
     batch_size: int = 256
     invariance: bool = True  # mean cos(clean, PGD-20) penultimate features
+    val_every: int = 0  # epochs between validations on data.val_size held-out training images; 0 = off
+    val_attack: str = "pgd10"  # the robust accuracy of the validation (pgd<N>)
+    weights: Literal["last", "best"] = "last"  # exported and evaluated: last epoch or best validation
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the evaluation attacks
 
 
@@ -120,7 +126,7 @@ class AveragingConfig:
     """Weight averaging with ``torch.optim.swa_utils`` (AR-AT+SWA)."""
 
     swa: bool = False
-    swa_start_epoch: int = 76
+    swa_start_epoch: int = 49  # 0-based; the official AR-AT code: --swa_start 50 (1-based)
     swa_every_steps: int = 500
     ema: bool = False
     ema_decay: float = 0.999
@@ -181,6 +187,7 @@ class RunConfig:
 
 
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunConfig))
+_SECTION_CLASSES: dict[str, Any] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
 
 # --------------------------------------------------------------------------- typing
 
@@ -458,6 +465,173 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+#: Where a value of a resolved config came from, lowest layer first (``scaled``: a
+#: schedule epoch rescaled to a changed ``optim.epochs``, see :func:`scale_schedule`).
+SOURCES: tuple[str, ...] = ("default", "method", "recipe", "flag", "override", "scaled")
+#: Epoch-valued schedule settings that follow ``optim.epochs`` in proportion.
+SCHEDULE_KEYS: tuple[str, ...] = ("optim.milestones", "optim.warmup_epochs", "averaging.swa_start_epoch")
+
+
+@dataclass
+class Resolution:
+    """A resolved config with the origin of every value it sets.
+
+    Attributes:
+        config: the resolved, validated :class:`RunConfig`.
+        sources: ``section.key`` -> one of :data:`SOURCES` for every key set above the
+            dataclass defaults (absent keys come from the dataclass defaults).
+        notes: one-line announcements (e.g. the rescaled schedule).
+    """
+
+    config: RunConfig
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    recipe: Optional[Path] = None
+
+    def source(self, key: str) -> str:
+        """Where ``section.key`` came from (``default`` when no layer set it)."""
+        return self.sources.get(key, "default")
+
+
+def _layer(values: dict[str, Any], update: dict[str, Any], name: str, sources: dict[str, str]) -> dict[str, Any]:
+    """``merge(values, update)``, recording ``name`` as the source of each key ``update`` sets."""
+    for section, given in (update or {}).items():
+        for key in (given or {}) if isinstance(given, dict) else ():
+            sources[f"{section}.{key}"] = name
+    return merge(values, update)
+
+
+def _chosen(values: dict[str, Any], section: str, key: str, default: Any) -> Any:
+    given = values.get(section) or {}
+    return given.get(key, default) if isinstance(given, dict) else default
+
+
+def method_paper_defaults(method: str, model: str) -> dict[str, Any]:
+    """The ``attack``/``optim``/``averaging`` sections the method's own file declares."""
+    from atzoo.registry import METHODS, load_builtins
+
+    load_builtins()
+    return METHODS.get(method).paper_defaults(model)
+
+
+def resolve_config(
+    recipe: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **flags: dict[str, Any],
+) -> Resolution:
+    """Method paper defaults < recipe < flag sections < ``section.key=value`` overrides.
+
+    Changing ``optim.epochs`` with a flag or an override rescales the schedule's epochs
+    that the user did not give (:func:`scale_schedule`). Returns the config and where
+    each value came from.
+    """
+    upper: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    lower = _layer({}, load_recipe(recipe) if recipe else {}, "recipe", sources)
+    for section, given in flags.items():
+        upper = _layer(upper, {section: {k: v for k, v in given.items() if v is not None}}, "flag", sources)
+    upper = _layer(upper, apply_overrides({}, overrides or []), "override", sources)
+    probe = merge(lower, upper)
+    method = _chosen(probe, "method", "name", MethodConfig.name)
+    model = _chosen(probe, "model", "name", ModelConfig.name)
+    base = method_paper_defaults(method, model) if isinstance(method, str) and isinstance(model, str) else {}
+    sources = {**{key: "method" for key in _keys(base)}, **sources}
+    lower = merge(base, lower)
+    values = merge(lower, upper)
+    notes = scale_schedule(values, lower, sources)
+    cfg = resolve(config_from_dict(values))
+    for key in _method_attack_defaults(cfg.method.name):  # filled by resolve() from the method's class
+        sources.setdefault(f"attack.{key}", "method")
+    return Resolution(cfg, sources, notes, Path(recipe) if recipe else None)
+
+
+def _method_attack_defaults(method: str) -> list[str]:
+    from atzoo.registry import METHODS
+
+    return list(getattr(METHODS.get(method), "attack_defaults", {}))
+
+
+def annotated_yaml(resolution: Resolution) -> str:
+    """The resolved config as YAML, each value followed by ``# <source>``.
+
+    The text parses back (:func:`from_yaml`) to the same config.
+    """
+    method = resolution.config.method.name
+    lines = [f"# resolved config; sources: default (dataclass), method ({method}'s paper defaults), "
+             "recipe, flag, override, scaled (rescaled to optim.epochs)"]
+    if resolution.recipe is not None:
+        lines.append(f"# recipe: {resolution.recipe}")
+    for section, values in config_to_dict(resolution.config).items():
+        lines.append(f"{section}:")
+        for key, value in values.items():
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            text = text[:-3].strip() if text.endswith("...") else text
+            lines.append(f"  {key}: {text}  # {resolution.source(f'{section}.{key}')}")
+    return "\n".join(lines) + "\n"
+
+
+def _keys(values: dict[str, Any]) -> list[str]:
+    return [f"{s}.{k}" for s, given in values.items() if isinstance(given, dict) for k in given]
+
+
+def scale_schedule(values: dict[str, Any], lower: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    """Rescales milestones, warm-up and SWA start when a flag/override changed ``optim.epochs``.
+
+    A schedule is designed for a number of epochs (the recipe's, the method's or the
+    default one); run for ``E'`` instead of ``E`` epochs, its epoch-valued settings are
+    multiplied by ``E'/E`` (milestones rounded, at least 1; warm-up kept as a fraction of
+    an epoch; SWA start rounded and kept inside the run), so a 30-epoch run still decays its
+    learning rate. Values the user gave as flags or overrides are kept as given.
+
+    Returns:
+        One announcement line, or none when nothing was rescaled.
+    """
+    if sources.get("optim.epochs") not in ("flag", "override"):
+        return []
+    new = values["optim"]["epochs"]
+    old = _chosen(lower, "optim", "epochs", OptimConfig.epochs)
+    if not isinstance(new, int) or not isinstance(old, int) or new == old or new < 1 or old < 1:
+        return []
+    changed: list[str] = []
+    for key in SCHEDULE_KEYS:
+        if sources.get(key) in ("flag", "override") or not _schedule_key_used(values, key):
+            continue
+        section, leaf = key.split(".")
+        before = _chosen(values, section, leaf, getattr(_SECTION_CLASSES[section](), leaf))
+        after = _scaled(leaf, before, new / old, new)
+        if after != before:
+            values.setdefault(section, {})[leaf] = after
+            sources[key] = "scaled"
+            changed.append(f"{key} {before} -> {after}")
+    if not changed:
+        return []
+    return [f"optim.epochs {old} -> {new}: scaled in proportion {', '.join(changed)} "
+            "(give them explicitly to keep other values)"]
+
+
+def _schedule_key_used(values: dict[str, Any], key: str) -> bool:
+    """Whether the run uses ``key`` (milestones/warm-up: piecewise schedule; SWA start: SWA on)."""
+    piecewise = _chosen(values, "optim", "schedule", OptimConfig.schedule) == "piecewise"
+    if key == "optim.milestones":
+        return piecewise
+    if key == "optim.warmup_epochs":
+        return piecewise and _chosen(values, "optim", "warmup_lr", OptimConfig.warmup_lr) is not None
+    return bool(_chosen(values, "averaging", "swa", AveragingConfig.swa))
+
+
+def _scaled(leaf: str, value: Any, ratio: float, epochs: int) -> Any:
+    """One schedule value times ``ratio``, kept inside a run of ``epochs`` epochs."""
+    if leaf == "milestones" and isinstance(value, list):
+        # Never before the first epoch's end (a decay from the start is no schedule); a
+        # milestone that lands at or past the end is not reached, as in the paper's own run.
+        return [max(round(m * ratio), 1) if isinstance(m, int) else m for m in value]
+    if leaf == "warmup_epochs" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(value * ratio, 6)
+    if leaf == "swa_start_epoch" and isinstance(value, int) and not isinstance(value, bool):
+        return min(round(value * ratio), max(epochs - 1, 0))
+    return value
+
+
 def build_config(
     recipe: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -465,15 +639,12 @@ def build_config(
 ) -> RunConfig:
     """Recipe, then flag sections (``method={"name": "at"}``), then overrides -> RunConfig.
 
-    The method's training-attack defaults are applied to unset (``None``) attack fields
-    and model-dependent method defaults are filled by ``MethodConfig.resolve``.
+    Below the recipe lie the selected method's paper defaults
+    (``Method.paper_defaults``); the method's training-attack defaults are applied to
+    unset (``None``) attack fields and model-dependent method defaults are filled by
+    ``MethodConfig.resolve``. See :func:`resolve_config` for the sources of each value.
     """
-    values = load_recipe(recipe) if recipe else {}
-    for section, given in flags.items():
-        values = merge(values, {section: {k: v for k, v in given.items() if v is not None}})
-    values = apply_overrides(values, overrides or [])
-    cfg = config_from_dict(values)
-    return resolve(cfg)
+    return resolve_config(recipe, overrides, **flags).config
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
@@ -523,6 +694,12 @@ def validate(cfg: RunConfig) -> None:
         (cfg.run.keep_checkpoints >= 1, f"run.keep_checkpoints must be >= 1, got {cfg.run.keep_checkpoints}"),
         (cfg.run.log_every >= 1, f"run.log_every must be >= 1, got {cfg.run.log_every}"),
         (cfg.diagnostics.every >= 0, f"diagnostics.every must be >= 0, got {cfg.diagnostics.every}"),
+        (cfg.eval.val_every >= 0, f"eval.val_every must be >= 0 (0 = no validation), got {cfg.eval.val_every}"),
+        (cfg.data.val_size is None or cfg.data.val_size >= 1, f"data.val_size must be >= 1, got {cfg.data.val_size}"),
+        (cfg.eval.weights == "last" or cfg.eval.val_every >= 1,
+         "eval.weights=best needs a validation: set eval.val_every (e.g. eval.val_every=1)"),
+        (cfg.eval.weights == "last" or not (cfg.averaging.swa or cfg.averaging.ema),
+         "eval.weights=best picks among the epochs' weights, averaging exports the average; choose one"),
         (0 < cfg.averaging.ema_decay < 1, f"averaging.ema_decay must be in (0, 1), got {cfg.averaging.ema_decay}"),
         (cfg.run.max_steps is None or cfg.run.max_steps >= 1,
          f"run.max_steps must be >= 1 (or null for no limit), got {cfg.run.max_steps}"),

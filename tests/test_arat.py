@@ -216,7 +216,7 @@ def test_recipe_builds_with_expected_method(path: Path) -> None:
         swa = path.stem.startswith("arat_swa_")
         assert cfg.averaging.swa is swa
         if swa:
-            assert (cfg.averaging.swa_start_epoch, cfg.averaging.swa_every_steps) == (76, 500)
+            assert (cfg.averaging.swa_start_epoch, cfg.averaging.swa_every_steps) == (49, 500)  # official code
     else:
         assert (m.name, m.gamma, m.stop_grad, m.split_bn, m.auto_balance) == ("asym_trades", 6.0, True, True, True)
 

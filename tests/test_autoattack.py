@@ -256,7 +256,7 @@ def test_two_processes_equal_one(trained, reference, tmp_path: Path) -> None:
     assert state["finished"] == [0, 1, 2, 3]
     assert not list(tmp_path.glob("autoattack_state.rank*.json"))  # part files merged and removed
     # The evaluator's clean accuracy (summed over the two shards) equals one process's.
-    single = evaluate(model, bundle, EvalConfig(attacks=["clean"], batch_size=16), attack_cfg=AttackConfig(eps=EPS),
-                      progress=False)
-    assert records[0]["n_examples"] == single["n_examples"] == 40
+    single = evaluate(model, bundle, EvalConfig(attacks=["clean"], n_ex=N_EX, batch_size=16),
+                      attack_cfg=AttackConfig(eps=EPS), progress=False)
+    assert records[0]["n_examples"] == single["n_examples"] == N_EX  # every attack on the same first N_EX
     assert records[0]["clean_acc"] == records[1]["clean_acc"] == pytest.approx(single["clean_acc"], abs=1e-9)

@@ -81,7 +81,8 @@ def test_method_sees_its_config_and_context_not_the_run() -> None:
     assert not hasattr(method, "run")
     assert method.config is cfg.method and method.config.beta == 5.0  # resolved per model
     a = method.ctx.attack
-    assert (a.name, a.settings["steps"], a.eps, a.norm, a.mode) == ("pgd", 3, 8 / 255, "linf", "eval")
+    # MART's own paper attack: eps 0.031 (its file's paper defaults), not another method's 8/255
+    assert (a.name, a.settings["steps"], a.eps, a.norm, a.mode) == ("pgd", 3, 0.031, "linf", "eval")
     assert (method.ctx.model.name, method.ctx.model.num_classes) == ("resnet18", 4)
 
 
@@ -106,7 +107,7 @@ def test_training_attack_is_the_registered_one() -> None:
     # FGSM: one signed step of eps (its own step, not the run's PGD step size or start)
     assert torch.equal(method.attack(model, nn.ModuleDict(), x, y), fgsm(model, x, y, eps=0.1))
     default = create_method("at", build_config(None, ["attack.random_start=none"], method={"name": "at"}))
-    expected = pgd(model, x, y, eps=8 / 255, step_size=2 / 255, steps=10, random_start="none")
+    expected = pgd(model, x, y, eps=8 / 255, step_size=2 / 255, steps=7, random_start="none")  # Madry's PGD-7
     assert torch.equal(default.attack(model, nn.ModuleDict(), x, y), expected)
 
 

@@ -16,8 +16,10 @@ keeps the file well under a minute on a loaded two-core machine. Both start toge
 The resumes run in-process through :func:`atzoo.cli.run`. Every process uses one thread,
 as the test process does (conftest), so all of them compute with the same kernels.
 
-The run: AT with PGD-1 and an EMA on 96 digits, batch 16, 3 epochs = 18 optimizer steps;
-checkpoints every 4 steps and at each epoch end (steps 4, 6, 8, 12, 16, 18), the last 3 kept.
+The run: AT with PGD-1 and an EMA on 96 digits (of 112: 16 are held out for the
+per-epoch validation), batch 16, 3 epochs = 18 optimizer steps; checkpoints every 4 steps
+and at each epoch end (steps 4, 6, 8, 12, 16, 18), the last 3 kept. The validation rows,
+the best-epoch state and ``model_best.safetensors`` must match too.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "
 
 TRAIN = [
     "train", "at", "--model", "small_cnn", "--dataset", "digits",
-    "data.train_subset=96", "data.test_subset=32", "data.batch_size=16", "optim.epochs=3",
+    "data.train_subset=112", "data.val_size=16", "eval.val_every=1", "data.test_subset=32", "data.batch_size=16",
+    "optim.epochs=3",
     "attack.steps=1", "run.deterministic=true", "run.checkpoint_every_steps=4", "run.keep_checkpoints=3",
     "run.log_every=1", "run.evaluate=false", "run.trackers=[]", "averaging.ema=true", "averaging.ema_decay=0.9",
 ]
@@ -187,11 +190,13 @@ def assert_same_checkpoint(ours: CheckpointData, ref: CheckpointData) -> None:
 
 def training_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The logged training rows (losses, accuracies, lr per step and epoch), timing removed."""
-    return [without_timing(r) for r in read_metrics(run_dir) if r["kind"] in ("step", "epoch", "epoch_start", "final")]
+    kinds = ("step", "epoch", "epoch_start", "val", "final")
+    return [without_timing(r) for r in read_metrics(run_dir) if r["kind"] in kinds]
 
 
 def assert_matches_reference(run_dir: Path, reference: Path) -> None:
-    for name in ("model.safetensors", "model_last.safetensors", "model_meta.json"):
+    for name in ("model.safetensors", "model_last.safetensors", "model_best.safetensors", "model_meta.json",
+                 "curves.png"):
         assert digest(run_dir / name) == digest(reference / name), f"{name} differs from the uninterrupted run"
     names = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
     assert names == [p.name for p in list_checkpoints(reference / "checkpoints")]
@@ -282,7 +287,7 @@ def test_damaged_newest_checkpoint_is_named_and_resume_falls_back(
     reference = runs["reference"].run_dir
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    for name in ("model.safetensors", "model_last.safetensors", "model_meta.json"):
+    for name in ("model.safetensors", "model_last.safetensors", "model_meta.json", "curves.png"):
         (run_dir / name).unlink()  # as if the process died after its final checkpoint
     newest = run_dir / "checkpoints" / step_dir(FINAL_STEP)
     marker = tmp_path / "code-ran"

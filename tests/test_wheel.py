@@ -71,6 +71,11 @@ def test_wheel_carries_cards_recipes_and_cli(installed: tuple[Path, dict[str, st
     recipes = _run([str(bin_dir / "atzoo"), "list", "recipes"], work, env).stdout
     assert "arat_cifar10_resnet18" in recipes and "ablation/05_split_bn" in recipes
 
+    # a recipe by name: the resolved configuration, printed without creating anything
+    printed = _run([str(bin_dir / "atzoo"), "train", "arat", "--recipe", "arat_cifar10_resnet18", "--print-config"],
+                   work, env).stdout
+    assert "gamma: 30.0  # recipe" in printed and "split_bn: true  # recipe" in printed and not any(work.iterdir())
+
     # a recipe by name, trained with the CLI; then the Python API on that run
     _run([str(bin_dir / "atzoo"), "train", "standard", "--recipe", "standard_cifar10_resnet18", "--dataset", "digits",
           "--model", "small_cnn", "--out", "run", "data.train_subset=128", "run.max_steps=1", "run.trackers=[]",

@@ -24,6 +24,9 @@ def compare_command(
     paper: bool = typer.Option(
         False, "--paper", help="Add the papers' reported numbers (from zoo_cards/) as marked reference rows."
     ),
+    curves: bool = typer.Option(
+        False, "--curves", help="Also write curves.png: loss, train/validation accuracy and lr per epoch of every run."
+    ),
 ) -> None:
     """Rank runs by clean + AutoAttack accuracy, one table per dataset/model/threat model.
 
@@ -32,6 +35,10 @@ def compare_command(
     page and the clean-vs-robust trade-off plot.
     """
     board, written = compare(list(run_dirs or []), out=out, paper=paper)
+    if curves:
+        from atzoo.report.curves import write_compare_curves
+
+        written["curves.png"] = write_compare_curves(list(run_dirs or []), out)
     console = Console()
     if board.skipped:
         names = ", ".join(str(p) for p in board.skipped[:3]) + (", ..." if len(board.skipped) > 3 else "")

@@ -41,7 +41,8 @@ def _fmt(value: Any) -> str:
 
 
 def card_header(card: Card) -> Table:
-    """The front matter as a two-column table (paper, loss, defaults, reported numbers)."""
+    """The front matter as a two-column table (paper, loss, defaults, reported numbers, where
+    they come from, and the reported training cost)."""
     meta = card.meta
     table = Table(show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold cyan", no_wrap=True)
@@ -67,9 +68,26 @@ def card_header(card: Card) -> Table:
         numbers = ", ".join(f"{k} {getattr(result, k):.2f}" for k in ("clean", "pgd20", "autoattack")
                             if getattr(result, k) is not None)
         table.add_row("reported", f"{result.setting}: {numbers}")
+    if meta.get("reported_source"):
+        table.add_row("source", str(meta["reported_source"]))
+    for setting, cost in (meta.get("reported_cost") or {}).items():
+        table.add_row("reported cost", f"{setting}: {_cost_text(cost)}")
     if variants:
         table.add_row("variants", "; ".join(variants) + " (reported numbers in the card's front matter)")
     return table
+
+
+def _cost_text(cost: Any) -> str:
+    """``0.140 s/batch, 1.15x AT (one A100, batch 128 (AR-AT paper))`` from a ``reported_cost`` entry."""
+    if not isinstance(cost, dict):
+        return _fmt(cost)
+    parts = []
+    if cost.get("seconds_per_batch") is not None:
+        parts.append(f"{cost['seconds_per_batch']} s/batch")
+    if cost.get("relative_to_at") is not None:
+        parts.append(f"{cost['relative_to_at']}x AT")
+    text = ", ".join(parts) or _fmt(cost)
+    return f"{text} ({cost['hardware']})" if cost.get("hardware") else text
 
 
 def card_cards_table() -> Table:

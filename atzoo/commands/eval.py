@@ -19,7 +19,7 @@ from rich.table import Table
 
 from atzoo.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
-from atzoo.errors import ConfigError, DataError
+from atzoo.errors import AtzooError, ConfigError, DataError
 from atzoo.precision import check_supported
 
 #: Largest ``--seed`` (the training side has the same bound, ``run.seed``).
@@ -34,7 +34,9 @@ def eval_command(
         help="Comma-separated: clean, pgd<N> (e.g. pgd20), aa, or any name of `atzoo list attacks`. "
         "Default: the run's eval.attacks."
     ),
-    n_ex: Optional[int] = typer.Option(None, "--n-ex", help="AutoAttack on the first N test examples."),
+    n_ex: Optional[int] = typer.Option(
+        None, "--n-ex", help="Evaluate every attack on the first N test images (the same set for all)."
+    ),
     aa_version: Optional[str] = typer.Option(None, "--aa-version", help="standard | plus | rand | custom."),
     aa_attacks: Optional[str] = typer.Option(
         None, "--aa-attacks", help="For --aa-version custom: e.g. apgd-ce,apgd-t."
@@ -42,7 +44,9 @@ def eval_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size per process."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: the run's)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="linf | l2 (default: the run's)."),
+    norm: Optional[str] = typer.Option(
+        None, "--norm", help="linf | l2 (default: the run's). Another norm without --eps: 8/255 (linf), 0.5 (l2)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
     precision: Optional[str] = typer.Option(
         None, "--precision",
@@ -84,14 +88,28 @@ def eval_command(
     accelerator = _accelerator()
     check_supported(eval_cfg.precision, accelerator.device, "--precision")
     model.to(accelerator.device)
+    earlier = len(_previous(run_dir))
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
+        if len(payload.get("previous") or []) > earlier:
+            Console().print("note: the earlier results in eval.json were on another threat model or set of images; "
+                            "they are kept under 'previous'", highlight=False)
     # Leave together and close the process group: a rank that exits while another still
     # talks to it can be aborted by the gloo backend.
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def _previous(run_dir: Path) -> list[Any]:
+    """The ``previous`` list of the run's eval.json (empty when absent or unreadable)."""
+    from atzoo.eval.results import EVAL_FILE, read_eval_json
+
+    try:
+        return list(read_eval_json(run_dir / EVAL_FILE).get("previous") or [])
+    except AtzooError:
+        return []
 
 
 def _external_out(out: Path | None, weights: Path | None) -> Path:
@@ -151,6 +169,9 @@ def _eval_config(cfg: RunConfig, **flags: Any) -> EvalConfig:
     """The run's eval section with the command-line flags applied (types checked)."""
     types = typing.get_type_hints(EvalConfig)
     values = dataclasses.asdict(cfg.eval)
+    run_norm = cfg.eval.norm or cfg.attack.norm
+    if flags.get("norm") is not None and flags["norm"] != run_norm and flags.get("eps") is None:
+        values["eps"] = None  # another norm: its default radius, not the run's number for run_norm
     for key, value in flags.items():
         if key == "eps" and isinstance(value, str):
             value = _number(value)

@@ -24,15 +24,19 @@ import typer
 from rich.console import Console
 
 from atzoo.config import (
+    Resolution,
     RunConfig,
+    annotated_yaml,
     apply_overrides,
     build_config,
     config_from_dict,
     config_to_dict,
     load_recipe,
     merge,
+    parse_override,
     read_config_file,
     resolve,
+    resolve_config,
 )
 from atzoo.errors import ConfigError, InterruptedRun
 
@@ -65,14 +69,60 @@ def make_config(
     Raises:
         ConfigError: the recipe or an override names another method than ``method``.
     """
+    return resolve_train_config(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                                seed=seed, recipe=recipe, overrides=overrides).config
+
+
+def resolve_train_config(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None,
+                         auto_recipe: bool = False, **flags: Any) -> Resolution:
+    """:func:`make_config` with the source of every value (and the recipe used).
+
+    Args:
+        auto_recipe: without ``recipe``, start from the shipped recipe of (method,
+            dataset, model) when there is one (:func:`atzoo.recipes.default_recipe`);
+            otherwise the method's paper defaults are the base.
+        flags: ``model``, ``dataset``, ``epochs``, ``batch_size``, ``seed`` (``None``: not given).
+    """
     named = recipe_method(recipe)
     if named is not None and named != method:
         raise ConfigError(f"recipe {recipe} is for method '{named}', not '{method}'; use 'atzoo train {named}'")
-    cfg = build_config(recipe, list(overrides or []), **flag_sections(
-        method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed))
-    if cfg.method.name != method:
-        raise ConfigError(f"method.name={cfg.method.name} contradicts the command's method '{method}'")
-    return cfg
+    if recipe is None and auto_recipe:
+        recipe = shipped_recipe(method, flags.get("model"), flags.get("dataset"), list(overrides or []))
+    resolution = resolve_config(recipe, list(overrides or []), **flag_sections(method, **flags))
+    if resolution.config.method.name != method:
+        raise ConfigError(f"method.name={resolution.config.method.name} contradicts the command's method '{method}'")
+    return resolution
+
+
+def shipped_recipe(method: str, model: str | None, dataset: str | None, overrides: list[str]) -> Path | None:
+    """The shipped recipe for the command's (method, dataset, model), the names taken from
+    the flags or from ``data.name=``/``model.name=`` overrides (the last one wins)."""
+    from atzoo.config import DataConfig, ModelConfig
+    from atzoo.recipes import default_recipe
+
+    names = {"data": dataset, "model": model}
+    for text in overrides:
+        section, leaf, value = parse_override(text)
+        if leaf == "name" and section in names and isinstance(value, str):
+            names[section] = value
+    return default_recipe(method, names["data"] or DataConfig.name, names["model"] or ModelConfig.name)
+
+
+def announce(resolution: Resolution, *, explicit: bool) -> list[str]:
+    """The lines that say what the config was built from: the shipped recipe or the
+    method's paper defaults (one line), then the schedule-rescaling note, if any.
+
+    The engine prints them (and logs them to metrics.jsonl) once the run has started, so
+    an error before that stays the only line on stderr.
+    """
+    method = resolution.config.method.name
+    lines: list[str] = []
+    if resolution.recipe is not None and not explicit:
+        lines.append(f"using the shipped recipe {resolution.recipe} (pass --recipe to choose another)")
+    elif resolution.recipe is None:
+        lines.append(f"no shipped recipe for {method} on {resolution.config.data.name} with "
+                     f"{resolution.config.model.name}; using {method}'s paper defaults")
+    return lines + list(resolution.notes)
 
 
 def flag_sections(method: str, *, model: str | None = None, dataset: str | None = None, epochs: int | None = None,
@@ -137,7 +187,8 @@ def resumed_config(saved_file: Path, method: str, *, recipe: Path | None, overri
 
 
 def run_training(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None,
-                 out: Path | None = None, force: bool = False, resume: bool = False, **flags: Any) -> Path:
+                 out: Path | None = None, force: bool = False, resume: bool = False, auto_recipe: bool = False,
+                 **flags: Any) -> Path:
     """``atzoo train`` as a function (the CLI and ``atzoo.train`` call it); returns the run directory.
 
     ``flags`` are the command's ``model``, ``dataset``, ``epochs``, ``batch_size`` and
@@ -146,11 +197,15 @@ def run_training(method: str, *, recipe: Path | None = None, overrides: list[str
     from atzoo.engine import train
 
     overrides = list(overrides or [])
+    explicit = recipe is not None
+    if recipe is None and auto_recipe:  # atzoo train METHOD --model M --dataset D: the shipped recipe
+        recipe = shipped_recipe(method, flags.get("model"), flags.get("dataset"), overrides)
+    notes = announce(resolve_train_config(method, recipe=recipe, overrides=overrides, **flags), explicit=explicit)
     cfg, run_dir = plan_run(method, recipe=recipe, overrides=overrides, out=out, **flags)
     saved = run_dir / "config.yaml"
     if resume and saved.is_file():
         cfg = resumed_config(saved, method, recipe=recipe, overrides=overrides, **flags)
-    return train(cfg, out=run_dir, force=force, resume=resume)
+    return train(cfg, out=run_dir, force=force, resume=resume, notes=notes)
 
 
 def plan_run(method: str, *, recipe: Path | None = None, overrides: list[str] | None = None, out: Path | None = None,
@@ -166,10 +221,13 @@ def plan_run(method: str, *, recipe: Path | None = None, overrides: list[str] | 
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
-    """``clean 81.20  pgd20 43.10  autoattack 40.20`` (percent) from eval.json's accuracies."""
+    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images)`` (percent)
+    from eval.json's accuracies, which are all measured on one set of images."""
     names = (("clean_acc", "clean"), ("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack"))
-    return "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
+    line = "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
                      if isinstance(eval_payload.get(key), (int, float)))
+    n = eval_payload.get("n_examples")
+    return f"{line}  (the same {n} test images)" if isinstance(n, int) and line else line
 
 
 def _flag_args(flags: dict[str, Any]) -> list[str]:
@@ -210,15 +268,29 @@ def register(app: typer.Typer) -> None:
             help="Continue the run in --out (or the default directory) from its config.yaml and newest good "
                  "checkpoint; --epochs may extend it.",
         ),
+        print_config: bool = typer.Option(
+            False, "--print-config", help="Print the resolved config (with each value's source) and exit."
+        ),
     ) -> None:
-        """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json."""
+        """Train a robust classifier; writes config, metrics, checkpoints, model and eval.json.
+
+        Without --recipe, the shipped recipe of (METHOD, --dataset, --model) is used when
+        there is one; otherwise the method's own paper defaults.
+        """
         import json
+
+        if print_config:
+            typer.echo(annotated_yaml(resolve_train_config(
+                method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size, seed=seed,
+                recipe=recipe, overrides=overrides, auto_recipe=True)), nl=False)
+            return
 
         flags = {"--model": model, "--dataset": dataset, "--epochs": epochs, "--batch-size": batch_size,
                  "--recipe": recipe, "--seed": seed}
         try:
             run_dir = run_training(method, model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                                   seed=seed, recipe=recipe, overrides=overrides, out=out, force=force, resume=resume)
+                                   seed=seed, recipe=recipe, overrides=overrides, out=out, force=force, resume=resume,
+                                   auto_recipe=True)
         except InterruptedRun as exc:
             raise interrupted(exc, [method, *_flag_args(flags), *(overrides or [])]) from None
         from accelerate import PartialState

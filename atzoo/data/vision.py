@@ -42,7 +42,8 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-IMAGENETTE_SIZE = 160
+IMAGENETTE_SIZE = 160  # the release: images whose shorter side is 160 px
+IMAGENETTE_CROP = 128  # the official AR-AT code's training and test crops
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -163,22 +164,25 @@ def svhn(root: str | None = None, download: bool = True) -> DatasetBundle:
 # --------------------------------------------------------------------------- Imagenette
 
 
-def imagenette_transforms(size: int = IMAGENETTE_SIZE) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
-    """Training (random-resized crop + flip) and evaluation (resize + centre crop) transforms.
-
-    The usual ImageNet-style augmentation at Imagenette's 160 px; outputs are float in
-    [0, 1] (no normalisation: that is the model's first layer when enabled).
+def imagenette_transforms(
+    size: int = IMAGENETTE_CROP,
+) -> tuple[Callable[[Any], torch.Tensor], Callable[[Any], torch.Tensor]]:
+    """Training (``RandomCrop(128, padding=4)`` + flip) and evaluation (``CenterCrop(128)``)
+    transforms of ``imagenette2-160``, as the official AR-AT code sets Imagenette up (the
+    setting of the paper's Table 4); outputs are float in [0, 1] (no normalisation: that is
+    the model's first layer when enabled).
     """
     from torchvision import transforms as T
 
-    train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()])
-    test = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    train = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
+    test = T.Compose([T.CenterCrop(size), T.ToTensor()])
     return train, test
 
 
 @DATASETS.register("imagenette")
 def imagenette(root: str | None = None, download: bool = True) -> DatasetBundle:
-    """Imagenette 160 px (torchvision): 9,469 / 3,925 ImageNet images of 10 classes, from files."""
+    """Imagenette 160 px (torchvision): 9,469 / 3,925 ImageNet images of 10 classes, from files,
+    cropped to 128 px (:func:`imagenette_transforms`)."""
     folder = data_root(root)
 
     def build(fetch: bool) -> tuple[Any, Any]:
@@ -191,7 +195,7 @@ def imagenette(root: str | None = None, download: bool = True) -> DatasetBundle:
                          "extracted from https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz", download, build)
     train_tf, eval_tf = imagenette_transforms()
     return DatasetBundle(
-        name="imagenette", num_classes=10, in_channels=3, image_size=IMAGENETTE_SIZE,
+        name="imagenette", num_classes=10, in_channels=3, image_size=IMAGENETTE_CROP,
         classes=[names[0] for names in train.classes], mean=IMAGENET_MEAN, std=IMAGENET_STD,
         train=train, test=test, crop_padding=0, flip=True, train_transform=train_tf, eval_transform=eval_tf,
     )

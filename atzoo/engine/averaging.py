@@ -6,7 +6,8 @@
   is updated, ``w_swa <- (n * w_swa + w) / (n + 1)`` (eq. 1 of the paper). Only the
   parameters are averaged; BatchNorm statistics of the average are recomputed at the end
   (:func:`recompute_bn_stats`). AR-AT+SWA (Waseda et al. 2025) averages every 500 steps
-  from epoch 76 and recomputes the statistics on PGD-10 adversarial inputs through the
+  from epoch 50 (the official code's ``--swa_start 50``, 1-based, i.e. 0-based epoch 49;
+  the paper gives no start) and recomputes the statistics on PGD-10 adversarial inputs through the
   ``adv`` BN route, which is what the engine does.
 * EMA: ``w_ema <- d * w_ema + (1 - d) * w`` after every optimizer step, buffers
   included (``use_buffers=True``), so no recalibration is needed.

@@ -2,9 +2,9 @@
 
 :class:`Finishing` is the part of :class:`~atzoo.engine.trainer.Trainer` that turns the
 trained state into the run's deliverables: ``model.safetensors`` + ``model_meta.json``
-(the deployable network: the SWA/EMA average or the last iterate, through
-``method.export``), ``model_last.safetensors`` when an average is exported, and
-``eval.json``. It uses the trainer's attributes and :class:`~atzoo.engine.resume.RunState`.
+(the deployable network: the SWA/EMA average, the best validated or the last iterate,
+through ``method.export``), ``model_last.safetensors`` when another one is exported,
+``eval.json`` and ``curves.png``. It uses the trainer's attributes and :class:`~atzoo.engine.resume.RunState`.
 """
 
 from __future__ import annotations
@@ -42,9 +42,22 @@ class Finishing(RunState):
         self.metrics.write(final)
         for tracker in self.acc.trackers:
             tracker.finish()
+        if self.is_main:
+            self.write_curves()
+
+    def write_curves(self) -> None:
+        """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
+        from atzoo.report.curves import plot_curves, run_curves
+
+        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
 
     def deployable_model(self) -> tuple[nn.Module, str]:
-        """The exported network and which weights it holds (``swa``, ``ema`` or ``last``)."""
+        """The exported network and which weights it holds (``swa``, ``ema``, ``best`` or ``last``)."""
+        if self.cfg.eval.weights == "best" and self.validator is not None and self.validator.best.epoch >= 0:
+            from atzoo.engine.validation import load_best
+
+            self.acc.wait_for_everyone()  # the main process wrote model_best.safetensors
+            return load_best(self.method.export(self.core.model), self.run_dir), "best"
         if not self.average.enabled or self.average.n_averaged == 0:
             if self.average.enabled:
                 self._event("averaging", f"{self.average.kind} has no update yet; exporting the last iterate")
@@ -99,6 +112,10 @@ class Finishing(RunState):
         payload = evaluate(model, self.bundle, self.cfg.eval, attack_cfg=self.cfg.attack, accelerator=self.acc,
                            progress=show, out=self.run_dir, meta=self.model_meta(weights), seed=self.cfg.run.seed)
         payload["weights"] = weights
+        if self.validator is not None:
+            payload["validation"] = {"best_epoch": self.validator.best.epoch, "attack": self.validator.attack_name,
+                                     "best_robust_acc": self.validator.best.state_dict()["robust_acc"],
+                                     "n_val": len(self.validator.bundle.test)}
         if self.is_main:
             atomic_write_json(self.run_dir / "eval.json", payload)
         self.acc.wait_for_everyone()

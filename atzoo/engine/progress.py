@@ -1,12 +1,15 @@
 """The engine's console output: a rich progress bar and one-line messages (main process only).
 
 The bar (loss, accuracy, lr, images/s, ETA) is shown only when stderr is a terminal;
-messages such as "resuming from ..." are always printed on the main process, to stderr,
-so that the CLI's stdout carries only the final summary.
+messages such as "resuming from ..." and one plain line per epoch (epoch k/N, loss,
+accuracies, lr, seconds, ETA) are always printed on the main process, to stderr, so that
+a log without a terminal (nohup, SLURM) shows progress and the CLI's stdout carries only
+the final summary.
 """
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 
 from rich.console import Console
@@ -36,8 +39,11 @@ class Reporter:
         self.total_steps = total_steps
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._entered = time.perf_counter()
+        self._started: tuple[float, int] | None = None  # (time, step) where this process began
 
     def __enter__(self) -> "Reporter":
+        self._entered, self._started = time.perf_counter(), None  # the pace counts training, not set-up
         if self.enabled and self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}"),
@@ -61,8 +67,19 @@ class Reporter:
             self._progress.stop()
             self._progress = None
 
+    def eta(self, step: int) -> float | None:
+        """Seconds left at ``step``, from the pace of the steps this process has run."""
+        if self._started is None:
+            return None
+        began, first = self._started
+        now = time.perf_counter()
+        done = step - first
+        return (now - began) / done * max(self.total_steps - step, 0) if done > 0 else None
+
     def advance_to(self, step: int, **fields: float) -> None:
         """Moves the bar to ``step`` optimizer steps and updates the shown fields."""
+        if self._started is None:
+            self._started = (self._entered, step - 1)
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=step, **fields)
 

@@ -48,7 +48,8 @@ _RESUME_FREE_KEYS = {"data.root", "data.download", "data.num_workers", "data.eva
 def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     """``section.key`` entries that differ between two configs and matter for training."""
     a, b = config_to_dict(old), config_to_dict(new)
-    keys = [f"{s}.{k}" for s in _RESUME_CHECKED_SECTIONS for k in sorted(set(a[s]) | set(b[s]))] + ["run.seed"]
+    keys = [f"{s}.{k}" for s in _RESUME_CHECKED_SECTIONS for k in sorted(set(a[s]) | set(b[s]))]
+    keys += ["run.seed", "eval.val_every", "eval.val_attack"]  # the held-out split and best weights follow them
     return [k for k in keys if k not in _RESUME_FREE_KEYS and _lookup(a, k) != _lookup(b, k)]
 
 
@@ -174,6 +175,7 @@ class RunState(Logging):
             "epoch_meter": self.epoch_meter.state_dict(),
             "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
+            "validation": self.validator.state_dict() if self.validator is not None else None,
             "atzoo_version": __version__,
         }
         pickled = {"optimizer": {"optimizer": self.optimizer.state_dict(),
@@ -218,6 +220,8 @@ class RunState(Logging):
             self.epoch_meter = Meter.from_state(state["epoch_meter"])
             self.cost.load_state_dict(state.get("cost"))
             self.resume_metrics_bytes = int(state["metrics_bytes"])
+            if self.validator is not None:
+                self.validator.load_state_dict(state.get("validation"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step

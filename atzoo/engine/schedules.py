@@ -37,11 +37,13 @@ def piecewise_factor(optim: OptimConfig, steps_per_epoch: int) -> Callable[[int]
     epochs 75 and 90) and, with ``warmup_lr: null``, Madry et al.'s step schedule.
     """
     warmup = optim.warmup_lr / optim.lr if optim.warmup_lr is not None else None
+    # Warm-up in optimizer steps: a rescaled schedule may warm up for a fraction of an epoch.
+    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
     milestones = sorted(optim.milestones)
 
     def factor(step: int) -> float:
         epoch = step // steps_per_epoch
-        if warmup is not None and epoch < optim.warmup_epochs:
+        if warmup is not None and step < warmup_steps:
             return warmup
         return optim.lr_decay ** sum(epoch >= m for m in milestones)
 

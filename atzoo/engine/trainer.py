@@ -55,6 +55,7 @@ from atzoo.engine.resume import Position, check_resume_config, config_difference
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
+from atzoo.engine.validation import Validator, carve_validation, epoch_line, val_size
 from atzoo.errors import ConfigError, DataError, InterruptedRun, NonFiniteLossError
 from atzoo.methods.base import EpochContext, Method, create_method
 from atzoo.registry import METHODS
@@ -71,7 +72,8 @@ CALIBRATION_SAMPLES = 1000
 # --------------------------------------------------------------------------- entry point
 
 
-def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, resume: bool = False) -> Path:
+def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, resume: bool = False,
+          notes: list[str] | None = None) -> Path:
     """Trains ``cfg`` and returns the run directory.
 
     Args:
@@ -80,6 +82,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
         force: replace an existing run directory.
         resume: continue the run in the directory from its newest good checkpoint
             (start from scratch when it has none).
+        notes: lines about how the config was made (the recipe used, a rescaled
+            schedule), printed and logged as ``config`` events once the run starts.
 
     Raises:
         AtzooError: the directory exists without ``force``/``resume``, the config does
@@ -109,6 +113,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
         with claim:
             trainer.claim = claim
             trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
+            for note in notes or []:
+                trainer._event("config", note)
             trainer.fit()
             trainer.finish()
     except KeyboardInterrupt:
@@ -170,7 +176,8 @@ class Trainer(Finishing):
         if cfg.run.deterministic:  # cuBLAS needs this for deterministic matmuls on GPUs
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)  # same initial weights on every rank
-        self.bundle = self._load_data()
+        self.bundle, val_bundle = self._load_data()
+        self.validator = Validator(cfg, val_bundle, accelerator) if val_bundle is not None else None
         self.core = self._build_module()
         self.loader = self._train_loader(augment=cfg.data.augment)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -204,8 +211,10 @@ class Trainer(Finishing):
         from atzoo.data import create_dataset
 
         d = self.cfg.data
-        return create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
-                              test_subset=d.test_subset)
+        bundle = create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
+                                test_subset=d.test_subset)
+        # eval.val_every: a held-out part of the training set (never the test set) for validation.
+        return carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
 
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
@@ -364,13 +373,27 @@ class Trainer(Finishing):
 
     # ------------------------------------------------------------------ epoch end
     def end_epoch(self, epoch: int) -> None:
-        """Epoch summary, then the epoch checkpoint (if due) at the start of the next epoch."""
+        """Epoch summary, validation (if due), then the epoch checkpoint (if due)."""
         self.log_epoch(epoch)
+        self.validate(epoch)
         self.position.epoch += 1
         self.position.batch = 0
         every = self.cfg.run.checkpoint_every
         if (every > 0 and self.position.epoch % every == 0) or self._step_checkpoint_due():
             self.save()
+
+    def validate(self, epoch: int) -> None:
+        """``eval.val_every``: held-out clean/PGD accuracy to metrics.jsonl, the trackers and
+        the console; the most robust weights to ``model_best.safetensors``."""
+        row = None
+        if self.validator is not None and self.validator.due(epoch):
+            row = {**self.validator.run(self.method.export(self.core.model), epoch), "step": self.position.global_step}
+            self.metrics.write(row)
+            self.track("val", row)
+            if row["best"] and self.is_main:
+                self.export(self.method.export(self.core.model), "model_best.safetensors", "best")
+        self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.epoch_meter.summary(), self.last_lr,
+                                         row, self.reporter.eta(self.position.global_step)))
 
 
 def sync_buffers(module: nn.Module, num_processes: int) -> None:

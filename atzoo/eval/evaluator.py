@@ -1,8 +1,21 @@
 """The evaluator: clean accuracy, PGD-N, AutoAttack, per-class accuracy, invariance.
 
-What one :func:`evaluate` call measures, with the model in eval mode throughout:
+What one :func:`evaluate` call measures, with the model in eval mode throughout, on ONE
+set of test images: the first ``eval.n_ex`` examples of the test split in the dataset's
+order (the whole split with ``n_ex: null``). Every attack of the call runs on exactly that
+set, and the set is recorded in eval.json (``eval_set``), so clean, PGD and AutoAttack
+numbers always describe the same images. (The first N, not a class-balanced sample: the
+CIFAR test files are not sorted by class, so their first 1000 images hold ~100 per
+class; the per-class accuracies show any imbalance.)
 
-* ``clean``: accuracy on the test set (and per class).
+Headline accuracies are per-example worst cases over what was run on the set: an
+example counts under PGD-N only if it is also classified correctly clean, and under
+AutoAttack only if it also survives every PGD run on it (as RobustBench reports the worst
+case over an ensemble). Hence ``autoattack_acc <= pgd20_acc <= clean_acc`` always holds;
+the accuracy of each attack alone is kept in ``accuracy_alone`` and the per-example outcomes in
+``examples`` (packed bits), from which later evaluations of the same set are merged.
+
+* ``clean``: accuracy on the set (and per class).
 * ``pgd20`` (any ``pgd<N>``): PGD-N on the cross-entropy from a uniform random start,
   step 2/255 for L-inf and eps/4 for L2 (the PGD-20 of Madry et al. and of every paper
   here); accuracy overall and per class. With ``pgd20``, also the representation
@@ -14,7 +27,7 @@ What one :func:`evaluate` call measures, with the model in eval mode throughout:
   registered): accuracy overall and per class under ``<name>_acc``, with the evaluation's
   norm, eps and step size (those of them the attack takes), from a random start where it
   has one. ``pgd`` means ``pgd20``.
-* ``aa`` (or ``autoattack``): the reference AutoAttack on the first ``n_ex`` test examples
+* ``aa`` (or ``autoattack``): the reference AutoAttack on the same examples
   (:func:`atzoo.attacks.run_autoattack`, sharded over processes, resumable from
   ``autoattack_state.json`` in the run directory).
 
@@ -49,7 +62,14 @@ from atzoo.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
-from atzoo.eval.results import EVAL_FILE, masking_flags, read_eval_json, write_eval_json
+from atzoo.eval.results import (
+    EVAL_FILE,
+    encode_flags,
+    headline_accuracies,
+    masking_flags,
+    read_eval_json,
+    write_eval_json,
+)
 from atzoo.precision import autocast
 from atzoo.provenance import evaluation_provenance
 from atzoo.safe_read import read_json_file
@@ -62,6 +82,9 @@ STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
 _ALIASES = {"autoattack": "aa", "pgd": "pgd20"}
+#: Default radius per norm (CIFAR): L-inf 8/255, L2 0.5 (the L2 recipes evaluate at 128/255,
+#: as the official AR-AT evaluation does, by setting ``eval.eps``).
+DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 _VALID = "clean, pgd<N> (e.g. pgd20), aa"
 
 
@@ -126,9 +149,17 @@ class ThreatModel:
 
     @classmethod
     def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig) -> "ThreatModel":
-        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2)."""
+        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2).
+
+        An evaluation norm other than the training attack's, given without ``eps``, takes
+        that norm's default radius (:data:`DEFAULT_EPS`: 8/255 L-inf, 0.5 L2), never the
+        other norm's number.
+        """
         norm = cfg.norm or attack_cfg.norm
-        eps = cfg.eps if cfg.eps is not None else attack_cfg.eps
+        if cfg.eps is not None:
+            eps = cfg.eps
+        else:
+            eps = attack_cfg.eps if norm == attack_cfg.norm else DEFAULT_EPS.get(norm, attack_cfg.eps)
         if norm not in ("linf", "l2"):
             raise ConfigError(f"eval norm must be one of linf, l2, got {norm!r}")
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 < eps <= 1):
@@ -225,9 +256,9 @@ class _PassTotals:
     """Per-class counts summed over batches (and processes)."""
 
     total: Tensor  # (C,) examples per class
-    correct: dict[str, Tensor]  # name -> (C,) correct per class
+    correct: dict[str, Tensor]  # name -> (C,) correct per class (PGD: also correct clean)
     cos_sum: Tensor  # () sum of clean/PGD-20 feature cosines
-    subset_pgd20: Tensor  # (2,) correct, total among the first n_ex examples
+    flags: dict[str, Tensor]  # name -> (n,) per-example outcome of that attack alone (0/1)
 
 
 def _test_pass(
@@ -243,11 +274,13 @@ def _test_pass(
     from atzoo.data import make_eval_loader
     from atzoo.models import has_penultimate_features
 
-    loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size)
+    loader = make_eval_loader(bundle, cfg.batch_size, device=device, rank=group.rank, world_size=group.world_size,
+                              limit=n_sub)
     classes = bundle.num_classes
-    totals = _PassTotals(torch.zeros(classes, device=device), {n: torch.zeros(classes, device=device)
-                         for n in ["clean"] + [f"pgd{s}" for s in steps_list] + [a.name for a in extra]},
-                         torch.zeros((), device=device), torch.zeros(2, device=device))
+    run_names = ["clean"] + [f"pgd{s}" for s in steps_list] + [a.name for a in extra]
+    totals = _PassTotals(torch.zeros(classes, device=device),
+                         {n: torch.zeros(classes, device=device) for n in run_names},
+                         torch.zeros((), device=device), {n: torch.zeros(n_sub, device=device) for n in run_names})
     invariance = cfg.invariance and 20 in steps_list and has_penultimate_features(net)
     names = [f"PGD-{s}" for s in steps_list] + [a.name for a in extra]
     task = progress.task("clean + " + ", ".join(names) if names else "clean",
@@ -255,23 +288,27 @@ def _test_pass(
     offset = loader.start
     for x, y in loader:
         _evaluate_batch(net, x, y, threat, steps_list, totals, invariance=invariance, seed=seed + offset,
-                        first_index=offset, n_sub=n_sub)
+                        first_index=offset)
+        rows = slice(offset, offset + x.shape[0])
+        clean = totals.flags["clean"][rows].bool()
         for attack in extra:
-            _count(totals.correct[attack.name], _logits_under(net, attack, x, y, seed + offset), y)
+            correct = _logits_under(net, attack, x, y, seed + offset).argmax(dim=1).eq(y)
+            totals.flags[attack.name][rows] = correct.to(totals.flags["clean"].dtype)
+            _add_per_class(totals.correct[attack.name], correct & clean, y)  # worst case with clean
         offset += x.shape[0]
         progress.advance(task)
     totals.total = _all_reduce_sum(totals.total, accelerator)
     totals.correct = {k: _all_reduce_sum(v, accelerator) for k, v in totals.correct.items()}
     totals.cos_sum = _all_reduce_sum(totals.cos_sum, accelerator)
-    totals.subset_pgd20 = _all_reduce_sum(totals.subset_pgd20, accelerator)
+    totals.flags = {k: _all_reduce_sum(v, accelerator) for k, v in totals.flags.items()}  # disjoint shards
     return totals
 
 
 def _evaluate_batch(
     net: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel, steps_list: list[int], totals: _PassTotals, *,
-    invariance: bool, seed: int, first_index: int, n_sub: int,
+    invariance: bool, seed: int, first_index: int,
 ) -> None:
-    """Adds one batch's per-class counts (and feature cosines) to ``totals``."""
+    """Adds one batch's per-class counts, per-example outcomes (and feature cosines) to ``totals``."""
     from atzoo.models import classify_features, penultimate_features
 
     classes = totals.total.shape[0]
@@ -279,17 +316,18 @@ def _evaluate_batch(
     with torch.no_grad():
         z_clean = penultimate_features(net, x) if invariance else None
         logits = classify_features(net, z_clean) if z_clean is not None else net(x)
-    _count(totals.correct["clean"], logits, y)
-    in_subset = (first_index + torch.arange(x.shape[0], device=y.device)) < n_sub
+    rows = slice(first_index, first_index + x.shape[0])
+    clean = _count(totals.correct["clean"], logits, y)
+    totals.flags["clean"][rows] = clean.to(totals.flags["clean"].dtype)
     for steps in steps_list:
         x_adv = pgd(net, x, y, eps=threat.eps, step_size=threat.step_size, steps=steps, norm=threat.norm,
                     random_start="uniform", loss="ce", mode="eval", generator=_generator(x.device, seed))
         with torch.no_grad():
             z_adv = penultimate_features(net, x_adv) if invariance and steps == 20 else None
             adv_logits = classify_features(net, z_adv) if z_adv is not None else net(x_adv)
-        correct = _count(totals.correct[f"pgd{steps}"], adv_logits, y)
-        if steps == 20:
-            totals.subset_pgd20 += torch.stack([correct[in_subset].sum(), in_subset.sum()]).to(totals.subset_pgd20)
+        correct = adv_logits.argmax(dim=1).eq(y)
+        totals.flags[f"pgd{steps}"][rows] = correct.to(totals.flags["clean"].dtype)
+        _add_per_class(totals.correct[f"pgd{steps}"], correct & clean, y)  # worst case with clean
         if z_clean is not None and z_adv is not None:
             totals.cos_sum += F.cosine_similarity(z_clean.float().flatten(1), z_adv.float().flatten(1), dim=1).sum()
 
@@ -304,8 +342,12 @@ def _logits_under(net: nn.Module, attack: BatchAttack, x: Tensor, y: Tensor, see
 def _count(per_class: Tensor, logits: Tensor, y: Tensor) -> Tensor:
     """Adds correct predictions per class to ``per_class``; returns the per-example flags."""
     correct = logits.argmax(dim=1).eq(y)
-    per_class += torch.bincount(y, weights=correct.to(per_class.dtype), minlength=per_class.shape[0])
+    _add_per_class(per_class, correct, y)
     return correct
+
+
+def _add_per_class(per_class: Tensor, correct: Tensor, y: Tensor) -> None:
+    per_class += torch.bincount(y, weights=correct.to(per_class.dtype), minlength=per_class.shape[0])
 
 
 def _first_examples(bundle: Any, n: int, batch_size: int) -> tuple[Tensor, Tensor]:
@@ -406,7 +448,8 @@ def evaluate(
     if out_path is not None:
         read_eval_json(out_path / EVAL_FILE)  # a damaged eval.json fails now, not after the attacks
     device = _device(model, accelerator)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"eval_set": eval_set(n_sub, n_test)}
+    flags: dict[str, Tensor] = {}
     # Every evaluation attack runs in eval.precision (fp32 unless asked), whatever autocast
     # the caller is in: robustness is measured at full precision by default.
     with attack_mode(unwrap_model(model), "eval", None) as net, autocast(cfg.precision, device), \
@@ -417,6 +460,7 @@ def evaluate(
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
                                 accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub, extra=extra)
             results.update(_pass_results(totals, bundle, steps_list, cfg, threat, net))
+            flags.update({k: v.bool().cpu() for k, v in totals.flags.items()})
             results["attacks"].update({a.name: a.describe() for a in extra})
         m = min(STEP_CHECK_EXAMPLES, n_sub)
         need = max(n_sub if "aa" in attacks else 0, m if 20 in steps_list else 0)
@@ -428,12 +472,13 @@ def evaluate(
         if "aa" in attacks:
             aa = _autoattack(net, x_sub[:n_sub], y_sub[:n_sub], cfg, threat, group=group, progress=bars,
                              seed=seed, out=out_path, aa_attacks=aa_attacks, chunk_size=aa_chunk_size)
-            results.update(autoattack_acc=aa.robust_acc, aa_clean_acc=aa.clean_acc, aa_n_examples=aa.n)
+            results.update(aa_clean_acc=aa.clean_acc, aa_n_examples=aa.n)
             results["attacks"] = {**results.get("attacks", {}), "aa": aa.settings}
-            if 20 in steps_list:
-                results["aa_subset_pgd20_acc"] = results.pop("_subset_pgd20")
-    results.pop("_subset_pgd20", None)
-    payload = _payload(results, bundle, threat, meta or {}, n_test if "clean" in attacks else None, cfg.precision)
+            flags.setdefault("clean", aa.clean_flags)
+            flags["aa"] = aa.robust_flags
+    results["examples"] = {"n": n_sub, "flags": {k: encode_flags(v) for k, v in flags.items()}}
+    results.update(headline_accuracies(results["examples"]))
+    payload = _payload(results, bundle, threat, meta or {}, n_sub, cfg.precision)
     if out_path is not None:
         if group.is_main:
             payload = write_eval_json(out_path, payload, attacks)
@@ -459,9 +504,12 @@ def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: 
     if 20 in steps_list:
         measured = cfg.invariance and has_penultimate_features(net)
         results["invariance_cos"] = totals.cos_sum.item() / n if measured else None
-        correct, count = totals.subset_pgd20.tolist()
-        results["_subset_pgd20"] = 100.0 * correct / count if count else None
     return results
+
+
+def eval_set(n: int, test_size: int) -> dict[str, Any]:
+    """The record of which test images an evaluation used (the first ``n`` of the split)."""
+    return {"split": "test", "selection": "first", "n_examples": n, "test_size": test_size}
 
 
 def _class_names(bundle: Any) -> list[str]:

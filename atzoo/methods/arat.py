@@ -95,6 +95,12 @@ class TwoBranchConfig(MethodConfig):
         alpha: weight of ``CE(f(x'), y)`` when ``auto_balance`` is off.
         beta: weight of ``CE(f_aux(x), y)`` when ``auto_balance`` is off.
         calibration_samples: samples (over all processes) for the auto-balance accuracy.
+        official_inplace_start: reproduce a quirk of the official ``attacks.py``
+            (``adv_bx = bx.detach(); adv_bx += U(-eps, eps)``), which writes the attack's
+            random start into the caller's clean batch: the clean branch and the ``sg(z)``
+            targets then see ``x + U(-eps, eps)`` (unclamped) and PGD projects around that
+            noisy batch (up to 2 eps from ``x``). Off by default: atzoo follows the paper's
+            equations, which use the clean ``x``. For exact-reproduction studies only.
     """
 
     stop_grad: bool = True
@@ -103,6 +109,7 @@ class TwoBranchConfig(MethodConfig):
     alpha: float = 1.0
     beta: float = 1.0
     calibration_samples: int = 1000
+    official_inplace_start: bool = False
 
     def validate(self) -> None:
         for key in ("alpha", "beta"):
@@ -272,8 +279,24 @@ class TwoBranchMethod(Method):
 
     # ------------------------------------------------------------------ each step
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
-        """CE-PGD on the main branch (``adv`` route), train mode by default (official code)."""
+        """CE-PGD on the main branch (``adv`` route), train mode by default (official code).
+
+        With ``method.official_inplace_start`` the random start is first added to ``x`` in
+        place, as the official code does (see :class:`TwoBranchConfig`); the loss then sees
+        the noisy batch as its clean input.
+        """
+        if self.config.official_inplace_start:
+            return self.official_inplace_attack(model, x, y)
         return self.training_pgd(model, x, y, loss="ce", route=self.adv_route)
+
+    def official_inplace_attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The official attack: ``x += U(-eps, eps)`` in place (unclamped), then PGD from and
+        around that noisy batch without a further random start."""
+        attack = self.ctx.attack
+        with torch.no_grad():
+            x.add_(torch.empty_like(x).uniform_(-attack.eps, attack.eps))
+        settings = {**attack.settings, **({"random_start": "none"} if "random_start" in attack.settings else {})}
+        return dataclasses.replace(attack, settings=settings)(model, x, y, loss="ce", route=self.adv_route)
 
     def ce_weights(self) -> tuple[float, float]:
         """``(a, b)``: auto-balanced from the last measurement, else the fixed ``alpha``, ``beta``."""
@@ -387,6 +410,20 @@ class ARAT(TwoBranchMethod):
     config: ARATConfig
     regularizers = ("align",)  # gamma mean_l Dist(h_l(z'_l), sg(z_l)), one part per layer
     summary = "AR-AT (Waseda et al. 2025): asymmetric invariance loss, predictor, split-BN, auto-balance"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The paper's and the official code's settings: CE-PGD-10, eps 8/255, step 2/255,
+        uniform start, train mode; SGD lr 0.1 (0.02 during epoch 1), momentum 0.9, wd 5e-4,
+        batch 128, 100 epochs, x0.1 from epochs 75 and 90; SWA (when on) every 500 steps
+        from epoch 50 (``--swa_start 50``, 1-based: 0-based epoch 49)."""
+        return {
+            "attack": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": "uniform",
+                       "bn_mode": "train"},
+            "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise",
+                      "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02},
+            "averaging": {"swa_start_epoch": 49, "swa_every_steps": 500},
+        }
 
     def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
         super().__init__(config, ctx)

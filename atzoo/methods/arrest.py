@@ -45,7 +45,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +179,17 @@ class ARREST(Method):
     config_class = ARRESTConfig
     attack_defaults = {"bn_mode": "eval", "random_start": "uniform"}
     summary = "ARREST (Suzuki et al. 2023), fine-tunes a standard model: CE(f(x'), y) + gamma (1 - cos) + noisy replay"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """atzoo's settings (the paper publishes no code): CE-PGD-10, eps 8/255, step 2/255,
+        uniform start; the AR-AT comparison's schedule (lr 0.1, 0.02 in the first epoch,
+        wd 5e-4, 100 epochs, x0.1 from epochs 75 and 90)."""
+        schedule = {"schedule": "piecewise", "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02}
+        return {
+            "attack": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": "uniform"},
+            "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, **schedule},
+        }
     config: ARRESTConfig
 
     regularizers = ("rep",)

@@ -12,6 +12,7 @@ The authors saw little difference. atzoo attacks in eval mode by default;
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +36,18 @@ class AT(Method):
     config_class = ATConfig
     attack_defaults = {"bn_mode": "eval", "random_start": "uniform"}
     summary = "PGD adversarial training (Madry et al. 2018), CE(f(x'), y)"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """Madry et al.'s CIFAR setting: PGD-7 (eps 8/255, step 2/255, uniform start);
+        SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128 for 80k steps (~200 epochs), x0.1
+        at 40k and 60k steps (epochs 100 and 150), no warm-up. The attack runs in eval
+        mode (atzoo's default, see the module docstring)."""
+        return {
+            "attack": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 7, "random_start": "uniform"},
+            "optim": {"epochs": 200, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
+                      "schedule": "piecewise", "milestones": [100, 150], "warmup_lr": None},
+        }
 
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:
         return self.training_pgd(model, x, y, loss="ce")

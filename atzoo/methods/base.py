@@ -168,6 +168,19 @@ class Method(ABC):
         methods); None for plain models. The engine's SWA BN recalibration uses it."""
         return None
 
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The training attack and optimiser of the method's own paper, as config sections.
+
+        ``atzoo train METHOD`` without a recipe starts from these (above the dataclass
+        defaults, below a recipe, flags and overrides), so a method never trains with
+        another method's settings. Sections: ``attack``, ``optim`` (and ``averaging``).
+
+        Args:
+            model: ``model.name`` of the run (some papers use one setting per architecture).
+        """
+        return {}
+
     # ------------------------------------------------------------------ building
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """Adapts a freshly built model (e.g. routed BN, pretrained weights)."""

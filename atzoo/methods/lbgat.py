@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +128,17 @@ class LBGAT(Method):
     regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "LBGAT (Cui et al. 2021), MSE(f(x'), g(x)) + CE(g(x), y) + beta KL; joint natural teacher"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The official code's settings: TRADES's KL-PGD-10 (eps 0.031, step 0.007, normal
+        start); SGD lr 0.1 (0.02 in the first epoch), momentum 0.9, wd 2e-4, 100 epochs,
+        x0.1 from epochs 75 and 90."""
+        return {
+            "attack": {"norm": "linf", "eps": 0.031, "step_size": 0.007, "steps": 10, "random_start": "normal"},
+            "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "schedule": "piecewise",
+                      "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02},
+        }
     config: LBGATConfig
 
     def build_modules(self, model: nn.Module) -> dict[str, nn.Module]:

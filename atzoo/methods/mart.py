@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import Any, TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +109,19 @@ class MART(Method):
     regularizers = ("robust_kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "MART (Wang et al. 2020), BCE(f(x'), y) + beta KL(p(x) || p(x')) (1 - p_y(x))"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The official code's settings: CE-PGD-10, eps 0.031, step 0.007, start
+        ``x + 0.001 N(0, I)``; ResNet-18: lr 0.01, wd 3.5e-3, 120 epochs, x0.1 from epochs
+        75, 90 and 100 (1-based); WideResNet: lr 0.1, wd 7e-4, 90 epochs, x0.1 from 75 and 90."""
+        resnet = model in RESNET18_LIKE
+        optim = ({"epochs": 120, "lr": 0.01, "weight_decay": 3.5e-3, "milestones": [74, 89, 99]} if resnet
+                 else {"epochs": 90, "lr": 0.1, "weight_decay": 7e-4, "milestones": [74, 89]})
+        return {
+            "attack": {"norm": "linf", "eps": 0.031, "step_size": 0.007, "steps": 10, "random_start": "normal"},
+            "optim": {**optim, "momentum": 0.9, "schedule": "piecewise", "warmup_lr": None},
+        }
     config: MARTConfig
 
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ ARREST fine-tunes, and its PGD accuracy (near 0) is the sanity check of the eval
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,6 +30,13 @@ class Standard(Method):
 
     config_class = StandardConfig
     summary = "clean training, CE(f(x), y); the non-robust baseline"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The clean baseline as the AR-AT paper trains its models: SGD lr 0.1 (0.02 in the
+        first epoch), momentum 0.9, wd 5e-4, 100 epochs, x0.1 from epochs 75 and 90."""
+        return {"optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise",
+                          "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02}}
 
     def compute_loss(
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor

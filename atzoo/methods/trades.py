@@ -27,6 +27,7 @@ Deviations from the official code (github.com/yaodongyu/TRADES):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,18 @@ class TRADES(Method):
     regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "TRADES (Zhang et al. 2019), CE(f(x), y) + beta KL(p(x) || p(x'))"
+
+    @classmethod
+    def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
+        """The official CIFAR-10 settings: KL-PGD-10, eps 0.031, step 0.007, start
+        ``x + 0.001 N(0, I)``; SGD lr 0.1, momentum 0.9, wd 2e-4, 76 epochs, x0.1 from the
+        75th epoch (``epoch >= 75`` counted from 1, i.e. 0-based milestone 74), no warm-up."""
+        return {
+            "attack": {"norm": "linf", "eps": 0.031, "step_size": 0.007, "steps": 10, "random_start": "normal",
+                       "start_std": 0.001},
+            "optim": {"epochs": 76, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "schedule": "piecewise",
+                      "milestones": [74], "warmup_lr": None},
+        }
     config: TRADESConfig
 
     def attack(self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, y: Tensor) -> Tensor:

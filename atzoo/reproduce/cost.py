@@ -29,7 +29,7 @@ DEFAULT_STEP_COST = Path(__file__).resolve().parents[2] / "benchmarks" / "result
 #: WRN-34-10 13.32 GFLOP; timm's resnet18 at 160 px 1.85 GFLOP (docs/reproduction.md).
 FLOP_FACTORS: dict[tuple[str, str], float] = {
     ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0, ("wrn34_10", "cifar"): 12.0,
-    ("timm:resnet18", "imagenette"): 1.67,
+    ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,  # 128 px crops: (128/32)^2
 }
 
 

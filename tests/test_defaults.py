@@ -1,0 +1,216 @@
+"""``atzoo train`` starts from the paper's setting: the shipped recipe of (method, dataset,
+model), else the method's own paper defaults; ``--print-config``; schedules that scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atzoo.cli import run
+from atzoo.commands.train import announce, resolve_train_config
+from atzoo.config import OptimConfig, annotated_yaml, build_config, from_yaml, resolve_config
+from atzoo.engine.schedules import lr_factor
+from atzoo.recipes import default_recipe, recipe_setting
+from atzoo.registry import METHODS, list_methods, load_builtins
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TOP_RECIPES, ids=lambda p: p.stem)
+def test_command_without_recipe_resolves_to_the_shipped_recipe(path: Path) -> None:
+    method, dataset, model = recipe_setting(path)
+    chosen = default_recipe(method, dataset, model)
+    assert chosen is not None and recipe_setting(chosen) == (method, dataset, model)
+    resolution = resolve_train_config(method, model=model, dataset=dataset, auto_recipe=True)
+    assert resolution.recipe == chosen
+    assert resolution.config == build_config(chosen)
+    if chosen != path:  # a variant of the same setting (lbgat6, arat_swa) is picked by --recipe
+        assert path.stem.startswith(("lbgat6_", "arat_swa_")) and chosen.stem.startswith(("lbgat0_", "arat_"))
+        assert resolve_train_config(method, recipe=path).config == build_config(path)
+
+
+def test_trades_command_equals_its_recipe_and_not_arat_settings() -> None:
+    cfg = resolve_train_config("trades", model="resnet18", dataset="cifar10", auto_recipe=True).config
+    assert (cfg.attack.eps, cfg.attack.step_size, cfg.optim.weight_decay, cfg.optim.epochs) == (0.031, 0.007, 2e-4, 76)
+    assert cfg.optim.milestones == [74] and cfg.optim.warmup_lr is None
+
+
+@pytest.mark.parametrize("method", sorted(set(list_methods())))
+def test_without_a_recipe_the_method_uses_its_own_paper_defaults(method: str) -> None:
+    load_builtins()
+    resolution = resolve_train_config(method, model="small_cnn", dataset="digits", auto_recipe=True)
+    assert resolution.recipe is None
+    declared = METHODS.get(method).paper_defaults("small_cnn")
+    assert "optim" in declared  # every method declares its own optimiser
+    for section, values in declared.items():
+        for key, value in values.items():
+            assert getattr(getattr(resolution.config, section), key) == pytest.approx(value), f"{section}.{key}"
+            assert resolution.source(f"{section}.{key}") == "method"
+
+
+def test_mart_defaults_depend_on_the_architecture() -> None:
+    resnet = resolve_train_config("mart", model="resnet18", dataset="digits").config.optim
+    wrn = resolve_train_config("mart", model="wrn34_10", dataset="digits").config.optim
+    assert (resnet.lr, resnet.weight_decay, resnet.epochs) == (0.01, 3.5e-3, 120)
+    assert (wrn.lr, wrn.weight_decay, wrn.epochs) == (0.1, 7e-4, 90)
+
+
+def test_print_config_is_the_recipe_with_sources_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run(["train", "trades", "--model", "resnet18", "--dataset", "cifar10", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert from_yaml(out) == build_config(REPO / "recipes" / "trades_cifar10_resnet18.yaml")
+    assert "  eps: 0.031  # recipe" in out and "  name: cifar10  # flag" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_print_config_shows_milestones_scaled_to_four_epochs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["train", "at", "--dataset", "digits", "--model", "small_cnn", "--epochs", "4", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  milestones: [2, 3]  # scaled" in out and "  epochs: 4  # flag" in out
+    assert "  steps: 7  # method" in out  # Madry et al.'s CIFAR attack
+
+
+def test_annotated_yaml_round_trips_with_overrides() -> None:
+    resolution = resolve_config(None, ["optim.lr=0.05"], method={"name": "arat"}, data={"name": "digits"})
+    text = annotated_yaml(resolution)
+    assert from_yaml(text) == resolution.config
+    assert "  lr: 0.05  # override" in text and "  weight_decay: 0.0005  # method" in text
+
+
+def test_announce_names_the_recipe_or_the_paper_defaults() -> None:
+    err = announce(resolve_train_config("trades", model="resnet18", dataset="cifar10", auto_recipe=True),
+                   explicit=False)
+    err += announce(resolve_train_config("mart", model="small_cnn", dataset="digits", epochs=30, auto_recipe=True),
+                    explicit=False)
+    assert err[0].startswith("using the shipped recipe ") and "trades_cifar10_resnet18.yaml" in err[0]
+    assert err[1] == "no shipped recipe for mart on digits with small_cnn; using mart's paper defaults"
+    assert err[2].startswith("optim.epochs 90 -> 30: scaled in proportion optim.milestones [74, 89] -> [25, 30]")
+
+
+# --------------------------------------------------------------------------- schedules that scale
+
+
+def _optim(epochs: int, recipe: str | None = None, overrides: tuple[str, ...] = (), method: str = "arat"):
+    path = REPO / "recipes" / recipe if recipe else None
+    return resolve_config(path, list(overrides), method={"name": method}, optim={"epochs": epochs})
+
+
+def test_step_schedule_milestones_scale_and_the_lr_decays() -> None:
+    resolution = _optim(30, "arat_cifar10_resnet18.yaml")
+    optim = resolution.config.optim
+    assert optim.milestones == [22, 27] and resolution.source("optim.milestones") == "scaled"
+    factor = lr_factor(optim, steps_per_epoch=10)
+    assert factor(21 * 10) == pytest.approx(1.0) and factor(22 * 10) == pytest.approx(0.1)
+    assert factor(29 * 10) == pytest.approx(0.01)
+    assert resolution.notes == ["optim.epochs 100 -> 30: scaled in proportion optim.milestones [75, 90] -> [22, 27], "
+                                "optim.warmup_epochs 1 -> 0.3 (give them explicitly to keep other values)"]
+
+
+def test_explicit_milestones_and_warmup_win() -> None:
+    resolution = _optim(30, "arat_cifar10_resnet18.yaml", ("optim.milestones=[10,20]", "optim.warmup_epochs=2"))
+    assert resolution.config.optim.milestones == [10, 20] and resolution.config.optim.warmup_epochs == 2
+    assert resolution.notes == []
+
+
+def test_one_epoch_never_decays_from_the_start() -> None:
+    optim = _optim(1, "arat_cifar10_resnet18.yaml").config.optim
+    assert optim.milestones == [1, 1] and lr_factor(optim, steps_per_epoch=4)(3) == pytest.approx(1.0)
+
+
+def test_unchanged_epochs_keep_the_paper_schedule() -> None:
+    optim = _optim(100, "arat_cifar10_resnet18.yaml").config.optim
+    assert optim.milestones == [75, 90] and optim.warmup_epochs == 1
+
+
+def test_warmup_scales_to_a_fraction_of_an_epoch() -> None:
+    optim = _optim(3, "arat_cifar10_resnet18.yaml").config.optim
+    assert optim.warmup_epochs == pytest.approx(0.03) and optim.milestones == [2, 3]
+    factor = lr_factor(optim, steps_per_epoch=100)  # 3 warm-up steps of 300
+    assert [factor(s) for s in (0, 2, 3)] == pytest.approx([0.2, 0.2, 1.0])
+
+
+def test_cosine_schedule_follows_the_new_length() -> None:
+    optim = OptimConfig(epochs=4, schedule="cosine")
+    factor = lr_factor(optim, steps_per_epoch=5)
+    assert factor(10) == pytest.approx(0.5) and factor(20) == pytest.approx(0.0)
+    assert _optim(4, overrides=("optim.schedule=cosine",)).notes == []  # no milestones to scale
+
+
+def test_swa_start_scales_unless_given() -> None:
+    scaled = _optim(20, "arat_swa_cifar10_resnet18.yaml").config.averaging
+    assert scaled.swa_start_epoch == round(49 * 20 / 100)
+    given = _optim(20, "arat_swa_cifar10_resnet18.yaml", ("averaging.swa_start_epoch=5",)).config.averaging
+    assert given.swa_start_epoch == 5
+
+
+# --------------------------------------------------------------------------- the official AR-AT attack quirk
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_official_inplace_start_switch(inplace: bool) -> None:
+    import torch
+
+    from atzoo.methods.base import create_method
+
+    cfg = build_config(None, ["model.name=small_cnn", "model.in_channels=1", "model.num_classes=10",
+                              "method.split_bn=false", "method.layers=relu3", "attack.steps=1",
+                              f"method.official_inplace_start={str(inplace).lower()}"],
+                       method={"name": "arat"}, data={"name": "digits"})
+    assert build_config(None, [], method={"name": "arat"}).method.official_inplace_start is False  # off by default
+    method = create_method("arat", cfg)
+    from atzoo.models import create_model
+
+    model = method.prepare_model(create_model("small_cnn", 10, 1))
+    x = torch.rand(4, 1, 8, 8) * 0.5 + 0.25
+    x_orig, y = x.clone(), torch.arange(4)
+    eps, modules = cfg.attack.eps, method.build_modules(model)
+    torch.manual_seed(123)
+    x_adv = method.attack(model, modules, x, y)
+    torch.manual_seed(123)
+    start = torch.empty_like(x).uniform_(-eps, eps)
+    if inplace:  # the clean input the loss sees is x + start (unclamped), and PGD projects around it
+        assert torch.equal(x, x_orig + start)
+        assert (x_adv - x).abs().max() <= eps + 1e-6 and (x_adv - x_orig).abs().max() > eps
+    else:
+        assert torch.equal(x, x_orig) and (x_adv - x_orig).abs().max() <= eps + 1e-6
+
+
+def test_imagenette_is_set_up_as_the_official_arat_code() -> None:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from atzoo.data.vision import imagenette_transforms
+
+    train, test = imagenette_transforms()
+    assert [type(t) for t in train.transforms] == [T.RandomCrop, T.RandomHorizontalFlip, T.ToTensor]
+    assert train.transforms[0].size == (128, 128) and train.transforms[0].padding == 4
+    assert [type(t) for t in test.transforms] == [T.CenterCrop, T.ToTensor]
+    image = Image.new("RGB", (213, 160))  # an imagenette2-160 image: shorter side 160 px
+    assert train(image).shape == test(image).shape == (3, 128, 128)
+    for path in sorted((REPO / "recipes").glob("*imagenette*.yaml")):
+        cfg = build_config(path)
+        assert cfg.model.name == "resnet18", path.name  # the CIFAR-style ResNet-18 (3x3 stride-1 stem)
+        if cfg.method.name == "lbgat":
+            assert cfg.optim.lr == 0.01 and cfg.method.teacher == "resnet18"  # appendix: 0.1 diverged
+        if cfg.method.name == "arat":
+            assert cfg.method.split_bn is True
+
+
+@pytest.mark.parametrize("path", [p for p in TOP_RECIPES if recipe_setting(p)[0] == "at"], ids=lambda p: p.stem)
+def test_at_recipes_use_the_robustness_defaults_the_paper_ran(path: Path) -> None:
+    cfg = build_config(path)  # ndb796 code aligned to MadryLab robustness' CIFAR defaults
+    assert (cfg.attack.steps, cfg.attack.bn_mode, cfg.attack.eps, cfg.attack.step_size) == (
+        7, "eval", pytest.approx(8 / 255), pytest.approx(2 / 255))
+    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.weight_decay, cfg.optim.lr) == (150, [50, 100], 5e-4, 0.1)
+    assert cfg.optim.warmup_lr is None
+
+
+def test_swa_recipes_start_where_the_official_code_does() -> None:
+    for path in sorted((REPO / "recipes").glob("arat_swa_*.yaml")):
+        averaging = build_config(path).averaging  # --swa_start 50, 1-based: 0-based epoch 49
+        assert (averaging.swa, averaging.swa_start_epoch, averaging.swa_every_steps) == (True, 49, 500)
