@@ -37,7 +37,7 @@ app = typer.Typer(
 )
 
 #: Modules that add commands to ``app`` through their ``register(app)`` function.
-COMMAND_MODULES: list[str] = ["atzoo.commands.bench", "atzoo.commands.compare", "atzoo.commands.docs", "atzoo.commands.eval", "atzoo.commands.export", "atzoo.commands.train"]
+COMMAND_MODULES: list[str] = ["atzoo.commands.bench", "atzoo.commands.compare", "atzoo.commands.docs", "atzoo.commands.eval", "atzoo.commands.export", "atzoo.commands.reproduce", "atzoo.commands.train"]
 
 console = Console()
 

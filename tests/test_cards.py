@@ -14,7 +14,7 @@ from atzoo.cli import run
 from atzoo.errors import AtzooError
 from atzoo.registry import METHODS, list_methods
 
-# Clean / AutoAttack (%) from the AR-AT paper's comparison table (mean of five runs),
+# Clean / AutoAttack (%) from the AR-AT paper's comparison table (Table 3; means of five runs for LBGAT and AR-AT only),
 # transcribed from the method specification. Keys: (method card, "<dataset>-<model>").
 PAPER_TABLE: dict[tuple[str, str], tuple[float, float]] = {
     ("at", "cifar10-resnet18"): (83.77, 42.42),

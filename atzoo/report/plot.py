@@ -85,9 +85,12 @@ def _legend_lines(group: Group) -> int:
     return lines + (1 if pareto_front(group.measured) else 0)
 
 
-def plot_tradeoff(board: Leaderboard, path: str | Path | BinaryIO) -> str | Path | BinaryIO:
-    """Writes the trade-off figure to ``path`` (PNG; a file name or a binary stream) and returns it."""
-    tradeoff_figure(board).savefig(path, format="png", dpi=120)
+def plot_tradeoff(board: Leaderboard, path: str | Path | BinaryIO, *, title: str | None = None) -> str | Path | BinaryIO:
+    """Writes the trade-off figure to ``path`` (PNG; a file name or a binary stream) and returns it.
+
+    ``title`` replaces the figure's heading (``atzoo reproduce`` names the table and its scale there).
+    """
+    tradeoff_figure(board, title=title).savefig(path, format="png", dpi=120)
     return Path(path) if isinstance(path, str) else path
 
 
@@ -98,8 +101,8 @@ def png_bytes(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def tradeoff_figure(board: Leaderboard) -> Figure:
-    """The trade-off figure: one panel per group, at most three panels per row."""
+def tradeoff_figure(board: Leaderboard, *, title: str | None = None) -> Figure:
+    """The trade-off figure: one panel per group, at most three panels per row (``title``: the heading)."""
     n = max(len(board.groups), 1)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -112,7 +115,7 @@ def tradeoff_figure(board: Leaderboard) -> Figure:
             _draw_group(ax, board.groups[index])
         else:
             ax.set_axis_off()
-    fig.suptitle("Robustness-accuracy trade-off (robust = AutoAttack; hollow circle = PGD-20, no AutoAttack; "
+    fig.suptitle(title or "Robustness-accuracy trade-off (robust = AutoAttack; hollow circle = PGD-20, no AutoAttack; "
                  "star = paper)", fontsize=10)
     return fig
 
