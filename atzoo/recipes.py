@@ -1,6 +1,7 @@
 """The shipped recipes: which one ``atzoo train METHOD --model M --dataset D`` starts from.
 
-Recipes live in ``recipes/`` next to the package (``$ATZOO_RECIPES`` overrides the
+Recipes are the bundled ones (:func:`atzoo.resources.recipes_dir`: a checkout's
+``recipes/``, or the copy inside an installed wheel; ``$ATZOO_RECIPES`` overrides the
 folder). The recipe of a setting is a top-level ``recipes/*.yaml`` whose ``method.name``,
 ``data.name`` and ``model.name`` are the command's; sub-folders (``ablation/``, ``l2/``)
 hold variants and are only used through ``--recipe``. Where several recipes share a
@@ -16,14 +17,12 @@ from pathlib import Path
 
 import yaml
 
-#: The repository's recipe folder.
-DEFAULT_RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-
-
 def recipes_dir() -> Path:
-    """Where the shipped recipes live (``$ATZOO_RECIPES`` overrides the repository's)."""
+    """Where the shipped recipes live (``$ATZOO_RECIPES`` overrides the bundled folder)."""
+    from atzoo.resources import recipes_dir as bundled
+
     env = os.environ.get("ATZOO_RECIPES")
-    return Path(env) if env else DEFAULT_RECIPES_DIR
+    return Path(env) if env else bundled()
 
 
 def recipe_setting(path: Path) -> tuple[str, str, str] | None:

@@ -190,6 +190,7 @@ def test_emit_jobs_writes_one_runnable_line_per_run(cli, capsys, tmp_path: Path)
         argv = shlex.split(command)
         assert argv[:4] == ["accelerate", "launch", "-m", "atzoo"] and argv[4] == "train"
         recipe, out = argv[argv.index("--recipe") + 1], argv[argv.index("--out") + 1]
+        assert "/" not in recipe and not recipe.endswith(".yaml")  # by name: runs on any machine
         overrides = argv[argv.index("--resume") + 1:]
         cfg = make_config(argv[5], recipe=Path(recipe), overrides=overrides)
         assert cfg == planned.config and out == str(planned.run_dir)

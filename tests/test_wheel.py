@@ -76,6 +76,12 @@ def test_wheel_carries_cards_recipes_and_cli(installed: tuple[Path, dict[str, st
                    work, env).stdout
     assert "gamma: 30.0  # recipe" in printed and "split_bn: true  # recipe" in printed and not any(work.iterdir())
 
+    # without --recipe, the shipped recipe of (method, dataset, model) is found inside the wheel
+    picked = _run([str(bin_dir / "atzoo"), "train", "trades", "--model", "resnet18", "--dataset", "cifar10",
+                   "--print-config"], work, env).stdout
+    recipe_line = next(line for line in picked.splitlines() if line.startswith("# recipe: "))
+    assert recipe_line.endswith("trades_cifar10_resnet18.yaml") and "eps: 0.031  # recipe" in picked
+
     # a recipe by name, trained with the CLI; then the Python API on that run
     _run([str(bin_dir / "atzoo"), "train", "standard", "--recipe", "standard_cifar10_resnet18", "--dataset", "digits",
           "--model", "small_cnn", "--out", "run", "data.train_subset=128", "run.max_steps=1", "run.trackers=[]",

@@ -68,13 +68,25 @@ class PlannedRun:
         """The ``atzoo train`` command line of this run (``--resume`` continues or starts it)."""
         if launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher '{launcher}'; valid: {', '.join(LAUNCHERS)}")
-        return [*LAUNCHERS[launcher], "train", self.row.method, "--recipe", str(self.recipe),
+        return [*LAUNCHERS[launcher], "train", self.row.method, "--recipe", recipe_argument(self.recipe),
                 "--out", str(self.run_dir), "--resume", *self.overrides]
 
     def command(self, launcher: str = "none") -> str:
         """A self-contained shell line: skips a finished run, else trains (or resumes) it."""
         done = shlex.quote(str(self.run_dir / "eval.json"))
         return f"test -f {done} || {shlex.join(self.argv(launcher))}"
+
+
+def recipe_argument(recipe: Path) -> str:
+    """How a command line names ``recipe``: a bundled recipe by its name, so that the line
+    runs on any machine where atzoo is installed (a wheel, another checkout path); any
+    other file by its path."""
+    from atzoo.resources import recipes_dir
+
+    try:
+        return recipe.resolve().relative_to(recipes_dir().resolve()).with_suffix("").as_posix()
+    except ValueError:
+        return str(recipe)
 
 
 def find_recipe(name: str) -> Path:
