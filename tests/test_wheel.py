@@ -64,8 +64,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 def test_wheel_carries_cards_recipes_and_cli(installed: tuple[Path, dict[str, str], Path]) -> None:
     bin_dir, env, work = installed
     python = str(bin_dir / "python")
-    where = _run([python, "-c", "import atzoo, sys; print(atzoo.__file__); print(sys.path)"], work, env).stdout
-    assert where.startswith(str(bin_dir.parent)) and str(REPO) not in where  # the wheel, not the source tree
+    where = _run([python, "-c", "import atzoo, json, sys; print(json.dumps([atzoo.__file__, sys.path]))"],
+                 work, env).stdout
+    module_file, search_path = json.loads(where)
+    # the wheel, not the source tree (the dependencies' venv may itself live inside the checkout)
+    assert module_file.startswith(str(bin_dir.parent))
+    assert all((work / entry).resolve() != REPO for entry in search_path)
     card = _run([str(bin_dir / "atzoo"), "docs", "arat"], work, env).stdout
     assert "Waseda" in card and "L_AR-AT" in card
     recipes = _run([str(bin_dir / "atzoo"), "list", "recipes"], work, env).stdout
