@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 
 def recipes_dir() -> Path:
     """Where the shipped recipes live (``$ATZOO_RECIPES`` overrides the bundled folder)."""
@@ -27,9 +26,12 @@ def recipes_dir() -> Path:
 
 def recipe_setting(path: Path) -> tuple[str, str, str] | None:
     """``(method, dataset, model)`` named by a recipe file, or None if it names no such triple."""
+    from atzoo.errors import AtzooError
+    from atzoo.safe_read import read_yaml_file  # the one bounded YAML reader (no aliases)
+
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        values = read_yaml_file(path, "recipe") or {}
+    except AtzooError:  # not a recipe this lookup can use; --recipe on it gives the error
         return None
     names = [(values.get(section) or {}).get("name") if isinstance(values, dict) else None
              for section in ("method", "data", "model")]

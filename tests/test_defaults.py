@@ -214,3 +214,18 @@ def test_swa_recipes_start_where_the_official_code_does() -> None:
     for path in sorted((REPO / "recipes").glob("arat_swa_*.yaml")):
         averaging = build_config(path).averaging  # --swa_start 50, 1-based: 0-based epoch 49
         assert (averaging.swa, averaging.swa_start_epoch, averaging.swa_every_steps) == (True, 49, 500)
+
+
+
+def test_recipe_lookup_reads_recipes_through_the_bounded_yaml_reader(tmp_path, monkeypatch) -> None:
+    """The default-recipe lookup reads YAML as ``--recipe`` does: a file with anchors/aliases
+    (which ``--recipe`` refuses) is never picked, and a billion-laughs file is skipped."""
+    from atzoo.recipes import default_recipe
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "at_digits_small_cnn.yaml").write_text(
+        "method: &m {name: at}\ndata: {name: digits}\nmodel: {name: small_cnn}\nother: *m\n")
+    monkeypatch.setenv("ATZOO_RECIPES", str(tmp_path))
+    assert default_recipe("at", "digits", "small_cnn") is None
