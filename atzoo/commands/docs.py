@@ -110,7 +110,7 @@ def settings_table(method: str, recipe: str | None = None) -> Table:
             recipe is not fully traced (the message lists what is missing).
     """
     from atzoo.ledger import check_recipe, ledger_names, settings_recipe, settings_rows
-    from atzoo.resources import find_recipe
+    from atzoo.config.resources import find_recipe
 
     if method not in ledger_names():
         raise AtzooError(f"method '{method}' has no settings ledger; add atzoo/ledger/{method}.yaml "

@@ -188,7 +188,7 @@ class RecipeLedger:
 
 def recipe_name(path: Path) -> str:
     """``recipes/ablation/08_all.yaml`` -> ``ablation/08_all`` (relative to the recipes folder)."""
-    from atzoo.recipes import recipes_dir
+    from atzoo.config.recipes import recipes_dir
 
     try:
         return path.resolve().relative_to(recipes_dir().resolve()).with_suffix("").as_posix()
@@ -257,7 +257,7 @@ def settings_recipe(method: str) -> Path:
     Raises:
         ConfigError: the method has no shipped recipe.
     """
-    from atzoo.recipes import recipe_setting, recipes_dir
+    from atzoo.config.recipes import recipe_setting, recipes_dir
 
     folder = recipes_dir()
     for stem in (f"{method}_cifar10_resnet18", f"{method}_cifar10_wrn34_10"):
