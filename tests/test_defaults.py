@@ -231,3 +231,73 @@ def test_recipe_lookup_reads_recipes_through_the_bounded_yaml_reader(tmp_path, m
         "method: &m {name: at}\ndata: {name: digits}\nmodel: {name: small_cnn}\nother: *m\n")
     monkeypatch.setenv("ATZOO_RECIPES", str(tmp_path))
     assert default_recipe("at", "digits", "small_cnn") is None
+
+
+# --------------------------------------------------------------------------- schedules against the official code
+
+
+def official_arat_lr(epoch: int) -> float:
+    """The lr of 1-based epoch ``epoch`` in futakw/AR-AT train_ARAT.py: ``CustomLR`` sets 0.02 at
+    construction (:360-361) and ``scheduler.step(epoch)`` after each finished 1-based epoch
+    (:430) sets ``get_lr(epoch)`` (:340-353) for the next one."""
+    if epoch == 1:
+        return 0.02
+    finished = epoch - 1
+    if finished <= 75:
+        return 0.1
+    if finished <= 90:
+        return 0.01
+    if finished <= 100:
+        return 0.001
+    return 0.0001 if finished <= 110 else 0.00001
+
+
+def official_lbgat_lr(epoch: int) -> float:
+    """The lr of 1-based epoch ``epoch`` in dvlab-research/LBGAT train_lbgat_cifar100.py:152-164,
+    set *before* each epoch (:185-187)."""
+    lr = 0.02 if epoch == 1 else 0.1
+    if epoch >= 76:
+        lr = 0.01
+    if epoch >= 91:
+        lr = 0.001
+    return lr
+
+
+def _atzoo_epoch_lrs(recipe: str, steps_per_epoch: int = 7) -> list[tuple[float, float]]:
+    """(first-step lr, last-step lr) of every 0-based epoch of a recipe's schedule."""
+    optim = build_config(REPO / "recipes" / recipe).optim
+    factor = lr_factor(optim, steps_per_epoch)
+    return [(optim.lr * factor(e * steps_per_epoch), optim.lr * factor((e + 1) * steps_per_epoch - 1))
+            for e in range(optim.epochs)]
+
+
+@pytest.mark.parametrize("recipe", ["arat_cifar10_resnet18.yaml", "arat_cifar100_wrn34_10.yaml",
+                                    "arat_swa_cifar10_resnet18.yaml", "asym_trades_cifar10_resnet18.yaml"])
+def test_arat_lr_equals_the_official_custom_lr_every_epoch(recipe: str) -> None:
+    lrs = _atzoo_epoch_lrs(recipe)
+    assert len(lrs) == 100
+    for epoch0, (first, last) in enumerate(lrs):
+        want = official_arat_lr(epoch0 + 1)
+        assert first == pytest.approx(want) and last == pytest.approx(want), f"0-based epoch {epoch0}"
+
+
+@pytest.mark.parametrize("recipe", ["lbgat0_cifar10_resnet18.yaml", "lbgat6_cifar100_wrn34_10.yaml"])
+def test_lbgat_lr_equals_the_official_adjust_learning_rate_every_epoch(recipe: str) -> None:
+    """LBGAT's official schedule steps before each epoch with ``epoch >= 76``: 0-based 75 and 90."""
+    lrs = _atzoo_epoch_lrs(recipe)
+    assert build_config(REPO / "recipes" / recipe).optim.milestones == [75, 90]
+    for epoch0, (first, last) in enumerate(lrs):
+        want = official_lbgat_lr(epoch0 + 1)
+        assert first == pytest.approx(want) and last == pytest.approx(want), f"0-based epoch {epoch0}"
+
+
+def test_swa_averages_from_the_official_epoch() -> None:
+    """train_ARAT.py:191 averages when ``swa_start <= epoch`` (1-based) with swa_start 76."""
+    from torch import nn
+
+    from atzoo.engine.averaging import WeightAverage
+
+    averager = WeightAverage(nn.Linear(2, 2), build_config(REPO / "recipes/arat_swa_cifar10_resnet18.yaml").averaging)
+    for epoch0 in range(100):
+        official = 76 <= epoch0 + 1
+        assert averager.due(epoch0, global_step=500 * (epoch0 + 1)) is official, epoch0

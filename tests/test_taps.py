@@ -157,3 +157,96 @@ def test_tapping_a_module_without_tensor_output_is_an_error() -> None:
 
     with FeatureTaps(Net(), ["pair"]) as taps, pytest.raises(TapError, match="returns tuple"):
         taps.model(torch.rand(2, 3))
+
+
+# --------------------------------------------------------------------------- AR-AT's official features
+
+
+def _pooled_relu(t: torch.Tensor) -> torch.Tensor:
+    return F.relu(t).mean(dim=(2, 3))
+
+
+def _official_resnet18_features(model: nn.Module, x: torch.Tensor, bn=lambda m: m) -> list[torch.Tensor]:
+    """By hand: per layer4 block, ReLU(bn1(conv1 h)) and ReLU(bn2(conv2 .)) taken *before* the
+    shortcut add (futakw/AR-AT models/cifar_resnet_split_bn.py:72-77, the hook's ReLU in
+    models/feature_extractor.py:225-236), each global-average-pooled."""
+    h = model.relu(bn(model.bn1)(model.conv1(x)))
+    h = model.layer3(model.layer2(model.layer1(h)))
+    feats = []
+    for block in model.layer4:
+        a = bn(block.bn1)(block.conv1(h))
+        b = bn(block.bn2)(block.conv2(F.relu(a)))
+        feats += [_pooled_relu(a), _pooled_relu(b)]
+        h = F.relu(b + block.shortcut(h))
+    return feats
+
+
+def test_resnet18_default_taps_are_the_official_scripts_features() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    x = torch.rand(3, 3, 8, 8, requires_grad=True)
+    with FeatureTaps(model, default_tap_patterns("resnet18")) as taps:
+        model(x)
+    assert taps.names == ["layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"]
+    expected = _official_resnet18_features(model, x)
+    for got, want in zip(taps.as_list(), expected):
+        torch.testing.assert_close(got, want)
+    # The gradient through the taps is the hand computation's gradient too.
+    (g_taps,) = torch.autograd.grad(sum(f.sum() for f in taps.as_list()), x)
+    (g_hand,) = torch.autograd.grad(sum(f.sum() for f in expected), x)
+    torch.testing.assert_close(g_taps, g_hand)
+
+
+def test_resnet18_official_taps_under_split_bn_use_each_route() -> None:
+    torch.manual_seed(0)
+    model = convert_to_routed_bn(create_model("resnet18", 10)).eval()
+    for route in ("adv", "clean"):
+        for m in model.modules():  # give the two routes different affine parameters
+            if hasattr(m, "branches"):
+                nn.init.normal_(m.branches[route].weight, 1.0, 0.3)
+        x = torch.rand(2, 3, 8, 8)
+        with torch.no_grad(), bn_route(model, route), FeatureTaps(model, default_tap_patterns("resnet18")) as taps:
+            model(x)
+            expected = _official_resnet18_features(model, x, bn=lambda m: m.branches[route])
+        for got, want in zip(taps.as_list(), expected):
+            torch.testing.assert_close(got, want)
+
+
+def test_block_output_reading_is_a_named_tap_set_and_differs_after_the_add() -> None:
+    from atzoo.models import expand_tap_patterns, tap_sets
+
+    assert tap_sets("resnet18")["block_output"] == ["layer4.*relu*"]
+    assert expand_tap_patterns("resnet18", ["block_output"]) == ["layer4.*relu*"]
+    assert expand_tap_patterns("resnet18", ["default"]) == default_tap_patterns("resnet18")
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad(), FeatureTaps(model, expand_tap_patterns("resnet18", ["block_output"])) as taps:
+        model(x)
+        official = _official_resnet18_features(model, x)
+    assert taps.names == ["layer4.0.relu1", "layer4.0.relu2", "layer4.1.relu1", "layer4.1.relu2"]
+    got = taps.as_list()
+    torch.testing.assert_close(got[0], official[0])  # relu1 is ReLU(bn1): the same feature
+    assert not torch.allclose(got[1], official[1])  # relu2 is the block output, after the add
+    torch.testing.assert_close(got[3], model.forward_features(x))  # the last one is the penultimate
+
+
+def test_raw_bn2_tap_keeps_the_map_before_the_in_place_add() -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10).eval()
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad(), FeatureTaps(model, ["layer4.0.bn2"], pooled=False) as taps:
+        model(x)
+        block = model.layer4[0]
+        h = model.layer3(model.layer2(model.layer1(model.relu(model.bn1(model.conv1(x))))))
+        expected = block.bn2(block.conv2(block.relu1(block.bn1(block.conv1(h)))))
+    torch.testing.assert_close(taps.features["layer4.0.bn2"], expected)
+
+
+def test_wrn34_10_default_taps_match_the_official_scripts() -> None:
+    """scripts/ARAT/cifar10_wrn_34_10.sh:28: block3.layer.{0..4}.relu{1,2} and avgpool (11 features)."""
+    with torch.device("meta"):
+        model = create_model("wrn34_10", 10)
+    names = resolve_tap_names(model, default_tap_patterns("wrn34_10"))
+    official = [f"block3.layer.{i}.relu{j}" for i in range(5) for j in (1, 2)] + ["avgpool"]
+    assert names == official[:-1] + ["pool"]  # atzoo's pooled output module is named pool
