@@ -165,14 +165,35 @@ def test_plan_prints_runs_and_gpu_hours_and_writes_nothing(cli, capsys, tmp_path
 
 
 def test_gpu_hours_follow_the_paper_timing(tmp_path: Path) -> None:
-    """AT, CIFAR-10 ResNet-18: the recipe's epochs x 390 batches x 0.122 s on one A100 (150 epochs: 7137 s)."""
+    """AR-AT's CIFAR-10 runs take Appendix A.2's 2 h (ResNet-18) and 10 h (WRN-34-10); other
+    methods scale by Table 19's seconds per batch (AT 0.122 vs AR-AT 0.140) and their epochs."""
     from atzoo.reproduce.cost import estimate_runs
 
-    session = prepare("ar-at-table3", rows=["cifar10-resnet18/at", "cifar10-wrn34_10/at"], seeds=[0], out=tmp_path)
-    r18, wrn = estimate_runs(session.planned)
-    epochs = [p.config.optim.epochs for p in session.planned]
-    assert r18.seconds == pytest.approx(epochs[0] * 390 * 0.122) and r18.basis == "paper"
-    assert wrn.seconds == pytest.approx(12.0 * epochs[1] * 390 * 0.122)
+    rows = ["cifar10-resnet18/at", "cifar10-wrn34_10/at", "cifar10-resnet18/arat", "cifar10-wrn34_10/arat"]
+    session = prepare("ar-at-table3", rows=rows, seeds=[0], out=tmp_path)
+    by_row = {p.row.id: e for p, e in zip(session.planned, estimate_runs(session.planned))}
+    at_r18, at_wrn, arat_r18, arat_wrn = (by_row[r] for r in rows)
+    assert arat_r18.seconds == pytest.approx(2 * 3600) and arat_wrn.seconds == pytest.approx(10 * 3600)
+    at_epochs = next(p.config.optim.epochs for p in session.planned if p.row.id == rows[0])
+    assert at_r18.seconds == pytest.approx(2 * 3600 * (at_epochs / 100) * (0.122 / 0.140)) and at_r18.basis == "paper"
+    assert at_wrn.seconds == pytest.approx(5 * at_r18.seconds)
+
+
+def test_reproduction_doc_is_what_the_tool_prints(cli, capsys, monkeypatch, tmp_path: Path) -> None:
+    """docs/reproduction.md's generated blocks equal the tool's output: the --list block is
+    ``COLUMNS=100 atzoo reproduce --list``, each plan line the summary of ``--plan``."""
+    from atzoo.reproduce import docgen
+
+    page = docgen.doc_blocks(docgen.DOC.read_text(encoding="utf-8"))
+    assert page == docgen.blocks(), "run: python -m atzoo.reproduce.docgen"
+    monkeypatch.setenv("COLUMNS", str(docgen.LIST_WIDTH))
+    assert cli("reproduce", "--list") == 0
+    printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines()) + "\n"
+    assert page["reproduce-list"].split("\n", 2)[2].removesuffix("```\n") == printed
+    assert cli("reproduce", "ar-at-table3", "--plan", "--out", str(tmp_path / "plan")) == 0
+    summary = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("140 runs"))
+    assert f"$ atzoo reproduce ar-at-table3 --plan\n... {summary}\n" in page["reproduce-plans"]
+    assert "GPU-hours" in summary
 
 
 def test_emit_jobs_writes_one_runnable_line_per_run(cli, capsys, tmp_path: Path) -> None:

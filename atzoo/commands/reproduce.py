@@ -97,10 +97,14 @@ def print_plan(console: Console, session, step_cost: Optional[Path]) -> None:
     for note in t.notes:
         console.print(f"- {note}", highlight=False, soft_wrap=True)
     bases = dict.fromkeys(f"{p.row.key} {p.config.model.name}: {e.basis}" for p, e in zip(session.planned, estimates))
-    console.print("estimate basis: " + "; ".join(bases) + ". Training only, one A100; evaluation adds its own time.",
-                  highlight=False, soft_wrap=True)
+    console.print("estimate basis: " + "; ".join(bases) + ". " + ESTIMATE_NOTE, highlight=False, soft_wrap=True)
     if session.planned:
         console.print(f"first run: {session.planned[0].command()}", highlight=False, soft_wrap=True)
+
+
+#: How every estimate is made (docs/reproduction.md, atzoo/reproduce/cost.py).
+ESTIMATE_NOTE = ("Seconds per batch from the AR-AT paper's Table 19, scaled so that an AR-AT CIFAR-10 run takes its "
+                 "Appendix A.2 times (ResNet-18 2 h, WRN-34-10 10 h); training only, one A100; evaluation adds its own time.")
 
 
 def summary_line(session, found: list[str], estimates) -> str:

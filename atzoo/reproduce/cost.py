@@ -1,14 +1,19 @@
-"""GPU-hour estimates for ``atzoo reproduce --plan``, from the paper's A100 timings.
+"""GPU-hour estimates for ``atzoo reproduce --plan``, from the AR-AT paper's A100 timings.
 
-The AR-AT paper timed one training batch (128 CIFAR-10 images, ResNet-18) on one A100
-(its Table 19, in the zoo cards' ``reported_cost``): AT 0.122 s, TRADES 0.184, LBGAT
-0.183, AR-AT 0.140. For a method the paper did not time, the estimate takes AT's time
-times that method's step-cost ratio to AT measured by ``atzoo bench step-cost --json``
-(``benchmarks/results/step_cost_cpu.json`` in a checkout, or a file given with
-``--step-cost``). Other architectures and image sizes scale by forward FLOPs relative to
-the CIFAR ResNet-18 at 32 px, counted with ``torch.utils.flop_counter`` (see
-``docs/reproduction.md``). Training only: evaluation (AutoAttack on the whole test set)
-adds time of its own, so the figures are estimates, printed as such.
+Two of the paper's measurements anchor every estimate. Its Appendix A.2 gives the time of
+a whole AR-AT training run on CIFAR-10 on one A100: about 2 h for ResNet-18 and 10 h for
+WRN-34-10. Its Table 19 (in the zoo cards' ``reported_cost``) gives the seconds per
+training batch of 128 (ResNet-18) of each method it timed: AT 0.122, TRADES 0.184, LBGAT
+0.183, AR-AT 0.140. A run is estimated as epochs x batches x the method's seconds per
+batch, times :func:`run_overhead` (Appendix A.2's 2 h over Table 19's pure step time of
+the same AR-AT run: data loading, the per-epoch evaluations and the auto-balance pass), times
+the architecture's factor: WRN-34-10 5x ResNet-18 (Appendix A.2: 10 h / 2 h). For a method
+the paper did not time, AT's time times that method's step-cost ratio to AT measured by
+``atzoo bench step-cost --json`` (``benchmarks/results/step_cost_cpu.json`` in a checkout,
+or a file given with ``--step-cost``). Imagenette, which the paper did not time, scales by
+forward FLOPs (``torch.utils.flop_counter``; see ``docs/reproduction.md``). Training only:
+AutoAttack on the whole test set adds time of its own, so the figures are estimates,
+printed as such.
 """
 
 from __future__ import annotations
@@ -25,11 +30,20 @@ from atzoo.reproduce.scale import TRAIN_SIZES
 #: Where a checkout keeps the measured step-cost ratios.
 DEFAULT_STEP_COST = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "step_cost_cpu.json"
 
-#: Forward FLOPs per image relative to the CIFAR ResNet-18 at 32 px (1.11 GFLOP):
-#: WRN-34-10 13.32 GFLOP; timm's resnet18 at 160 px 1.85 GFLOP (docs/reproduction.md).
-FLOP_FACTORS: dict[tuple[str, str], float] = {
-    ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0, ("wrn34_10", "cifar"): 12.0,
-    ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,  # 128 px crops: (128/32)^2
+#: AR-AT paper, Appendix A.2: hours of one AR-AT training run (CIFAR-10, 100 epochs, one A100).
+APPENDIX_A2_HOURS: dict[str, float] = {"resnet18": 2.0, "wrn34_10": 10.0}
+#: CIFAR-10 batches of 128 per epoch (50,000 // 128; atzoo drops the last partial batch).
+CIFAR_BATCHES = 50_000 // 128
+
+#: Time per image relative to the CIFAR ResNet-18 at 32 px. WRN-34-10: the paper's own
+#: ratio (Appendix A.2, 10 h / 2 h = 5; forward FLOPs would say 12x, 13.32 vs 1.11 GFLOP,
+#: but a GPU runs the wide convolutions more efficiently). Imagenette, which the paper did
+#: not time: forward FLOPs (timm's resnet18 at 160 px 1.85 GFLOP = 1.67x; the CIFAR-style
+#: ResNet-18 on 128 px crops (128/32)^2 = 16x).
+ARCH_FACTORS: dict[tuple[str, str], float] = {
+    ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0,
+    ("wrn34_10", "cifar"): APPENDIX_A2_HOURS["wrn34_10"] / APPENDIX_A2_HOURS["resnet18"],
+    ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,
 }
 
 
@@ -49,6 +63,15 @@ def paper_seconds_per_batch() -> dict[str, float]:
         if "seconds_per_batch" in cost:
             seconds[name] = float(cost["seconds_per_batch"])
     return seconds
+
+
+def run_overhead(paper: dict[str, float]) -> float:
+    """Appendix A.2's whole AR-AT run over Table 19's step time of it (2 h / 1.52 h = 1.32):
+    what a run spends beyond the training steps (data loading, per-epoch evaluation,
+    auto-balance), applied to every method."""
+    if "arat" not in paper:
+        return 1.0
+    return APPENDIX_A2_HOURS["resnet18"] * 3600 / (100 * CIFAR_BATCHES * paper["arat"])
 
 
 def load_step_cost_ratios(path: str | Path | None = None) -> dict[str, float]:
@@ -88,17 +111,19 @@ def estimate_run(run: PlannedRun, paper: dict[str, float], ratios: dict[str, flo
     images = cfg.data.train_subset or TRAIN_SIZES.get(cfg.data.name, 50_000)
     # The paper's times are per batch of 128: a batch of B images costs about B/128 of one.
     batches = images // cfg.data.batch_size * (cfg.data.batch_size / 128)
-    flops = FLOP_FACTORS.get((cfg.model.name, _family(cfg.data.name)))
+    factor = ARCH_FACTORS.get((cfg.model.name, _family(cfg.data.name)))
     per_batch, basis = method_seconds(cfg.method.name, paper, ratios)
-    seconds = cfg.optim.epochs * batches * per_batch
+    seconds = cfg.optim.epochs * batches * per_batch * run_overhead(paper)
     pretrain_epochs = getattr(cfg.method, "pretrain_epochs", 0) if not getattr(cfg.method, "pretrained", None) else 0
     if pretrain_epochs:
         standard, _ = method_seconds("standard", paper, ratios)
-        seconds += pretrain_epochs * batches * standard
+        seconds += pretrain_epochs * batches * standard * run_overhead(paper)
         basis += " + standard pre-training"
-    if flops is None:
-        return Estimate(seconds, basis + f"; no FLOP factor for {cfg.model.name}: ResNet-18's used")
-    return Estimate(seconds * flops, basis + (f"; x{flops:g} FLOPs" if flops != 1.0 else ""))
+    if factor is None:
+        return Estimate(seconds, basis + f"; no architecture factor for {cfg.model.name}: ResNet-18's used")
+    if (cfg.model.name, _family(cfg.data.name)) == ("wrn34_10", "cifar"):
+        return Estimate(seconds * factor, basis + f"; x{factor:g} (A.2: WRN 10 h / ResNet-18 2 h)")
+    return Estimate(seconds * factor, basis + (f"; x{factor:g} FLOPs" if factor != 1.0 else ""))
 
 
 def estimate_runs(runs: list[PlannedRun], step_cost: str | Path | None = None) -> list[Estimate]:
