@@ -125,3 +125,29 @@ def test_add_a_method_ledger_example_follows_the_format(scratch_ledger: Path) ->
     entries = load_ledger("alp")
     assert [e.key for e in entries] == ["method.lam", "optim.milestones", "optim.milestones", "behaviour.random_start"]
     assert all(e.source for e in entries) and entries[0].is_choice and entries[2].deviates and entries[2].note
+
+
+def test_docs_settings_prints_the_ledger(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from atzoo.cli import run
+
+    monkeypatch.setenv("COLUMNS", "250")
+    assert run(["docs", "at_awp", "--settings"]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "method.gamma" in l)
+    assert "0.01" in line and "AT_AWP/train_cifar10.py:162" in line
+    assert run(["docs", "arat", "--settings", "--recipe", "arat_swa_cifar10_resnet18"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if "averaging.swa_start_epoch" in l)
+    assert "│ 75 " in line and "ARAT+SWA/cifar10_resnet18.sh:59" in line
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["docs", "arta", "--settings"], "unknown method 'arta'"),
+    (["docs", "inv_naive", "--settings"], "has no settings ledger"),
+    (["docs", "at", "--settings", "--recipe", "arat_cifar10_resnet18"], "trains 'arat', not 'at'"),
+])
+def test_docs_settings_bad_input_is_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from atzoo.cli import run
+
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -121,8 +121,9 @@ def settings_table(method: str, recipe: str | None = None) -> Table:
         raise AtzooError(f"recipe '{report.recipe}' trains '{report.method}', not '{method}'")
     table = Table(title=f"{method} settings: recipe {report.recipe} (atzoo/ledger/{method}.yaml)",
                   show_lines=True)
-    for column, style in (("setting", "bold cyan"), ("atzoo", None), ("official", None), ("source", None), ("note", None)):
-        table.add_column(column, style=style, overflow="fold")
+    for column, style, ratio in (("setting", "bold cyan", None), ("atzoo", None, None), ("official", None, None),
+                                 ("source", None, 5), ("note", None, 4)):
+        table.add_column(column, style=style, overflow="fold", ratio=ratio)
     for row in settings_rows(report):
         table.add_row(row["setting"], row["atzoo"], row["official"], row["source"], row["note"])
     if report.problems:

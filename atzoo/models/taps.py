@@ -1,7 +1,7 @@
 """Feature taps: collect intermediate features by module name, with forward hooks.
 
-AR-AT regularises the features of several layers (ResNet-18: every ReLU output of
-``layer4``). A tap set is a list of exact module names or :mod:`fnmatch` globs
+AR-AT regularises the features of several layers (ResNet-18, as the official scripts:
+``layer4.{0,1}.bn{1,2}``, each passed through ReLU). A tap set is a list of exact module names or :mod:`fnmatch` globs
 (``layer4.*relu*``; ``*`` also matches dots). Every pattern must match at least one
 module; a pattern that matches nothing is an error before any training starts::
 
