@@ -130,7 +130,7 @@ def test_add_a_method_ledger_example_follows_the_format(scratch_ledger: Path) ->
 def test_docs_settings_prints_the_ledger(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from atzoo.cli import run
 
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("COLUMNS", "1000")  # wide enough that no cell folds
     assert run(["docs", "at_awp", "--settings"]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if "method.gamma" in l)
@@ -138,6 +138,9 @@ def test_docs_settings_prints_the_ledger(monkeypatch: pytest.MonkeyPatch, capsys
     assert run(["docs", "arat", "--settings", "--recipe", "arat_swa_cifar10_resnet18"]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if "averaging.swa_start_epoch" in l)
     assert "│ 75 " in line and "ARAT+SWA/cifar10_resnet18.sh:59" in line
+    assert run(["docs", "arat", "--settings"]) == 0  # list values are printed, not read as markup
+    line = next(l for l in capsys.readouterr().out.splitlines() if "method.layers" in l)
+    assert "[layer4.0.bn1, layer4.0.bn2, layer4.1.bn1, layer4.1.bn2]" in line
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -125,7 +125,8 @@ def settings_table(method: str, recipe: str | None = None) -> Table:
                                  ("source", None, 5), ("note", None, 4)):
         table.add_column(column, style=style, overflow="fold", ratio=ratio)
     for row in settings_rows(report):
-        table.add_row(row["setting"], row["atzoo"], row["official"], row["source"], row["note"])
+        # Text, not markup: a value such as [layer4.0.bn1, ...] is not a rich style tag.
+        table.add_row(*(Text(row[k]) for k in ("setting", "atzoo", "official", "source", "note")))
     if report.problems:
         raise AtzooError(f"recipe '{report.recipe}' is not fully traced in its ledger: " + "; ".join(report.problems))
     return table
