@@ -72,6 +72,10 @@ def test_wheel_carries_cards_recipes_and_cli(installed: tuple[Path, dict[str, st
     assert all((work / entry).resolve() != REPO for entry in search_path)
     card = _run([str(bin_dir / "atzoo"), "docs", "arat"], work, env).stdout
     assert "Waseda" in card and "L_AR-AT" in card
+    # the settings ledger ships with the package and traces the bundled recipes
+    ledger = _run([str(bin_dir / "atzoo"), "docs", "at_awp", "--settings"], work, {**env, "COLUMNS": "1000"}).stdout
+    gamma = next(line for line in ledger.splitlines() if "method.gamma" in line)
+    assert "0.01" in gamma and "AT_AWP/train_cifar10.py:162" in gamma
     recipes = _run([str(bin_dir / "atzoo"), "list", "recipes"], work, env).stdout
     assert "arat_cifar10_resnet18" in recipes and "ablation/05_split_bn" in recipes
 
