@@ -181,19 +181,27 @@ def test_gpu_hours_follow_the_paper_timing(tmp_path: Path) -> None:
 
 def test_reproduction_doc_is_what_the_tool_prints(cli, capsys, monkeypatch, tmp_path: Path) -> None:
     """docs/reproduction.md's generated blocks equal the tool's output: the --list block is
-    ``COLUMNS=100 atzoo reproduce --list``, each plan line the summary of ``--plan``."""
+    ``COLUMNS=100 atzoo reproduce --list``, each plan line the summary of that ``--plan``, the
+    cost table the estimates (regenerate with ``python -m atzoo.reproduce.docgen``)."""
     from atzoo.reproduce import docgen
 
     page = docgen.doc_blocks(docgen.DOC.read_text(encoding="utf-8"))
-    assert page == docgen.blocks(), "run: python -m atzoo.reproduce.docgen"
+    assert set(page) == {"reproduce-list", "reproduce-plans", "cost-table"}
+    assert page["cost-table"] == docgen.cost_table()
     monkeypatch.setenv("COLUMNS", str(docgen.LIST_WIDTH))
     assert cli("reproduce", "--list") == 0
     printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines()) + "\n"
-    assert page["reproduce-list"].split("\n", 2)[2].removesuffix("```\n") == printed
-    assert cli("reproduce", "ar-at-table3", "--plan", "--out", str(tmp_path / "plan")) == 0
-    summary = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("140 runs"))
-    assert f"$ atzoo reproduce ar-at-table3 --plan\n... {summary}\n" in page["reproduce-plans"]
-    assert "GPU-hours" in summary
+    assert page["reproduce-list"] == f"```text\n$ COLUMNS={docgen.LIST_WIDTH} atzoo reproduce --list\n{printed}```\n"
+    lines = []
+    for i, (table, rows, seeds, scale) in enumerate(docgen.PLANS):
+        args = ["reproduce", table, "--plan", "--out", str(tmp_path / f"plan{i}")]
+        args += [a for r in rows or [] for a in ("--rows", r)]
+        args += ["--seeds", ",".join(map(str, seeds))] if seeds else []
+        args += ["--scale", scale] if scale else []
+        assert cli(*args) == 0
+        summary = next(l for l in capsys.readouterr().out.splitlines() if " runs = " in l)
+        lines.append(f"$ {docgen.plan_command(table, rows, seeds, scale)}\n... {summary}\n")
+    assert page["reproduce-plans"] == "```text\n" + "".join(lines) + "```\n"
 
 
 def test_emit_jobs_writes_one_runnable_line_per_run(cli, capsys, tmp_path: Path) -> None:
