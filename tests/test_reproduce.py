@@ -176,7 +176,7 @@ def test_gpu_hours_follow_the_paper_timing(tmp_path: Path) -> None:
 
 
 def test_emit_jobs_writes_one_runnable_line_per_run(cli, capsys, tmp_path: Path) -> None:
-    from atzoo.commands.train import make_config
+    from atzoo.engine.plan import make_config
 
     jobs = tmp_path / "jobs.txt"
     assert cli("reproduce", "ar-at-table3", "--emit-jobs", str(jobs), "--launcher", "accelerate",
