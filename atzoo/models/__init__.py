@@ -163,6 +163,12 @@ def default_tap_patterns(model_name: str) -> list[str]:
     return list(getattr(builder, "default_taps", PENULTIMATE_TAPS))
 
 
+def architecture_family(model_name: str) -> str | None:
+    """The paper architecture ``model_name`` declared at registration (``resnet18``,
+    ``wideresnet``), or None (``small_cnn``, ``timm:*``, an unknown name)."""
+    return MODELS.fact(model_name, "family")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())

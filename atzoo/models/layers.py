@@ -89,19 +89,26 @@ def normalized(factory: NetFactory, doc: str | None = None) -> Callable[..., nn.
     return builder
 
 
-def architecture(name: str, *taps: str) -> Callable[[NetFactory], Callable[..., nn.Module]]:
+def architecture(name: str, *taps: str, family: str | None = None,
+                 gflops: float | None = None) -> Callable[[NetFactory], Callable[..., nn.Module]]:
     """Registers ``factory`` in ``MODELS`` as ``name`` (through :func:`normalized`).
 
     Args:
         taps: the default AR-AT tap patterns (``builder.default_taps``); none: the
             penultimate features.
+        family: the paper architecture whose per-model settings apply (``resnet18`` for
+            the ResNet-18s, ``wideresnet`` for WRN-34-10/28-10); methods read it
+            (``MODELS.fact(name, "family")``) instead of keeping lists of model names.
+        gflops: forward GFLOPs per 32x32 image (reproduce's cost estimate; the figures
+            of docs/reproduction.md).
     """
-    from atzoo.registry import MODELS
+    from atzoo.registry import MODELS, declare
 
     def decorator(factory: NetFactory) -> Callable[..., nn.Module]:
         builder = normalized(factory)
         if taps:
             builder.default_taps = tuple(taps)  # type: ignore[attr-defined]
+        declare(family=family, gflops=gflops)(builder)
         MODELS.add(name, builder)
         return builder
 

@@ -138,13 +138,13 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@architecture("resnet18", "layer4.*relu*")
+@architecture("resnet18", "layer4.*relu*", family="resnet18", gflops=1.11)
 def resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR ResNet-18 (He et al. 2016; 3x3 stride-1 stem, no max-pool)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, first)
 
 
-@architecture("preact_resnet18", "layer4.*relu*")
+@architecture("preact_resnet18", "layer4.*relu*", family="resnet18", gflops=1.11)
 def preact_resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR PreAct ResNet-18 (He et al. 2016b; final BN + ReLU before pooling)."""
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, first)

@@ -20,17 +20,16 @@ from pathlib import Path
 from atzoo.report.cards import load_cards
 from atzoo.errors import ConfigError
 from atzoo.reproduce.runner import PlannedRun
-from atzoo.reproduce.scale import TRAIN_SIZES
+from atzoo.reproduce.scale import train_size
 
 #: Where a checkout keeps the measured step-cost ratios.
 DEFAULT_STEP_COST = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "step_cost_cpu.json"
 
-#: Forward FLOPs per image relative to the CIFAR ResNet-18 at 32 px (1.11 GFLOP):
-#: WRN-34-10 13.32 GFLOP; timm's resnet18 at 160 px 1.85 GFLOP (docs/reproduction.md).
-FLOP_FACTORS: dict[tuple[str, str], float] = {
-    ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0, ("wrn34_10", "cifar"): 12.0,
-    ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,  # 128 px crops: (128/32)^2
-}
+#: The reference of the FLOP factor: the CIFAR ResNet-18 at 32 px (the cards' times).
+REFERENCE_MODEL = "resnet18"
+#: Forward FLOPs relative to the reference for models that declare none where they are
+#: registered: timm's, built by prefix (timm's resnet18 at 160 px: 1.85 GFLOP, docs/reproduction.md).
+TIMM_FLOP_FACTORS: dict[tuple[str, str], float] = {("timm:resnet18", "imagenette"): 1.67}
 
 
 @dataclass(frozen=True)
@@ -69,8 +68,21 @@ def load_step_cost_ratios(path: str | Path | None = None) -> dict[str, float]:
         raise ConfigError(f"--step-cost {file} is not the JSON of 'atzoo bench step-cost --json'") from None
 
 
-def _family(dataset: str) -> str:
-    return "imagenette" if dataset.startswith("imagenette") else "cifar"
+def flop_factor(model: str, dataset: str) -> float | None:
+    """Forward FLOPs per image of ``model`` on ``dataset`` relative to the CIFAR ResNet-18:
+    the model's declared ``gflops`` (per 32x32 image) over the reference's, times the area
+    of the dataset's declared ``image_size`` (32 px when undeclared) over 32x32; None
+    when the model declares no FLOPs."""
+    from atzoo.registry import DATASETS, MODELS, load_builtins
+
+    load_builtins()
+    if model.startswith("timm:"):
+        return TIMM_FLOP_FACTORS.get((model, dataset))
+    gflops, reference = MODELS.fact(model, "gflops"), MODELS.fact(REFERENCE_MODEL, "gflops")
+    if gflops is None or not reference:
+        return None
+    side = DATASETS.fact(dataset, "image_size", 32)
+    return round(gflops / reference * (side / 32) ** 2, 6)
 
 
 def method_seconds(method: str, paper: dict[str, float], ratios: dict[str, float]) -> tuple[float, str]:
@@ -85,10 +97,10 @@ def method_seconds(method: str, paper: dict[str, float], ratios: dict[str, float
 def estimate_run(run: PlannedRun, paper: dict[str, float], ratios: dict[str, float]) -> Estimate:
     """Training seconds of one run on one A100 (ARREST adds its standard pre-training)."""
     cfg = run.config
-    images = cfg.data.train_subset or TRAIN_SIZES.get(cfg.data.name, 50_000)
+    images = cfg.data.train_subset or train_size(cfg.data.name) or 50_000
     # The paper's times are per batch of 128: a batch of B images costs about B/128 of one.
     batches = images // cfg.data.batch_size * (cfg.data.batch_size / 128)
-    flops = FLOP_FACTORS.get((cfg.model.name, _family(cfg.data.name)))
+    flops = flop_factor(cfg.model.name, cfg.data.name)
     per_batch, basis = method_seconds(cfg.method.name, paper, ratios)
     seconds = cfg.optim.epochs * batches * per_batch
     pretrain_epochs = getattr(cfg.method, "pretrain_epochs", 0) if not getattr(cfg.method, "pretrained", None) else 0
