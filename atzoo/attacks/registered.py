@@ -35,7 +35,7 @@ from atzoo.errors import ConfigError
 
 @runtime_checkable
 class Attack(Protocol):
-    """What the engine, the evaluator and the validation run an attack through.
+    """What the engine (the training attack) and the evaluator run an attack through.
 
     ``attack(model, x, y)`` returns the adversarial batch (detached, inside
     ``threat_model``'s ball and [0, 1]) and leaves the model's train/eval flags (and BN
