@@ -97,12 +97,13 @@ def train(
     Raises:
         AtzooError: bad configuration or run directory (nothing written), or a failed run.
     """
-    from atzoo.commands.train import run_training
+    from atzoo.engine.plan import plan_run, run_plan
 
     flags = {k: fields.pop(k) for k in TRAIN_FLAGS if k in fields}
+    recipe = flags.pop("recipe", None)
     extra = train_overrides(fields)
-    return run_training(method, out=Path(out) if out is not None else None, force=force, resume=resume,
-                        overrides=[*overrides, *extra], **flags)
+    plan = plan_run(method, recipe=recipe, overrides=[*overrides, *extra], out=out, resume=resume, **flags)
+    return run_plan(plan, force=force)
 
 
 # --------------------------------------------------------------------------- evaluate

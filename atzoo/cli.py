@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import click
 import typer
@@ -27,9 +27,12 @@ from rich.table import Table
 from atzoo import __version__
 from atzoo.errors import AtzooError, InterruptedRun, one_line
 
+#: The first line of ``atzoo --help``; :func:`help_text` adds the registered methods.
+HELP = "atzoo: an adversarial-training zoo for PyTorch."
+
 app = typer.Typer(
     name="atzoo",
-    help="atzoo: an adversarial-training zoo (AT, TRADES, MART, LBGAT, ARREST, AR-AT, Asym-TRADES).",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -131,6 +134,30 @@ def _register_commands() -> None:
         importlib.import_module(module).register(app)
 
 
+def help_text() -> str:
+    """``atzoo --help``'s description: :data:`HELP` and every registered method (a registry
+    query, so a new method appears without editing this file)."""
+    from atzoo.registry import list_methods
+
+    return f"{HELP} Methods: {', '.join(list_methods())} ('atzoo list methods' describes them)."
+
+
+def _wants_help(argv: list[str]) -> bool:
+    return not argv or bool({"-h", "--help"} & set(argv))
+
+
+def _add_registered_names(command: Any) -> None:
+    """Fills the help texts that name registered entries (only when help is shown: the
+    registries import torch)."""
+    command.help = help_text()
+    train = getattr(command, "commands", {}).get("train")
+    for param in getattr(train, "params", []):
+        if param.name == "method" and getattr(param, "param_type_name", "") == "argument":
+            from atzoo.registry import list_methods
+
+            param.help = f"Training method: {', '.join(list_methods())}."  # type: ignore[attr-defined]
+
+
 def _fail(message: object, code: int = 2, prefix: str = "error: ") -> int:
     print(f"atzoo: {prefix}{one_line(message)}", file=sys.stderr)
     return code
@@ -161,6 +188,8 @@ def run(argv: list[str] | None = None) -> int:
     """Runs the CLI on ``argv``; returns the exit code instead of exiting."""
     _register_commands()
     command = typer.main.get_command(app)
+    if _wants_help(sys.argv[1:] if argv is None else list(argv)):
+        _add_registered_names(command)
     debug = os.environ.get("ATZOO_DEBUG", "") not in ("", "0")
     try:
         result = command.main(args=argv, prog_name="atzoo", standalone_mode=False)

@@ -102,6 +102,31 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def fact(self, name: str, key: str, default: Any = None) -> Any:
+        """A fact the entry ``name`` declared where it was registered (:func:`declare`), or
+        ``default`` (also for an unknown or a prefixed name, which declare nothing)."""
+        if ":" in name or name not in self._entries:
+            return default
+        return getattr(self._entries[name], "facts", {}).get(key, default)
+
+
+def declare(**facts: Any) -> Callable[[T], T]:
+    """Declares facts of a registered entry beside its definition, as timm's ``pretrained_cfg``::
+
+        @DATASETS.register("cifar10")
+        @declare(train_size=50_000, image_size=32)
+        def cifar10(...): ...
+
+    Queried with :meth:`Registry.fact` (``DATASETS.fact("cifar10", "train_size")``), so no
+    table keyed by name elsewhere needs an edit when an entry is added.
+    """
+
+    def decorator(obj: T) -> T:
+        obj.facts = {**getattr(obj, "facts", {}), **facts}  # type: ignore[attr-defined]
+        return obj
+
+    return decorator
+
 
 METHODS: Registry[Any] = Registry("method")
 MODELS: Registry[Any] = Registry("model")

@@ -29,13 +29,13 @@ import pytest
 import torch
 
 from atzoo.cli import run
-from atzoo.commands.train import plan_run
+from atzoo.engine.plan import plan_run
 
 #: A valid, tiny training command line (the cases break one thing each).
 TRAIN = ["--model", "small_cnn", "--dataset", "digits", "data.train_subset=128", "data.test_subset=32",
          "attack.steps=1", "run.max_steps=1", "run.evaluate=false", "run.trackers=[]"]
 #: The default run directory of the command lines below (runs/at-small_cnn-digits-s0-<settings hash>).
-RUN = plan_run("at", model="small_cnn", dataset="digits", overrides=TRAIN[4:])[1].as_posix()
+RUN = plan_run("at", model="small_cnn", dataset="digits", overrides=TRAIN[4:]).run_dir.as_posix()
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The workspace every case starts from (trained once, copied per case)."""
     from accelerate.state import AcceleratorState
 
-    from atzoo.commands.train import make_config
+    from atzoo.engine.plan import make_config
     from atzoo.engine import train
 
     root = tmp_path_factory.mktemp("workspace")

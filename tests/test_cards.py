@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from atzoo.report.cards import card_names, load_card, load_cards, parse_card
+from atzoo.config import ThreatModel
+from atzoo.report.cards import Card, card_names, card_problems, load_card, load_cards, parse_card
 from atzoo.cli import run
 from atzoo.errors import AtzooError
 from atzoo.registry import METHODS, list_methods
@@ -102,15 +103,17 @@ def test_card_defaults_equal_the_config_dataclass(method: str) -> None:
 @pytest.mark.parametrize("method", list_methods())
 def test_card_front_matter_and_teaching_prose(method: str) -> None:
     card = load_card(method)
-    for key in ("title", "paper", "venue", "year", "arxiv", "loss", "threat_model"):
-        assert key in card.meta
-    assert card.threat_model() == ("linf", pytest.approx(8 / 255))
-    body = card.body
-    assert body.lstrip().startswith("# ") and len(body.split()) > 250
-    assert "```" in body  # the equation
-    assert "## Traps" in body
-    for key in card.defaults:  # every hyper-parameter is explained
-        assert f"`method.{key}`" in body or f"`{key}`" in body, f"{method}: {key} not explained"
+    assert card_problems(card) == []  # the card rules of docs/add_a_method.md
+    assert card.threat_model().matches(ThreatModel("linf", 8 / 255))
+
+
+def test_card_rules_name_each_problem() -> None:
+    card = Card(name="tiny", meta={"name": "tiny", "title": "Tiny", "defaults": {"beta": 1.0}}, body="A short text.\n")
+    problems = card_problems(card)
+    assert "front matter lacks 'paper'" in problems and "front matter lacks 'threat_model'" in problems and "the body must start with a '# ' title" in problems
+    assert any("words" in p for p in problems) and any("fenced code block" in p for p in problems)
+    assert "the body needs a '## Traps' section" in problems
+    assert "default 'beta' is not explained (write `method.beta` in the body)" in problems
 
 
 def test_paper_numbers_match_the_specification() -> None:
@@ -228,6 +231,7 @@ def test_add_a_method_worked_example(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     card = parse_card(card_text, "alp.md")
     assert card.name == "alp" and card.defaults == config_defaults("alp")
+    assert card_problems(card) == []  # the example passes the rules the page states
 
     recipe = tmp_path / "alp_cifar10_resnet18.yaml"
     recipe.write_text(recipe_text)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from atzoo.cli import run
-from atzoo.commands.train import announce, resolve_train_config
+from atzoo.engine.plan import announce, resolve_train_config
 from atzoo.config import OptimConfig, annotated_yaml, build_config, from_yaml, resolve_config
 from atzoo.engine.schedules import lr_factor
 from atzoo.config.recipes import default_recipe, recipe_setting
@@ -301,3 +301,37 @@ def test_swa_averages_from_the_official_epoch() -> None:
     for epoch0 in range(100):
         official = 76 <= epoch0 + 1
         assert averager.due(epoch0, global_step=500 * (epoch0 + 1)) is official, epoch0
+
+
+def test_one_train_reads_each_yaml_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``atzoo train`` plans once (:func:`atzoo.engine.plan.plan_run`): the recipe lookup reads
+    each recipe once, the chosen one is not read again, and the config is resolved once
+    (it was read 6 times when the CLI, the naming and the announcement each resolved it)."""
+    from collections import Counter
+
+    import atzoo.files.safe_read as safe_read
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "at_digits_small_cnn.yaml").write_text(
+        "method: {name: at}\ndata: {name: digits, train_subset: 64, test_subset: 16, batch_size: 32}\n"
+        "model: {name: small_cnn}\nattack: {steps: 1}\n")
+    (recipes / "trades_digits_small_cnn.yaml").write_text(
+        "method: {name: trades}\ndata: {name: digits}\nmodel: {name: small_cnn}\n")
+    monkeypatch.setenv("ATZOO_RECIPES", str(recipes))
+    reads: Counter[str] = Counter()
+    parse = safe_read.load_yaml
+
+    def counting(text: str, source: str, *args: object, **kwargs: object) -> object:
+        reads[source] += 1
+        return parse(text, source, *args, **kwargs)
+
+    monkeypatch.setattr(safe_read, "load_yaml", counting)
+    out = tmp_path / "run"
+    assert run(["train", "at", "--dataset", "digits", "--model", "small_cnn", "--epochs", "1", "--out", str(out),
+                "run.max_steps=1", "run.evaluate=false", "run.trackers=[]"]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert from_yaml((out / "config.yaml").read_text()).data.train_subset == 64  # the shipped recipe was used
+    assert reads == {f"recipe {recipes / 'at_digits_small_cnn.yaml'}": 1,
+                     f"recipe {recipes / 'trades_digits_small_cnn.yaml'}": 1,
+                     f"config {out / 'config.yaml'}": 1}  # the command's own summary line

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from atzoo.cli import run
-from atzoo.commands.train import plan_run
+from atzoo.engine.plan import plan_run
 from atzoo.config import from_yaml
 from atzoo.report import compare
 from leaderboard_fixtures import make_run
@@ -111,13 +111,13 @@ def test_a_longer_cosine_schedule_cannot_be_resumed() -> None:
 
 def test_default_run_name_differs_when_the_settings_do() -> None:
     recipe = "arat_cifar10_resnet18"
-    main = plan_run("arat", recipe=recipe)[1]
-    ablation = plan_run("arat", recipe=recipe, overrides=["method.split_bn=false"])[1]
+    main = plan_run("arat", recipe=recipe).run_dir
+    ablation = plan_run("arat", recipe=recipe, overrides=["method.split_bn=false"]).run_dir
     assert main == Path("runs/arat-resnet18-cifar10-s0")
     assert ablation.parent == main.parent and ablation.name.startswith(main.name + "-") and ablation != main
-    assert plan_run("arat", recipe=recipe, overrides=["method.split_bn=true"])[1] == main  # the recipe's own value
-    assert plan_run("arat", recipe=recipe, overrides=["run.evaluate=false"])[1] == main  # not a training setting
-    assert plan_run("arat", recipe=recipe, overrides=["method.split_bn=false", "run.name=mine"])[1] == Path("runs/mine")
+    assert plan_run("arat", recipe=recipe, overrides=["method.split_bn=true"]).run_dir == main  # the recipe's own value
+    assert plan_run("arat", recipe=recipe, overrides=["run.evaluate=false"]).run_dir == main  # not a training setting
+    assert plan_run("arat", recipe=recipe, overrides=["method.split_bn=false", "run.name=mine"]).run_dir == Path("runs/mine")
     readme = (REPO / "README.md").read_text()  # the README's ablation example names the folder it gets
     assert f"-> {main.as_posix()}" in readme and f"-> {ablation.as_posix()}" in readme
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from atzoo.commands.train import make_config
+from atzoo.engine.plan import make_config
 from atzoo.config import build_config, load_recipe
 from atzoo.registry import list_datasets, list_methods, list_models
 

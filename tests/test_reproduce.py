@@ -205,7 +205,7 @@ def test_reproduction_doc_is_what_the_tool_prints(cli, capsys, monkeypatch, tmp_
 
 
 def test_emit_jobs_writes_one_runnable_line_per_run(cli, capsys, tmp_path: Path) -> None:
-    from atzoo.commands.train import make_config
+    from atzoo.engine.plan import make_config
 
     jobs = tmp_path / "jobs.txt"
     assert cli("reproduce", "ar-at-table3", "--emit-jobs", str(jobs), "--launcher", "accelerate",

@@ -39,9 +39,10 @@ def test_a_file_wins_and_unknown_names_get_a_hint(tmp_path: Path, monkeypatch: p
 
 
 def test_cli_trains_from_a_recipe_name(capsys: pytest.CaptureFixture[str]) -> None:
-    from atzoo.commands.train import plan_run
+    from atzoo.engine.plan import plan_run
 
-    cfg, run_dir = plan_run("arat", recipe=Path("arat_cifar10_resnet18"))
+    plan = plan_run("arat", recipe=Path("arat_cifar10_resnet18"))
+    cfg, run_dir = plan.config, plan.run_dir
     assert (cfg.data.name, cfg.model.name, run_dir) == ("cifar10", "resnet18", Path("runs/arat-resnet18-cifar10-s0"))
 
 
@@ -51,7 +52,7 @@ def test_atzoo_recipes_is_the_one_recipes_folder(tmp_path: Path, monkeypatch: py
     from typer.testing import CliRunner
 
     from atzoo.cli import app
-    from atzoo.commands.train import plan_run
+    from atzoo.engine.plan import plan_run
     from atzoo.config.recipes import default_recipe
 
     (tmp_path / "my_digits_at.yaml").write_text(
@@ -62,5 +63,5 @@ def test_atzoo_recipes_is_the_one_recipes_folder(tmp_path: Path, monkeypatch: py
     assert default_recipe("at", "digits", "small_cnn") == tmp_path / "my_digits_at.yaml"
     listed = CliRunner().invoke(app, ["list", "recipes"])
     assert listed.exit_code == 0 and "my_digits_at" in listed.output
-    cfg, _ = plan_run("at", recipe=Path("my_digits_at"))
+    cfg = plan_run("at", recipe=Path("my_digits_at")).config
     assert cfg.optim.lr == 0.0123 and cfg.data.name == "digits"

@@ -146,7 +146,7 @@ def test_resume_with_validation_and_best_weights_is_exact(best_run: Path, tmp_pa
 
 
 def test_run_curves_and_compare_curves(best_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from atzoo.report.curves import run_curves
+    from atzoo.engine.curves import run_curves
 
     curves = run_curves(best_run)
     val = [r for r in read_metrics(best_run) if r["kind"] == "val"]

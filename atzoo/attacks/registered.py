@@ -24,11 +24,30 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from atzoo.attacks.mode import attack_mode
+from atzoo.config.threat import ThreatModel
 from atzoo.errors import ConfigError
+
+
+@runtime_checkable
+class Attack(Protocol):
+    """What the engine (the training attack) and the evaluator run an attack through.
+
+    ``attack(model, x, y)`` returns the adversarial batch (detached, inside
+    ``threat_model``'s ball and [0, 1]) and leaves the model's train/eval flags (and BN
+    route) as it found them, as torchattacks' ``Attack`` does.
+    """
+
+    name: str
+
+    @property
+    def threat_model(self) -> ThreatModel: ...
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor: ...
 
 #: Settings of the ``attack`` config section an attack may take.
 RUN_SETTINGS: tuple[str, ...] = ("eps", "norm", "step_size", "steps", "random_start", "start_std")
@@ -59,7 +78,7 @@ def is_batch_attack(fn: Callable[..., Any]) -> bool:
 
 @dataclass(frozen=True)
 class BatchAttack:
-    """A registered attack bound to its settings; call it like the attack itself.
+    """A registered attack bound to its settings; call it like the attack itself (an :class:`Attack`).
 
     Attributes:
         name: the registered name.
@@ -94,6 +113,7 @@ class BatchAttack:
             ConfigError: ``loss`` is not CE and this attack attacks the cross-entropy only.
         """
         named, var_kw = _keywords(self.fn)
+        mode = mode or self.mode
         kwargs: dict[str, Any] = dict(self.settings)
         calls = {"loss": loss, "clean_probs": clean_probs}
         if "loss" in named:
@@ -101,9 +121,18 @@ class BatchAttack:
         elif loss != "ce":
             raise ConfigError(f"attack '{self.name}' attacks the cross-entropy only; this method needs the "
                               f"'{loss}' loss (use attack.name=pgd)")
-        passed = {"mode": mode or self.mode, "route": route, "generator": generator}
+        passed = {"mode": mode, "route": route, "generator": generator}
         kwargs.update({k: v for k, v in passed.items() if k in named or var_kw})
-        return self.fn(model, x, y, **kwargs)
+        # The mode (and route) hold for any registered function, and every module's
+        # train/eval flag is restored afterwards, whatever the function itself does.
+        with attack_mode(model, mode, route):
+            return self.fn(model, x, y, **kwargs)
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The ball this attack stays in (with its step size, where it takes one)."""
+        step = self.settings.get("step_size")
+        return ThreatModel(self.norm, self.eps, float(step) if step is not None else None)
 
     def describe(self) -> dict[str, Any]:
         """The settings as written to ``eval.json`` (``attacks.<name>``)."""

@@ -36,7 +36,7 @@ def compare_command(
     """
     board, written = compare(list(run_dirs or []), out=out, paper=paper)
     if curves:
-        from atzoo.report.curves import write_compare_curves
+        from atzoo.engine.curves import write_compare_curves
 
         written["curves.png"] = write_compare_curves(list(run_dirs or []), out)
     console = Console()

@@ -229,6 +229,14 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else (f"{value:.2f}" if isinstance(value, float) else str(value))
 
 
+def attack_rows(payload: dict[str, Any]) -> list[str]:
+    """The per-batch attacks measured in ``payload``, in the order evaluated: every entry of
+    ``attacks`` (PGD-N and any registered attack) with an accuracy, but clean and AutoAttack
+    (which have their own rows)."""
+    measured = payload.get("attacks") or {}
+    return [name for name in measured if name not in ("clean", "aa") and f"{name}_acc" in payload]
+
+
 def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     console = Console()
     console.print(f"[bold]{payload.get('method') or '?'} / {payload.get('model') or '?'} / {payload['dataset']}[/] "
@@ -237,8 +245,7 @@ def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")
     rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
-    rows += [(f"{k[:-4].upper()} %", v) for k, v in payload.items()
-             if k.startswith(("pgd", "fgsm")) and k.endswith("_acc") and not k.startswith("pgd_")]
+    rows += [(f"{name.upper()} %", payload[f"{name}_acc"]) for name in attack_rows(payload)]
     rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
              ("invariance cos", payload.get("invariance_cos"))]
     for name, value in rows:

@@ -6,6 +6,8 @@
   the installed wheel's, or ``$ATZOO_RECIPES`` for recipes): :func:`recipes_dir`,
   :func:`list_recipes`, :func:`find_recipe`.
 * :mod:`atzoo.config.recipes` -- the default recipe of a ``(method, dataset, model)``.
+* :mod:`atzoo.config.threat` -- :class:`ThreatModel`, the one threat-model type (evaluator,
+  bound attacks, zoo cards, export).
 
 The names below are the package's public surface (``from atzoo.config import RunConfig``).
 """
@@ -48,11 +50,12 @@ from atzoo.config.schema import (
     to_yaml,
     validate,
 )
+from atzoo.config.threat import ThreatModel
 
 __all__ = [
     "SCHEDULE_KEYS", "SECTIONS", "SOURCES", "AttackConfig", "AveragingConfig", "DataConfig",
     "DiagnosticsConfig", "EvalConfig", "MethodConfig", "ModelConfig", "OptimConfig", "Resolution",
-    "RunConfig", "RunSection", "annotated_yaml", "apply_overrides", "build_config",
+    "RunConfig", "RunSection", "ThreatModel", "annotated_yaml", "apply_overrides", "build_config",
     "build_method_config", "coerce", "config_from_dict", "config_to_dict", "from_yaml", "load_recipe",
     "merge", "method_config_class", "method_paper_defaults", "parse_override", "read_config_file",
     "resolve", "resolve_attack", "resolve_config", "scale_schedule", "to_yaml", "validate",

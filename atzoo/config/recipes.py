@@ -17,25 +17,48 @@ from pathlib import Path
 from atzoo.config.resources import recipes_dir
 
 
-def recipe_setting(path: Path) -> tuple[str, str, str] | None:
-    """``(method, dataset, model)`` named by a recipe file, or None if it names no such triple."""
+def read_recipe_values(path: Path) -> object | None:
+    """The parsed YAML of a recipe file, or None when it cannot be read as one."""
     from atzoo.errors import AtzooError
     from atzoo.files.safe_read import read_yaml_file  # the one bounded YAML reader (no aliases)
 
     try:
-        values = read_yaml_file(path, "recipe") or {}
+        return read_yaml_file(path, "recipe") or {}
     except AtzooError:  # not a recipe this lookup can use; --recipe on it gives the error
         return None
+
+
+def setting_of(values: object) -> tuple[str, str, str] | None:
+    """``(method, dataset, model)`` named by parsed recipe values, or None if they name no such triple."""
     names = [(values.get(section) or {}).get("name") if isinstance(values, dict) else None
              for section in ("method", "data", "model")]
     return tuple(names) if all(isinstance(n, str) for n in names) else None  # type: ignore[return-value]
 
 
-def default_recipe(method: str, dataset: str, model: str) -> Path | None:
-    """The shipped recipe of ``(method, dataset, model)``, or None when there is none."""
+def recipe_setting(path: Path) -> tuple[str, str, str] | None:
+    """``(method, dataset, model)`` named by a recipe file, or None if it names no such triple."""
+    return setting_of(read_recipe_values(path))
+
+
+def find_default_recipe(method: str, dataset: str, model: str) -> tuple[Path, dict] | None:
+    """The shipped recipe of ``(method, dataset, model)`` with its parsed values, or None.
+
+    Each recipe file is read once; the chosen one's values are returned so that the caller
+    need not read it again.
+    """
     folder = recipes_dir()
     if not folder.is_dir():
         return None
-    matches = [p for p in sorted(folder.glob("*.yaml")) if recipe_setting(p) == (method, dataset, model)]
-    preferred = [p for p in matches if p.stem == f"{method}_{dataset}_{model}"]
+    matches: list[tuple[Path, dict]] = []
+    for path in sorted(folder.glob("*.yaml")):
+        values = read_recipe_values(path)
+        if setting_of(values) == (method, dataset, model):
+            matches.append((path, values))  # type: ignore[arg-type]  (a dict: it names a setting)
+    preferred = [m for m in matches if m[0].stem == f"{method}_{dataset}_{model}"]
     return (preferred or matches or [None])[0]
+
+
+def default_recipe(method: str, dataset: str, model: str) -> Path | None:
+    """The shipped recipe of ``(method, dataset, model)``, or None when there is none."""
+    found = find_default_recipe(method, dataset, model)
+    return found[0] if found is not None else None

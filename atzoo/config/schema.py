@@ -17,6 +17,7 @@ source of every value and rescales the schedule when ``optim.epochs`` is changed
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -517,17 +518,22 @@ def method_paper_defaults(method: str, model: str) -> dict[str, Any]:
 def resolve_config(
     recipe: str | Path | None = None,
     overrides: list[str] | None = None,
+    *,
+    recipe_values: dict[str, Any] | None = None,
     **flags: dict[str, Any],
 ) -> Resolution:
     """Method paper defaults < recipe < flag sections < ``section.key=value`` overrides.
 
     Changing ``optim.epochs`` with a flag or an override rescales the schedule's epochs
     that the user did not give (:func:`scale_schedule`). Returns the config and where
-    each value came from.
+    each value came from. ``recipe_values``: the recipe's contents already read (the
+    file ``recipe`` is then not read again).
     """
     upper: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    lower = _layer({}, load_recipe(recipe) if recipe else {}, "recipe", sources)
+    if recipe_values is None:
+        recipe_values = load_recipe(recipe) if recipe else {}
+    lower = _layer({}, copy.deepcopy(recipe_values), "recipe", sources)
     for section, given in flags.items():
         upper = _layer(upper, {section: {k: v for k, v in given.items() if v is not None}}, "flag", sources)
     upper = _layer(upper, apply_overrides({}, overrides or []), "override", sources)

@@ -34,7 +34,7 @@ import torch
 
 from atzoo.data.bundle import DatasetBundle, ImageArrays
 from atzoo.errors import DataError
-from atzoo.registry import DATASETS
+from atzoo.registry import DATASETS, declare
 
 # Per-channel statistics of the full training sets (only used when a model normalises).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -121,6 +121,7 @@ def _cifar(name: str, cls_name: str, folder_name: str, files: list[str], archive
 
 
 @DATASETS.register("cifar10")
+@declare(train_size=50_000, image_size=32)
 def cifar10(root: str | None = None, download: bool = True) -> DatasetBundle:
     """CIFAR-10 (torchvision): 50,000 / 10,000 32x32 colour images, 10 classes."""
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -130,6 +131,7 @@ def cifar10(root: str | None = None, download: bool = True) -> DatasetBundle:
 
 
 @DATASETS.register("cifar100")
+@declare(train_size=50_000, image_size=32)
 def cifar100(root: str | None = None, download: bool = True) -> DatasetBundle:
     """CIFAR-100 (torchvision): 50,000 / 10,000 32x32 colour images, 100 fine classes."""
     return _cifar("cifar100", "CIFAR100", "cifar-100-python", ["train", "test", "meta"],
@@ -138,6 +140,7 @@ def cifar100(root: str | None = None, download: bool = True) -> DatasetBundle:
 
 
 @DATASETS.register("svhn")
+@declare(train_size=73_257, image_size=32)
 def svhn(root: str | None = None, download: bool = True) -> DatasetBundle:
     """SVHN (torchvision): 73,257 / 26,032 32x32 house-number digits, 10 classes; no flip."""
     folder = data_root(root)
@@ -180,6 +183,7 @@ def imagenette_transforms(
 
 
 @DATASETS.register("imagenette")
+@declare(train_size=9_469, image_size=IMAGENETTE_CROP)
 def imagenette(root: str | None = None, download: bool = True) -> DatasetBundle:
     """Imagenette 160 px (torchvision): 9,469 / 3,925 ImageNet images of 10 classes, from files,
     cropped to 128 px (:func:`imagenette_transforms`)."""

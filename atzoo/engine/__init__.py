@@ -1,5 +1,8 @@
 """The training engine: one Accelerate loop for every method.
 
+* :func:`plan_run` -- the one planning of a run (config with each value's source, run
+  directory, notes) for ``atzoo train``, :func:`atzoo.train`, ``reproduce`` and the demo;
+  :func:`run_plan` runs a plan (:mod:`atzoo.engine.plan`).
 * :func:`train` -- build, (re)start, loop, export and evaluate one run
   (:mod:`atzoo.engine.trainer`; its parts: :mod:`~atzoo.engine.resume` run state and
   checkpoints, :mod:`~atzoo.engine.logs` logging, :mod:`~atzoo.engine.finish` export and
@@ -24,6 +27,7 @@ from atzoo.engine.checkpoint import (
     verify_checkpoint,
 )
 from atzoo.engine.module import TrainingModule
+from atzoo.engine.plan import RunPlan, plan_run, run_plan
 from atzoo.engine.rundir import default_run_name, read_metrics, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler, lr_factor
 from atzoo.engine.trainer import train
@@ -32,6 +36,7 @@ from atzoo.errors import NonFiniteLossError
 __all__ = [
     "CheckpointData",
     "NonFiniteLossError",
+    "RunPlan",
     "TrainingModule",
     "WeightAverage",
     "averaging_kind",
@@ -41,9 +46,11 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "lr_factor",
+    "plan_run",
     "read_metrics",
     "recompute_bn_stats",
     "resolve_run_dir",
+    "run_plan",
     "save_checkpoint",
     "train",
     "verify_checkpoint",

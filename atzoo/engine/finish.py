@@ -47,7 +47,7 @@ class Finishing(RunState):
 
     def write_curves(self) -> None:
         """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
-        from atzoo.report.curves import plot_curves, run_curves
+        from atzoo.engine.curves import plot_curves, run_curves
 
         atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
 

@@ -120,15 +120,19 @@ class RunState(Logging):
         c = self.cfg
         return precision.describe(c.run.precision, c.attack.precision, c.eval.precision)
 
-    def open_run_dir(self, *, force: bool, resume: bool, trackers: list[str]) -> None:
+    def open_run_dir(self, *, force: bool, resume: bool, trackers: list[str],
+                     claim: RunDirClaim | None = None) -> None:
         """Fresh, replaced (``force``) or resumed directory; then trackers are started.
 
         Everything that can fail on bad input (the config check, reading and loading the
-        checkpoint) happens before the first write.
+        checkpoint) happens before the first write. ``claim``: the directory claim of
+        :func:`~atzoo.engine.trainer.train` (one is made here otherwise).
         """
         point = find_resume_checkpoint(self.run_dir / "checkpoints") if resume else None
         if point is not None:
             self.restore(point)  # includes every process's RNG state
+        if claim is not None:
+            self.claim = claim
         if self.claim is None:  # a Trainer used without train(): the lock lasts until the process ends
             self.claim = RunDirClaim(self.run_dir, force=force, resume=resume, enabled=self.is_main)
         if self.is_main:

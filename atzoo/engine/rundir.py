@@ -31,15 +31,7 @@ from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
 from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
 from atzoo.files.paths import check_output_path
-
-#: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
-#: deletes such directories, never an arbitrary folder given by mistake.
-RUN_MARKERS = ("metrics.jsonl", "checkpoints", "model.safetensors", "eval.json")
-
-
-def looks_like_run(path: Path) -> bool:
-    """Whether ``path`` holds an atzoo run (its config and some of its output)."""
-    return (path / "config.yaml").is_file() and any((path / m).exists() for m in RUN_MARKERS)
+from atzoo.files.rundir import RUN_MARKERS, looks_like_run, read_metrics  # noqa: F401  (re-exported)
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -302,22 +294,3 @@ class MetricsLog:
         if self.enabled and self.path.exists() and self.path.stat().st_size > size:
             with open(self.path, "r+b") as handle:
                 handle.truncate(size)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
-
-    A torn last line (the process was killed while appending it; ``--resume`` cuts it)
-    is left out; a bad line anywhere else is a ``json.JSONDecodeError``.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    text = path.read_text()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and not text.endswith("\n"):
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines.pop()
-    return [json.loads(line) for line in lines]

@@ -3,7 +3,7 @@
 For one loader batch (see the hook contract in :mod:`atzoo.methods.base`)::
 
     with accelerator.accumulate(wrapped):
-        with autocast(run.precision):                        # = accelerator.autocast()
+        with autocast(run.precision):                        # the step's own context, not accelerator.autocast()
             with autocast(attack.precision):                 # the attack's own precision
                 x_adv = method.attack(model, modules, x, y)  # unwrapped network
             method.before_step(step)

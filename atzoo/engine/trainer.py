@@ -111,10 +111,8 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     claim = RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main)
     try:
         with claim:
-            trainer.claim = claim
-            trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
-            for note in notes or []:
-                trainer._event("config", note)
+            trainer.open_run_dir(force=force, resume=resume, trackers=trackers, claim=claim)
+            trainer.log_config_notes(notes or [])
             trainer.fit()
             trainer.finish()
     except KeyboardInterrupt:
@@ -203,8 +201,13 @@ class Trainer(Finishing):
         self.resume_metrics_bytes = 0
         self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
-        self.claim: RunDirClaim | None = None  # train() sets it; open_run_dir() makes one otherwise
+        self.claim: RunDirClaim | None = None  # given to open_run_dir() by train(), else made there
         self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
+
+    def log_config_notes(self, notes: list[str]) -> None:
+        """Prints and logs (``event: config`` rows) the lines that say how the config was made."""
+        for note in notes:
+            self._event("config", note)
 
     # ------------------------------------------------------------------ building
     def _load_data(self) -> Any:

@@ -57,6 +57,7 @@ from atzoo import __version__
 from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap_model
 from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
 from atzoo.attacks.mode import attack_mode
+from atzoo.config.threat import DEFAULT_EPS, ThreatModel  # noqa: F401  (the one threat-model type; re-exported)
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.files.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
@@ -82,9 +83,6 @@ STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
 _ALIASES = {"autoattack": "aa", "pgd": "pgd20"}
-#: Default radius per norm (CIFAR): L-inf 8/255, L2 0.5 (the L2 recipes evaluate at 128/255,
-#: as the official AR-AT evaluation does, by setting ``eval.eps``).
-DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 _VALID = "clean, pgd<N> (e.g. pgd20), aa"
 
 
@@ -134,49 +132,6 @@ def parse_attacks(names: Sequence[str]) -> list[str]:
 def pgd_steps_of(attacks: Sequence[str]) -> list[int]:
     """The step counts of the ``pgd<N>`` names in ``attacks``."""
     return [int(m.group(1)) for n in attacks if (m := _PGD_NAME.match(n))]
-
-
-# --------------------------------------------------------------------------- threat model
-
-
-@dataclass(frozen=True)
-class ThreatModel:
-    """Norm, radius and PGD step size of an evaluation."""
-
-    norm: str
-    eps: float
-    step_size: float
-
-    @classmethod
-    def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig) -> "ThreatModel":
-        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2).
-
-        An evaluation norm other than the training attack's, given without ``eps``, takes
-        that norm's default radius (:data:`DEFAULT_EPS`: 8/255 L-inf, 0.5 L2), never the
-        other norm's number.
-        """
-        norm = cfg.norm or attack_cfg.norm
-        if cfg.eps is not None:
-            eps = cfg.eps
-        else:
-            eps = attack_cfg.eps if norm == attack_cfg.norm else DEFAULT_EPS.get(norm, attack_cfg.eps)
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"eval norm must be one of linf, l2, got {norm!r}")
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 < eps <= 1):
-            raise ConfigError(f"eval eps must be in (0, 1], got {eps!r}")
-        step = cfg.pgd_step_size or (2 / 255 if norm == "linf" else eps / 4)
-        if step <= 0:
-            raise ConfigError(f"eval pgd_step_size must be > 0, got {step!r}")
-        return cls(norm, float(eps), float(step))
-
-    def pgd_settings(self, steps: int) -> dict[str, Any]:
-        return {"steps": steps, "step_size": self.step_size, "loss": "ce", "random_start": "uniform",
-                "restarts": 1, "norm": self.norm, "eps": self.eps}
-
-    def attack(self, name: str) -> BatchAttack:
-        """The registered attack ``name`` with this threat model (eval mode, 20 steps where it has steps)."""
-        return build_attack(name, {"eps": self.eps, "norm": self.norm, "step_size": self.step_size, "steps": 20,
-                                   "random_start": "uniform", "start_std": 0.001})
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -455,7 +410,7 @@ def evaluate(
     with attack_mode(unwrap_model(model), "eval", None) as net, autocast(cfg.precision, device), \
             _Progress(progress and group.is_main).show() as bars:
         steps_list = pgd_steps_of(attacks)
-        extra = [threat.attack(n) for n in attacks if n in registered_eval_attacks()]
+        extra = [build_attack(n, threat.attack_settings()) for n in attacks if n in registered_eval_attacks()]
         if "clean" in attacks:
             totals = _test_pass(net, bundle, cfg, threat, steps_list, device=device, group=group,
                                 accelerator=accelerator, progress=bars, seed=seed, n_sub=n_sub, extra=extra)

@@ -59,25 +59,26 @@ from atzoo.attacks.mode import attack_mode
 from atzoo.config import MethodConfig, RunConfig
 from atzoo.errors import ConfigError
 from atzoo.methods.base import EpochContext, LossOutput, Method, MethodContext
-from atzoo.models import default_tap_patterns, expand_tap_patterns
+from atzoo.models import architecture_family, default_tap_patterns, expand_tap_patterns
 from atzoo.models.predictor import build_predictor
 from atzoo.models.routed_bn import bn_route, convert_to_routed_bn, export_route, has_routed_bn
 from atzoo.models.taps import FeatureTaps, resolve_tap_names
 from atzoo.registry import METHODS
 
-#: The invariance weight per architecture (the paper's values; see the module docstring).
-GAMMA_BY_MODEL: dict[str, float] = {
+#: The invariance weight per paper architecture (the paper's values; see the module
+#: docstring); a model names its family where it is registered (``family=`` of
+#: :func:`atzoo.models.layers.architecture`).
+GAMMA_BY_FAMILY: dict[str, float] = {
     "resnet18": 30.0,
-    "preact_resnet18": 30.0,
-    "wrn34_10": 100.0,
-    "wrn28_10": 100.0,
+    "wideresnet": 100.0,
 }
 DEFAULT_GAMMA = 30.0
 
 
 def default_gamma(model_name: str) -> float:
     """The AR-AT invariance weight for ``model_name`` (30 for models the paper did not use)."""
-    return GAMMA_BY_MODEL.get(model_name, DEFAULT_GAMMA)
+    family = architecture_family(model_name)
+    return GAMMA_BY_FAMILY.get(family, DEFAULT_GAMMA) if family is not None else DEFAULT_GAMMA
 
 
 # --------------------------------------------------------------------------- configs

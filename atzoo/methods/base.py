@@ -21,8 +21,9 @@ Life cycle inside the engine (``atzoo/engine``)::
             x_adv = method.attack(model, modules, x, y)  # unwrapped model, no param grads
             step = StepContext(epoch, global_step, model, modules, x, x_adv, y, lr, synced, all_reduce_sum)
             method.before_step(step)                     # e.g. AWP: perturb the weights
-            out = training_module(x, x_adv, y)           # ONE forward through DDP -> LossOutput
-            backward(out.total()); clip (when synced)
+            parts, logits, stats = training_module(x, x_adv, y)  # ONE forward through DDP: the
+                                                         # LossOutput of compute_loss, as a tuple
+            backward(float32 sum of parts); clip (when synced)
             method.before_optimizer_step(step)           # gradients are final (when synced)
             optimizer.step(); optimizer.zero_grad()      # a no-op unless step.synced
             method.after_optimizer_step(step)            # e.g. AWP: restore the weights

@@ -45,8 +45,12 @@ from atzoo.registry import METHODS
 if TYPE_CHECKING:
     from atzoo.config import RunConfig
 
-#: Models for which the paper's ResNet-18 setting (beta 5) is the default.
-RESNET18_LIKE: tuple[str, ...] = ("resnet18", "preact_resnet18")
+def resnet18_setting(model_name: str) -> bool:
+    """Whether the paper's ResNet-18 setting (beta 5, its schedule) applies: the model
+    declared ``family="resnet18"`` where it is registered (:func:`atzoo.models.layers.architecture`)."""
+    from atzoo.models import architecture_family
+
+    return architecture_family(model_name) == "resnet18"
 
 
 def strongest_wrong_class(probs_adv: Tensor, y: Tensor) -> Tensor:
@@ -94,7 +98,7 @@ class MARTConfig(MethodConfig):
     def resolve(self, run: "RunConfig") -> "MARTConfig":
         if self.beta is not None:
             return self
-        return dataclasses.replace(self, beta=5.0 if run.model.name in RESNET18_LIKE else 6.0)
+        return dataclasses.replace(self, beta=5.0 if resnet18_setting(run.model.name) else 6.0)
 
     def validate(self) -> None:
         if self.beta is not None and self.beta < 0:
@@ -115,7 +119,7 @@ class MART(Method):
         """The official code's settings: CE-PGD-10, eps 0.031, step 0.007, start
         ``x + 0.001 N(0, I)``; ResNet-18: lr 0.01, wd 3.5e-3, 120 epochs, x0.1 from epochs
         75, 90 and 100 (1-based); WideResNet: lr 0.1, wd 7e-4, 90 epochs, x0.1 from 75 and 90."""
-        resnet = model in RESNET18_LIKE
+        resnet = resnet18_setting(model)
         optim = ({"epochs": 120, "lr": 0.01, "weight_decay": 3.5e-3, "milestones": [74, 89, 99]} if resnet
                  else {"epochs": 90, "lr": 0.1, "weight_decay": 7e-4, "milestones": [74, 89]})
         return {

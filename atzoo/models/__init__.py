@@ -188,6 +188,12 @@ def expand_tap_patterns(model_name: str, patterns: Sequence[str]) -> list[str]:
     return out
 
 
+def architecture_family(model_name: str) -> str | None:
+    """The paper architecture ``model_name`` declared at registration (``resnet18``,
+    ``wideresnet``), or None (``small_cnn``, ``timm:*``, an unknown name)."""
+    return MODELS.fact(model_name, "family")
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (shared parameters counted once)."""
     return sum(p.numel() for p in model.parameters())

@@ -90,7 +90,8 @@ def normalized(factory: NetFactory, doc: str | None = None) -> Callable[..., nn.
 
 
 def architecture(
-    name: str, *taps: str, tap_sets: dict[str, tuple[str, ...]] | None = None
+    name: str, *taps: str, tap_sets: dict[str, tuple[str, ...]] | None = None,
+    family: str | None = None, gflops: float | None = None, a100_time_factor: float | None = None,
 ) -> Callable[[NetFactory], Callable[..., nn.Module]]:
     """Registers ``factory`` in ``MODELS`` as ``name`` (through :func:`normalized`).
 
@@ -99,14 +100,22 @@ def architecture(
             penultimate features.
         tap_sets: other named tap sets (``builder.tap_sets``), selectable by name in
             ``method.layers`` (e.g. ``block_output``); ``default`` always names ``taps``.
+        family: the paper architecture whose per-model settings apply (``resnet18`` for
+            the ResNet-18s, ``wideresnet`` for WRN-34-10/28-10); methods read it
+            (``MODELS.fact(name, "family")``) instead of keeping lists of model names.
+        gflops: forward GFLOPs per 32x32 image (reproduce's cost estimate; the figures
+            of docs/reproduction.md).
+        a100_time_factor: training time per 32x32 image relative to the CIFAR ResNet-18 as a
+            paper measured it on an A100; reproduce's estimate prefers it to ``gflops``.
     """
-    from atzoo.registry import MODELS
+    from atzoo.registry import MODELS, declare
 
     def decorator(factory: NetFactory) -> Callable[..., nn.Module]:
         builder = normalized(factory)
         if taps:
             builder.default_taps = tuple(taps)  # type: ignore[attr-defined]
         builder.tap_sets = dict(tap_sets or {})  # type: ignore[attr-defined]
+        declare(family=family, gflops=gflops, a100_time_factor=a100_time_factor)(builder)
         MODELS.add(name, builder)
         return builder
 

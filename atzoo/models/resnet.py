@@ -153,13 +153,15 @@ RESNET18_OFFICIAL_TAPS: tuple[str, ...] = ("layer4.0.bn1", "layer4.0.bn2", "laye
 BLOCK_OUTPUT_TAPS: tuple[str, ...] = ("layer4.*relu*",)
 
 
-@architecture("resnet18", *RESNET18_OFFICIAL_TAPS, tap_sets={"block_output": BLOCK_OUTPUT_TAPS})
+@architecture("resnet18", *RESNET18_OFFICIAL_TAPS, tap_sets={"block_output": BLOCK_OUTPUT_TAPS},
+              family="resnet18", gflops=1.11)
 def resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR ResNet-18 (He et al. 2016; 3x3 stride-1 stem, no max-pool)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, first)
 
 
-@architecture("preact_resnet18", *BLOCK_OUTPUT_TAPS)  # no official AR-AT taps: atzoo's choice
+# no official AR-AT taps for PreAct ResNet-18: the block outputs are atzoo's choice
+@architecture("preact_resnet18", *BLOCK_OUTPUT_TAPS, family="resnet18", gflops=1.11)
 def preact_resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR PreAct ResNet-18 (He et al. 2016b; final BN + ReLU before pooling)."""
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, first)

@@ -112,13 +112,14 @@ class WideResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@architecture("wrn34_10", "block3.*relu*", "pool")
+# a100_time_factor: AR-AT paper, Appendix A.2: about 10 h for WRN-34-10 vs 2 h for ResNet-18.
+@architecture("wrn34_10", "block3.*relu*", "pool", family="wideresnet", gflops=13.32, a100_time_factor=5.0)
 def wrn34_10(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """WRN-34-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
     return WideResNet(34, 10, num_classes, in_channels, first)
 
 
-@architecture("wrn28_10", "block3.*relu*", "pool")
+@architecture("wrn28_10", "block3.*relu*", "pool", family="wideresnet")
 def wrn28_10(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """WRN-28-10 (Zagoruyko and Komodakis 2016; TRADES/AR-AT layout)."""
     return WideResNet(28, 10, num_classes, in_channels, first)

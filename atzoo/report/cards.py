@@ -35,12 +35,14 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from atzoo.files.common import load_yaml
-from atzoo.errors import AtzooError, brief
+from atzoo.config.threat import ThreatModel
+from atzoo.errors import AtzooError, ConfigError, brief
 from atzoo.config.resources import resource_dir
 
 #: Folder holding the cards: ``$ATZOO_CARDS``, else the checkout's ``zoo_cards/``, else the
@@ -66,7 +68,7 @@ class PaperResult:
         source: where the number comes from.
         when: config conditions (flattened ``section.key`` -> value) a run must meet
             for this row to be its reference; empty for the main row.
-        threat_model: ``(norm, eps)`` of the card's numbers, ``None`` when unstated.
+        threat_model: the threat model of the card's numbers, ``None`` when unstated.
         cost_vs_at: the paper's training time relative to AT (``reported_cost``), if given.
     """
 
@@ -78,7 +80,7 @@ class PaperResult:
     autoattack: float | None
     source: str
     when: dict[str, Any] = field(default_factory=dict)
-    threat_model: tuple[str, float] | None = None
+    threat_model: ThreatModel | None = None
     cost_vs_at: float | None = None
 
 
@@ -99,13 +101,17 @@ class Card:
     def title(self) -> str:
         return str(self.meta.get("title") or self.name)
 
-    def threat_model(self, tm: Any = None) -> tuple[str, float] | None:
-        """``(norm, eps)`` under which the reported numbers were measured, if stated
+    def threat_model(self, tm: Any = None) -> ThreatModel | None:
+        """The threat model under which the reported numbers were measured, if stated
         (``tm``: a variant's own ``threat_model`` mapping instead of the card's)."""
         tm = tm or self.meta.get("threat_model")
         if not tm:
             return None
-        return str(tm["norm"]), parse_eps(tm["eps"], f"{self.name} card threat_model.eps")
+        where = f"{self.name} card threat_model"
+        try:
+            return ThreatModel.of(tm["norm"], parse_eps(tm["eps"], f"{where}.eps"), where)
+        except ConfigError as exc:
+            raise AtzooError(str(exc)) from None
 
     def paper_results(self) -> list[PaperResult]:
         """Every reported result of the card, main rows first, then variants."""
@@ -131,7 +137,7 @@ class Card:
 
 def _paper_result(
     label: str, method: str, setting: str, values: dict[str, Any], source: str, when: dict[str, Any],
-    threat_model: tuple[str, float] | None,
+    threat_model: ThreatModel | None,
 ) -> PaperResult:
     return PaperResult(
         label=label, method=method, setting=setting, clean=_num(values.get("clean")),
@@ -224,6 +230,39 @@ def _check_results(card: Card, source: str) -> None:
                     raise AtzooError(f"card {source}: reported.{setting}.{metric}={brief(value)} is not valid; "
                                      f"metrics: {', '.join(METRICS)} (percentages)")
     card.threat_model()
+
+
+#: Front-matter keys every card of the zoo states (docs/add_a_method.md, "Card rules").
+TEACHING_KEYS: tuple[str, ...] = ("title", "paper", "venue", "year", "arxiv", "loss", "threat_model")
+#: A card teaches: at least this many words of prose.
+MIN_CARD_WORDS = 250
+#: A fenced code block (backticks or tildes) holds the loss.
+_FENCE = re.compile(r"^(```|~~~)", flags=re.M)
+
+
+def card_problems(card: Card) -> list[str]:
+    """What keeps ``card`` from being a zoo card (empty when it passes): the rules that
+    docs/add_a_method.md states, checked for every card of the zoo and for the page's own
+    worked example (tests/test_cards.py).
+
+    Rules: the teaching front-matter keys (:data:`TEACHING_KEYS`); a body that starts with a
+    ``# `` title, holds more than :data:`MIN_CARD_WORDS` words, a fenced code block (the
+    loss) and a ``## Traps`` section; every key of ``defaults`` explained in the body as
+    ``method.<key>`` or ``<key>`` in backticks.
+    """
+    problems = [f"front matter lacks '{key}'" for key in TEACHING_KEYS if key not in card.meta]
+    body = card.body
+    if not body.lstrip().startswith("# "):
+        problems.append("the body must start with a '# ' title")
+    if len(body.split()) <= MIN_CARD_WORDS:
+        problems.append(f"the body has {len(body.split())} words; a card teaches in more than {MIN_CARD_WORDS}")
+    if not _FENCE.search(body):
+        problems.append("the body needs a fenced code block (``` or ~~~) with the loss")
+    if not re.search(r"^## Traps\s*$", body, flags=re.M):
+        problems.append("the body needs a '## Traps' section")
+    problems += [f"default '{key}' is not explained (write `method.{key}` in the body)"
+                 for key in card.defaults if f"`method.{key}`" not in body and f"`{key}`" not in body]
+    return problems
 
 
 def load_card_file(path: str | Path) -> Card:

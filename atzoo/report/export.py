@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from atzoo.config.threat import DEFAULT_EPS, ThreatModel
 from atzoo.errors import AtzooError
 
 #: ``--format`` values.
@@ -86,8 +87,8 @@ clean, robust = benchmark(model, dataset="{dataset}", threat_model="{threat}", e
 '''
 
 
-def _threat_model(run_dir: Path) -> tuple[str, float]:
-    """RobustBench's threat-model name (``Linf``/``L2``) and eps, from eval.json or config.yaml."""
+def _threat_model(run_dir: Path) -> ThreatModel:
+    """The threat model the run was evaluated under (eval.json), else trained under (config.yaml)."""
     from atzoo.config import from_yaml
 
     eval_file, config_file = run_dir / "eval.json", run_dir / "config.yaml"
@@ -98,8 +99,8 @@ def _threat_model(run_dir: Path) -> tuple[str, float]:
         attack = from_yaml(config_file.read_text(encoding="utf-8"), str(config_file)).attack
         norm, eps = attack.norm, attack.eps
     else:
-        norm, eps = "linf", 8 / 255
-    return ("Linf" if norm == "linf" else "L2"), float(eps)
+        norm, eps = "linf", DEFAULT_EPS["linf"]
+    return ThreatModel.of(norm, eps, f"threat model of {run_dir}")
 
 
 def _timm_model(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,7 +131,8 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
     name = name or re.sub(r"\W+", "_", run_dir.resolve().name).strip("_") or "model"
     if not name.isidentifier():
         name = f"model_{name}"
-    threat, eps = _threat_model(run_dir)
+    threat_model = _threat_model(run_dir)
+    threat, eps = threat_model.robustbench_name, threat_model.eps
     dataset = str(meta.get("dataset") or "unknown")
     out = Path(out)
     files = {"checkpoint": out / "models" / dataset / threat / f"{name}.pt", "definition": out / f"{name}.py",

@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atzoo.config.threat import EPS_TOLERANCE as THREAT_EPS_TOLERANCE, ThreatModel
 from atzoo.report.cards import Card, PaperResult, load_cards, setting_key
 from atzoo.report import cost as cost_rules
 from atzoo.report.runs import PROVENANCE_KEYS, RunRecord
 
 #: Two eps values closer than this are the same threat model (floats from YAML/JSON).
-EPS_TOLERANCE = 1e-6
+EPS_TOLERANCE = THREAT_EPS_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -409,8 +410,7 @@ def paper_entries(group: Group, cards: dict[str, Card]) -> list[Entry]:
 def _threat_matches(result: PaperResult, group: Group) -> bool:
     if result.threat_model is None:
         return False
-    norm, eps = result.threat_model
-    return norm == group.norm and math.isclose(eps, group.eps, rel_tol=0.0, abs_tol=EPS_TOLERANCE)
+    return result.threat_model.matches(ThreatModel(group.norm, group.eps))
 
 
 def _meets(config: dict[str, Any], when: dict[str, Any]) -> bool:

@@ -123,7 +123,7 @@ def tradeoff_figure(board: Leaderboard, *, title: str | None = None) -> Figure:
 def loss_curve(run_dir: Path) -> tuple[list[float], list[float]]:
     """(optimizer step, training loss) from a run's ``metrics.jsonl`` step rows (epoch rows
     where the log has no step rows); empty without a log."""
-    from atzoo.engine.rundir import read_metrics
+    from atzoo.files.rundir import read_metrics
 
     if not (Path(run_dir) / "metrics.jsonl").is_file():
         return [], []

@@ -28,7 +28,7 @@ METRICS_MAX_BYTES = 256 << 20
 
 #: Keys of a metrics.jsonl row that hold the wall-clock seconds of one training epoch,
 #: in the order they are looked up. The engine writes ``{"kind": "epoch", ...}`` rows
-#: (see ``atzoo.engine.rundir.MetricsLog``); in those, a plain ``seconds`` counts too.
+#: (see ``atzoo.engine.rundir.MetricsLog``, read through :mod:`atzoo.files.rundir`); in those, a plain ``seconds`` counts too.
 EPOCH_SECONDS_KEYS: tuple[str, ...] = ("epoch_seconds", "epoch_time", "epoch_time_s", "seconds_per_epoch")
 EPOCH_ROW_KEYS: tuple[str, ...] = EPOCH_SECONDS_KEYS + ("seconds", "time_s", "elapsed")
 
@@ -283,7 +283,7 @@ def run_provenance(payload: dict[str, Any], config: dict[str, Any], seed: int | 
 
 def is_run_dir(path: Path) -> bool:
     """A folder ``atzoo train`` wrote (or one holding an ``eval.json``)."""
-    from atzoo.engine.rundir import looks_like_run
+    from atzoo.files.rundir import looks_like_run
 
     return (path / "eval.json").is_file() or looks_like_run(path)
 

@@ -25,26 +25,22 @@ from pathlib import Path
 from atzoo.report.cards import load_cards
 from atzoo.errors import ConfigError
 from atzoo.reproduce.runner import PlannedRun
-from atzoo.reproduce.scale import TRAIN_SIZES
+from atzoo.reproduce.scale import train_size
 
 #: Where a checkout keeps the measured step-cost ratios.
 DEFAULT_STEP_COST = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "step_cost_cpu.json"
 
-#: AR-AT paper, Appendix A.2: hours of one AR-AT training run (CIFAR-10, 100 epochs, one A100).
-APPENDIX_A2_HOURS: dict[str, float] = {"resnet18": 2.0, "wrn34_10": 10.0}
+#: AR-AT paper, Appendix A.2: hours of one AR-AT training run (CIFAR-10, 100 epochs, one A100)
+#: on ResNet-18 (the WRN-34-10 figure, 10 h, is declared where wrn34_10 is registered).
+APPENDIX_A2_HOURS: dict[str, float] = {"resnet18": 2.0}
 #: CIFAR-10 batches of 128 per epoch (50,000 // 128; atzoo drops the last partial batch).
 CIFAR_BATCHES = 50_000 // 128
 
-#: Time per image relative to the CIFAR ResNet-18 at 32 px. WRN-34-10: the paper's own
-#: ratio (Appendix A.2, 10 h / 2 h = 5; forward FLOPs would say 12x, 13.32 vs 1.11 GFLOP,
-#: but a GPU runs the wide convolutions more efficiently). Imagenette, which the paper did
-#: not time: forward FLOPs (timm's resnet18 at 160 px 1.85 GFLOP = 1.67x; the CIFAR-style
-#: ResNet-18 on 128 px crops (128/32)^2 = 16x).
-ARCH_FACTORS: dict[tuple[str, str], float] = {
-    ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0,
-    ("wrn34_10", "cifar"): APPENDIX_A2_HOURS["wrn34_10"] / APPENDIX_A2_HOURS["resnet18"],
-    ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,
-}
+#: The reference of the architecture factor: the CIFAR ResNet-18 at 32 px (the cards' times).
+REFERENCE_MODEL = "resnet18"
+#: Forward FLOPs relative to the reference for models that declare none where they are
+#: registered: timm's, built by prefix (timm's resnet18 at 160 px: 1.85 GFLOP, docs/reproduction.md).
+TIMM_FLOP_FACTORS: dict[tuple[str, str], float] = {("timm:resnet18", "imagenette"): 1.67}
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,21 @@ def load_step_cost_ratios(path: str | Path | None = None) -> dict[str, float]:
         raise ConfigError(f"--step-cost {file} is not the JSON of 'atzoo bench step-cost --json'") from None
 
 
-def _family(dataset: str) -> str:
-    return "imagenette" if dataset.startswith("imagenette") else "cifar"
+def flop_factor(model: str, dataset: str) -> float | None:
+    """Forward FLOPs per image of ``model`` on ``dataset`` relative to the CIFAR ResNet-18:
+    the model's declared ``gflops`` (per 32x32 image) over the reference's, times the area
+    of the dataset's declared ``image_size`` (32 px when undeclared) over 32x32; None
+    when the model declares no FLOPs."""
+    from atzoo.registry import DATASETS, MODELS, load_builtins
+
+    load_builtins()
+    if model.startswith("timm:"):
+        return TIMM_FLOP_FACTORS.get((model, dataset))
+    gflops, reference = MODELS.fact(model, "gflops"), MODELS.fact(REFERENCE_MODEL, "gflops")
+    if gflops is None or not reference:
+        return None
+    side = DATASETS.fact(dataset, "image_size", 32)
+    return round(gflops / reference * (side / 32) ** 2, 6)
 
 
 def method_seconds(method: str, paper: dict[str, float], ratios: dict[str, float]) -> tuple[float, str]:
@@ -108,10 +117,10 @@ def method_seconds(method: str, paper: dict[str, float], ratios: dict[str, float
 def estimate_run(run: PlannedRun, paper: dict[str, float], ratios: dict[str, float]) -> Estimate:
     """Training seconds of one run on one A100 (ARREST adds its standard pre-training)."""
     cfg = run.config
-    images = cfg.data.train_subset or TRAIN_SIZES.get(cfg.data.name, 50_000)
+    images = cfg.data.train_subset or train_size(cfg.data.name) or 50_000
     # The paper's times are per batch of 128: a batch of B images costs about B/128 of one.
     batches = images // cfg.data.batch_size * (cfg.data.batch_size / 128)
-    factor = ARCH_FACTORS.get((cfg.model.name, _family(cfg.data.name)))
+    factor, how = architecture_factor(cfg.model.name, cfg.data.name)
     per_batch, basis = method_seconds(cfg.method.name, paper, ratios)
     seconds = cfg.optim.epochs * batches * per_batch * run_overhead(paper)
     pretrain_epochs = getattr(cfg.method, "pretrain_epochs", 0) if not getattr(cfg.method, "pretrained", None) else 0
@@ -121,9 +130,7 @@ def estimate_run(run: PlannedRun, paper: dict[str, float], ratios: dict[str, flo
         basis += " + standard pre-training"
     if factor is None:
         return Estimate(seconds, basis + f"; no architecture factor for {cfg.model.name}: ResNet-18's used")
-    if (cfg.model.name, _family(cfg.data.name)) == ("wrn34_10", "cifar"):
-        return Estimate(seconds * factor, basis + f"; x{factor:g} (A.2: WRN 10 h / ResNet-18 2 h)")
-    return Estimate(seconds * factor, basis + (f"; x{factor:g} FLOPs" if factor != 1.0 else ""))
+    return Estimate(seconds * factor, basis + (f"; x{factor:g} {how}" if factor != 1.0 else ""))
 
 
 def estimate_runs(runs: list[PlannedRun], step_cost: str | Path | None = None) -> list[Estimate]:

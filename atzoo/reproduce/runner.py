@@ -161,6 +161,8 @@ def plan_runs(
     Raises:
         ConfigError: a recipe is missing or a row's settings do not build a valid config.
     """
+    from atzoo.engine.plan import plan_run
+
     planned = []
     recipes = {row.id: find_recipe(row.recipe) for row in rows}
     # Seed-major order: every row's first seed before any row's second, so that a run cut
@@ -171,9 +173,10 @@ def plan_runs(
             if seed not in (seeds if seeds is not None else row.seeds):
                 continue
             overrides = row_overrides(row, recipes[row.id], seed, scale, data or {})
-            cfg = build_run_config(recipes[row.id], row.method, overrides)
             run_dir = out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}"
-            planned.append(PlannedRun(row, seed, run_dir, recipes[row.id], tuple(overrides), cfg))
+            # The table names its run directories itself: no settings hash in run.name.
+            plan = plan_run(row.method, recipe=recipes[row.id], overrides=overrides, out=run_dir, hash_name=False)
+            planned.append(PlannedRun(row, seed, plan.run_dir, recipes[row.id], tuple(overrides), plan.config))
     return planned
 
 
@@ -240,6 +243,6 @@ def run_state(planned: PlannedRun) -> str:
 
 def train_run(planned: PlannedRun, *, resume: bool) -> Path:
     """Trains (or resumes) one planned run with the engine; returns its directory."""
-    from atzoo.engine import train
+    from atzoo.engine.plan import RunPlan, run_plan
 
-    return train(planned.config, out=planned.run_dir, resume=resume)
+    return run_plan(RunPlan(planned.config, planned.run_dir, resume=resume))

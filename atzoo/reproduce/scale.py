@@ -28,8 +28,14 @@ from dataclasses import dataclass
 from atzoo.config import RunConfig
 from atzoo.errors import ConfigError
 
-#: Training images per dataset (for the step ratio of step-defined settings).
-TRAIN_SIZES: dict[str, int] = {"cifar10": 50_000, "cifar100": 50_000, "imagenette": 9_469, "svhn": 73_257}
+def train_size(dataset: str) -> int | None:
+    """Training images of a registered dataset, as it declares where it is registered
+    (``train_size``; None for one that does not, e.g. ``npz:PATH``): the step ratio of
+    step-defined settings."""
+    from atzoo.registry import DATASETS, load_builtins
+
+    load_builtins()
+    return DATASETS.fact(dataset, "train_size")
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def _scaled_epoch(value: float, ratio: float) -> int:
 
 
 def _total_steps(cfg: RunConfig, epochs: int, images: int | None) -> int | None:
-    n = images if images is not None else TRAIN_SIZES.get(cfg.data.name)
+    n = images if images is not None else train_size(cfg.data.name)
     if n is None:
         return None
     return max(1, epochs * (n // cfg.data.batch_size))

@@ -29,7 +29,7 @@ from atzoo.reproduce.runner import PlannedRun, stored_config
 
 def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of the run's ``metrics.jsonl`` (none without the file)."""
-    from atzoo.engine.rundir import read_metrics
+    from atzoo.files.rundir import read_metrics
 
     path = run_dir / "metrics.jsonl"
     return read_metrics(path) if path.is_file() else []

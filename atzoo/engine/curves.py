@@ -15,7 +15,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from atzoo.engine.rundir import read_metrics
+from atzoo.files.rundir import read_metrics
 
 #: Accuracy series (percent) drawn in the middle panel: row key -> (label, line style).
 ACCURACY_SERIES: dict[str, tuple[str, str]] = {
@@ -93,7 +93,7 @@ def _line(ax: Any, points: list[tuple[int, float]] | None, colour: str, style: s
 
 def write_compare_curves(run_dirs: list[Path], out: str | Path) -> Path:
     """``out/curves.png`` with the curves of every run (labelled by the run directory's name)."""
-    from atzoo.engine.checkpoint import atomic_write_bytes
+    from atzoo.files.common import atomic_write_bytes
 
     labels: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for run_dir in run_dirs:

@@ -1,0 +1,41 @@
+"""Reading a run directory: what the layers above the engine may know of one.
+
+A run directory is written by :mod:`atzoo.engine` (``config.yaml``, ``metrics.jsonl``,
+``checkpoints/``, ``model.safetensors``, ``eval.json``). Everything that only *reads* runs
+(``atzoo compare``, ``reproduce``, the training curves) goes through these functions, so
+the readers never import the engine's internals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
+#: deletes such directories, never an arbitrary folder given by mistake.
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "model.safetensors", "eval.json")
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` holds an atzoo run (its config and some of its output)."""
+    return (path / "config.yaml").is_file() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
+
+    A torn last line (the process was killed while appending it; ``--resume`` cuts it)
+    is left out; a bad line anywhere else is a ``json.JSONDecodeError``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return [json.loads(line) for line in lines]
