@@ -76,7 +76,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),
     ("eval",),
     ("engine",),
-    ("bench", "report"),
+    ("bench", "report", "ledger"),
     ("reproduce",),
     ("api", "cli", "commands", "__main__"),
 )

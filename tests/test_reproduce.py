@@ -182,8 +182,8 @@ def test_gpu_hours_follow_the_paper_timing(tmp_path: Path) -> None:
 def test_reproduction_doc_is_what_the_tool_prints(cli, capsys, monkeypatch, tmp_path: Path) -> None:
     """docs/reproduction.md's generated blocks equal the tool's output: the --list block is
     ``COLUMNS=100 atzoo reproduce --list``, each plan line the summary of that ``--plan``, the
-    cost table the estimates (regenerate with ``python -m atzoo.reproduce.docgen``)."""
-    from atzoo.reproduce import docgen
+    cost table the estimates (regenerate with ``python -m atzoo.commands.reproduce_doc``)."""
+    from atzoo.commands import reproduce_doc as docgen
 
     page = docgen.doc_blocks(docgen.DOC.read_text(encoding="utf-8"))
     assert set(page) == {"reproduce-list", "reproduce-plans", "cost-table"}

@@ -105,6 +105,21 @@ def flop_factor(model: str, dataset: str) -> float | None:
     return round(gflops / reference * (side / 32) ** 2, 6)
 
 
+def architecture_factor(model: str, dataset: str) -> tuple[float | None, str]:
+    """Training time per image of ``model`` on ``dataset`` relative to the CIFAR ResNet-18,
+    and how it was obtained. A paper-measured ratio declared at the model's registration
+    (``a100_time_factor``, for 32 px data: WRN-34-10's 5x from Appendix A.2, 10 h / 2 h)
+    wins over forward FLOPs (which would say 12x for WRN-34-10: a GPU runs the wide
+    convolutions more efficiently than the FLOP count suggests)."""
+    from atzoo.registry import DATASETS, MODELS, load_builtins
+
+    load_builtins()
+    measured = None if model.startswith("timm:") or model not in MODELS else MODELS.fact(model, "a100_time_factor")
+    if measured is not None and dataset in DATASETS and DATASETS.fact(dataset, "image_size", 32) == 32:
+        return float(measured), "(paper's A100 time ratio)"
+    return flop_factor(model, dataset), "FLOPs"
+
+
 def method_seconds(method: str, paper: dict[str, float], ratios: dict[str, float]) -> tuple[float, str]:
     """A100 seconds per batch of ``method`` on CIFAR ResNet-18 and where the number came from."""
     if method in paper:

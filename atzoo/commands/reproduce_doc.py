@@ -6,7 +6,7 @@ Each generated part sits between ``<!-- BEGIN generated: NAME -->`` and
 ``--list`` block equals ``atzoo reproduce --list`` at 100 columns; its plan lines equal the
 summary line of ``atzoo reproduce TABLE --plan``). Regenerate with::
 
-    python -m atzoo.reproduce.docgen            # rewrites docs/reproduction.md in a checkout
+    python -m atzoo.commands.reproduce_doc            # rewrites docs/reproduction.md in a checkout
 """
 
 from __future__ import annotations
