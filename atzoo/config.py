@@ -49,6 +49,12 @@ class DataConfig:
     train_subset: Optional[int] = None  # first N training images (debugging, demo)
     test_subset: Optional[int] = None  # first N test images
     val_size: Optional[int] = None  # held-out training images for eval.val_every; null: min(1000, N/10)
+    # Extra training images read from disk by rows (atzoo/data/extra.py): npz:FILE.npz
+    # (uncompressed, arrays image + label) or npy:FOLDER (image.npy + label.npy, or shards).
+    extra: Optional[str] = None
+    # Share of every batch drawn from data.extra: 0.7 in Gowal et al. 2021 and Wang et al.
+    # 2023 (--unsup-fraction 0.7), 0.5 in Carmon et al. 2019. Unused without data.extra.
+    extra_fraction: float = 0.7
 
 
 @dataclass

@@ -115,6 +115,10 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
             trainer.open_run_dir(force=force, resume=resume, trackers=trackers)
             for note in notes or []:
                 trainer._event("config", note)
+            if getattr(trainer.loader, "extra_count", None):
+                from atzoo.data.mixing import mixing_line
+
+                trainer._event("config", mixing_line(trainer.loader))
             trainer.fit()
             trainer.finish()
     except KeyboardInterrupt:
@@ -214,7 +218,12 @@ class Trainer(Finishing):
         bundle = create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
                                 test_subset=d.test_subset)
         # eval.val_every: a held-out part of the training set (never the test set) for validation.
-        return carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
+        bundle, val_bundle = carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
+        if d.extra is not None:
+            from atzoo.data.extra import attach_extra
+
+            bundle = attach_extra(bundle, d.extra)
+        return bundle, val_bundle
 
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
@@ -230,7 +239,7 @@ class Trainer(Finishing):
         return make_train_loader(
             self.bundle, self.batch_size, device=self.acc.device, seed=self.cfg.run.seed,
             rank=self.acc.process_index, world_size=self.acc.num_processes, augment=augment,
-            drop_last=True, num_workers=self.cfg.data.num_workers,
+            drop_last=True, num_workers=self.cfg.data.num_workers, extra_fraction=self.cfg.data.extra_fraction,
         )
 
     def _steps_per_epoch(self) -> int:
