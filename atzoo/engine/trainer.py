@@ -197,7 +197,8 @@ class Trainer(Finishing):
                                  channels_last=cfg.model.channels_last, grad_clip=cfg.optim.grad_clip,
                                  run_precision=precision.canonical(cfg.run.precision),
                                  attack_precision=precision.attack_precision(cfg.attack.precision, cfg.run.precision))
-        self.average = WeightAverage(self.core.model, cfg.averaging)
+        self.average = WeightAverage(self.core.model, cfg.averaging,
+                                     total_steps=cfg.optim.epochs * self.steps_per_epoch)
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()

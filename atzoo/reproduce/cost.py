@@ -30,6 +30,9 @@ DEFAULT_STEP_COST = Path(__file__).resolve().parents[2] / "benchmarks" / "result
 FLOP_FACTORS: dict[tuple[str, str], float] = {
     ("resnet18", "cifar"): 1.0, ("preact_resnet18", "cifar"): 1.0, ("wrn34_10", "cifar"): 12.0,
     ("timm:resnet18", "imagenette"): 1.67, ("resnet18", "imagenette"): 16.0,  # 128 px crops: (128/32)^2
+    # WRN-28-10 10.49 GFLOP, WRN-70-16 77.53 GFLOP (the same counter; SiLU's element-wise
+    # cost is not counted, as ReLU's is not).
+    ("wrn28_10", "cifar"): 9.44, ("wrn28_10_silu", "cifar"): 9.44, ("wrn70_16_silu", "cifar"): 69.8,
 }
 
 
