@@ -155,6 +155,9 @@ def test_train_mixes_resumes_bit_exactly_and_records_the_extra_set(stand_in, tmp
         "attack.steps=1", "run.trackers=[]", "run.log_every=1", "run.checkpoint_every_steps=3",
         "run.keep_checkpoints=10", "run.deterministic=true", "eval.attacks=clean", "eval.n_ex=16",
         "eval.batch_size=16", "eval.invariance=false",
+        # The rest of the recipe, resumed too: scheduled EMA with copied BN statistics, label smoothing.
+        "averaging.ema=true", "averaging.ema_decay=0.995", "averaging.ema_warmup=0.25", "averaging.ema_dynamic=true",
+        "averaging.ema_buffers=copy", "optim.label_smoothing=0.1",
     ]
 
     def config():

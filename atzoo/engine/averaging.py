@@ -41,6 +41,9 @@ def averaging_kind(cfg: AveragingConfig) -> str | None:
     """
     if cfg.swa and cfg.ema:
         raise ConfigError("averaging.swa and averaging.ema are both on; choose one")
+    if not 0.0 <= cfg.ema_decay <= 1.0 or not 0.0 <= cfg.ema_warmup < 1.0:
+        raise ConfigError(f"averaging.ema_decay must be in [0, 1] and averaging.ema_warmup in [0, 1) (a fraction of "
+                          f"the run's steps), got {cfg.ema_decay} and {cfg.ema_warmup}")
     return "swa" if cfg.swa else ("ema" if cfg.ema else None)
 
 
