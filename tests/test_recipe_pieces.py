@@ -83,8 +83,8 @@ def test_label_smoothing_reaches_the_method_or_is_refused() -> None:
 
 
 def test_recipe_cards_show_in_atzoo_docs_and_match_their_recipes(cli, capsys) -> None:
-    from atzoo.cards import load_recipe_card, recipe_card_names
-    from atzoo.resources import recipes_dir
+    from atzoo.report.cards import load_recipe_card, recipe_card_names
+    from atzoo.config.resources import recipes_dir
 
     assert {"wang2023_trades_generated", "carmon2019_rst"} <= set(recipe_card_names())
     for name in recipe_card_names():

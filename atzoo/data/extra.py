@@ -22,7 +22,7 @@ Accepted layouts (``data.extra=SPEC``):
   shards ``image_<k>.npy`` + ``label_<k>.npy`` (any suffix ``<k>``; shards are taken in
   sorted suffix order, so the global row ``i`` is fixed by the files alone).
 
-Every header is checked before anything is read (:mod:`atzoo.safe_npz`): dtypes, shapes,
+Every header is checked before anything is read (:mod:`atzoo.data.safe_npz`): dtypes, shapes,
 that each file holds exactly the declared bytes, image size and channels equal to the
 original training set's, labels in ``0 .. num_classes - 1`` (read once in chunks of
 :data:`LABEL_CHUNK`, so a 20M-label file costs 160 MB of reading, never of memory).
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from atzoo.errors import DataError
-from atzoo.safe_npz import ArrayInfo, NpzReader, npy_file_layout
+from atzoo.data.safe_npz import ArrayInfo, NpzReader, npy_file_layout
 
 #: Rows hashed for the fingerprint of an extra set (evenly spaced, first and last included).
 FINGERPRINT_ROWS = 1024
