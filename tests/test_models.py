@@ -22,11 +22,16 @@ from atzoo.models.layers import Normalize
 from atzoo.registry import MODELS
 
 # Figures from the papers' official code (10 classes).
-PARAMS = {"resnet18": 11.17e6, "wrn34_10": 46.16e6, "wrn28_10": 36.48e6}
+PARAMS = {"resnet18": 11.17e6, "wrn34_10": 46.16e6, "wrn28_10": 36.48e6,
+          # Gowal et al. 2020, Table 11: WRN-28-10 36.5 M, WRN-70-16 267 M (the SiLU nets).
+          "wrn28_10_silu": 36.48e6, "wrn70_16_silu": 266.8e6}
 # Smallest inputs the stride pattern of each family allows: CPU-cheap forward/backward.
 TINY_INPUT = {"small_cnn": (1, 8)}
 TIMM_NAME = "timm:resnet18"
-ALL_MODELS = MODELS.names() + [TIMM_NAME]
+# WRN-70-16 (267 M parameters) is wrn28_10_silu's class and style at another depth and
+# width: its size is checked on the meta device, its forward through wrn28_10_silu.
+HEAVY = {"wrn70_16_silu"}
+ALL_MODELS = [n for n in MODELS.names() if n not in HEAVY] + [TIMM_NAME]
 
 
 def _input(name: str, batch: int = 2) -> torch.Tensor:
@@ -68,16 +73,17 @@ class _ReluCounter(TorchFunctionMode):
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in (F.relu, torch.relu, torch.relu_, F.relu_):
+        if func in (F.relu, torch.relu, torch.relu_, F.relu_, F.silu):
             self.calls += 1
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in HEAVY])
 def test_every_relu_site_is_its_own_module(name: str) -> None:
     x = _input(name)
     model = create_model(name, 10, x.shape[1]).eval()
-    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    # The activation sites: nn.ReLU modules, or nn.SiLU in the SiLU networks.
+    relus = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.SiLU))]
     assert relus and not any(m.inplace for m in relus)
     module_calls: list[nn.Module] = []
     for m in relus:
@@ -236,3 +242,23 @@ def test_residual_adds_allocate_no_new_tensor(name: str) -> None:
     with torch.no_grad(), _AddCounter() as counter:
         model(torch.rand(1, 3, 32, 32))
     assert counter.added and set(counter.added) == {"in place"}
+
+
+def test_silu_wide_resnet_is_the_generated_data_papers_network() -> None:
+    """wrn28_10_silu: SiLU at every site, BN momentum 0.01, "SAME" padding at stride 2."""
+    from atzoo.models.wideresnet import SILU_STYLE, WideBasicBlock
+
+    model = create_model("wrn28_10_silu", 10, 3)
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}
+    torch.manual_seed(0)
+    block = WideBasicBlock(16, 32, 2, SILU_STYLE).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        act = F.silu(block.bn1(x))
+        # TensorFlow "SAME" at stride 2 on an even size: one zero row/column after, none before.
+        branch = F.conv2d(F.pad(act, (0, 1, 0, 1)), block.conv1.weight, stride=2)
+        expected = block.conv2(F.silu(block.bn2(branch))) + block.convShortcut(act)
+        torch.testing.assert_close(block(x), expected)
+        symmetric = F.conv2d(act, block.conv1.weight, stride=2, padding=1)
+        assert branch.shape == symmetric.shape and not torch.allclose(branch, symmetric)

@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from atzoo.report.cards import Card, card_names, load_card
+from atzoo.report.cards import Card, card_names, load_card, load_recipe_card, recipe_card_names
 from atzoo.errors import AtzooError
 
 
@@ -22,7 +22,7 @@ def _known_names() -> list[str]:
     """Registered methods and cards (a card may exist before its method registers)."""
     from atzoo.registry import list_methods
 
-    return sorted(set(list_methods()) | set(card_names()))
+    return sorted(set(list_methods()) | set(card_names()) | set(recipe_card_names()))
 
 
 def _unknown(name: str) -> AtzooError:
@@ -49,6 +49,8 @@ def card_header(card: Card) -> Table:
     table.add_column()
     authors = meta.get("authors")
     rows = [
+        ("method", meta.get("method")),  # recipe cards: the registered loss they train
+        ("recipes", meta.get("recipes")),
         ("paper", meta.get("paper")),
         ("authors", ", ".join(authors) if isinstance(authors, list) else authors),
         ("venue", f"{meta.get('venue')} {meta.get('year')}" if meta.get("venue") else None),
@@ -70,6 +72,9 @@ def card_header(card: Card) -> Table:
         table.add_row("reported", f"{result.setting}: {numbers}")
     if meta.get("reported_source"):
         table.add_row("source", str(meta["reported_source"]))
+    for label, value in (("RobustBench", meta.get("robustbench")), ("settings", meta.get("settings"))):
+        if value not in (None, ""):
+            table.add_row(label, _fmt(value))
     for setting, cost in (meta.get("reported_cost") or {}).items():
         table.add_row("reported cost", f"{setting}: {_cost_text(cost)}")
     if variants:
@@ -99,6 +104,10 @@ def card_cards_table() -> Table:
     for name in card_names():
         card = load_card(name)
         table.add_row(name, card.title, f"{card.meta.get('venue') or ''} {card.meta.get('year') or ''}".strip())
+    for name in recipe_card_names():
+        card = load_recipe_card(name)
+        venue = f"{card.meta.get('venue') or ''} {card.meta.get('year') or ''}".strip()
+        table.add_row(name, f"{card.title} (recipe of {card.meta.get('method')})", venue)
     return table
 
 
@@ -133,13 +142,14 @@ def settings_table(method: str, recipe: str | None = None) -> Table:
 
 
 def docs_command(
-    method: Optional[str] = typer.Argument(None, help="A method name (see 'atzoo list methods').", show_default=False),
+    method: Optional[str] = typer.Argument(None, help="A method name (see 'atzoo list methods') or a recipe card "
+                                           "(e.g. wang2023_trades_generated).", show_default=False),
     settings: bool = typer.Option(False, "--settings", help="Print the method's settings ledger: setting | atzoo | "
                                   "official | source | note, for its CIFAR-10 recipe (or --recipe)."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="With --settings: the recipe to trace "
                                          "(a bundled name or a path).", show_default=False),
 ) -> None:
-    """Show a method's zoo card: paper, loss, defaults, reported numbers, and how it works."""
+    """Show a method's zoo card, or a recipe card: paper, loss, settings, reported numbers, how it works."""
     console = Console()
     if method is None:
         if settings:
@@ -149,7 +159,16 @@ def docs_command(
     if settings:
         if method not in _known_names():
             raise _unknown(method)
+        if method in recipe_card_names() and method not in card_names():  # a recipe card: its method and recipe
+            card = load_recipe_card(method)
+            method, recipe = card.meta["method"], recipe or str(card.meta["recipes"]).removesuffix(".yaml")
         console.print(settings_table(method, recipe))
+        return
+    if method in recipe_card_names() and method not in card_names():
+        card = load_recipe_card(method)
+        console.print(Panel(card_header(card), title=f"{card.title} ({card.name}, a recipe of {card.meta['method']})",
+                            expand=False))
+        print_markdown(console, card.body)
         return
     if method not in card_names():
         from atzoo.registry import list_methods

@@ -50,6 +50,12 @@ class DataConfig:
     train_subset: Optional[int] = None  # first N training images (debugging, demo)
     test_subset: Optional[int] = None  # first N test images
     val_size: Optional[int] = None  # held-out training images for eval.val_every; null: min(1000, N/10)
+    # Extra training images read from disk by rows (atzoo/data/extra.py): npz:FILE.npz
+    # (uncompressed, arrays image + label) or npy:FOLDER (image.npy + label.npy, or shards).
+    extra: Optional[str] = None
+    # Share of every batch drawn from data.extra: 0.7 in Gowal et al. 2021 and Wang et al.
+    # 2023 (--unsup-fraction 0.7), 0.5 in Carmon et al. 2019. Unused without data.extra.
+    extra_fraction: float = 0.7
 
 
 @dataclass
@@ -102,6 +108,11 @@ class OptimConfig:
     warmup_lr: Optional[float] = 0.02  # None: no warm-up
     grad_clip: Optional[float] = None
     grad_accum: int = 1
+    # Label smoothing of the classification cross-entropy (torch's label_smoothing: targets
+    # (1 - s) one-hot + s / K). Wang et al. 2023: 0.1 on TRADES's clean CE (--ls 0.1).
+    # Methods that take it declare Method.takes_label_smoothing (at, trades and their AWP
+    # forms, standard); the others refuse s > 0.
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -131,6 +142,15 @@ class AveragingConfig:
     swa_every_steps: int = 500
     ema: bool = False
     ema_decay: float = 0.999
+    # The EMA of Gowal et al. 2021 / Wang et al. 2023 (their code's ema_update, tau 0.995):
+    # for the first ema_warmup of the run's optimizer steps the average copies the weights
+    # (decay 0; that code: 0.025); then, with ema_dynamic, the decay is
+    # min(ema_decay, (1 + t) / (10 + t)), t = optimizer steps since the warm-up.
+    ema_warmup: float = 0.0
+    ema_dynamic: bool = False
+    # BN running statistics of the average: "average" (EMA, like the weights) or "copy"
+    # (those of the trained network, as that code's update_bn does).
+    ema_buffers: Literal["average", "copy"] = "average"
 
 
 @dataclass

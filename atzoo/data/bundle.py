@@ -85,6 +85,9 @@ class DatasetBundle:
     eval_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     #: Files the splits were read from (registered sets): keys the fingerprint cache.
     source_files: tuple[str, ...] = field(default=(), repr=False)
+    #: Extra training images read from disk (``data.extra``), mixed into every training
+    #: batch; an :class:`atzoo.data.extra.ExtraSet` or None. Not part of ``train``.
+    extra: Any = field(default=None, repr=False)
 
     @property
     def in_memory(self) -> bool:

@@ -11,7 +11,9 @@ was evaluated on:
 * file-backed splits (Imagenette): SHA-256 of the (folder/file name, label) list of the
   samples used, relative to the dataset folder, so the mount point does not matter.
 
-The fingerprint of a dataset is the hash of its two split digests. Hashing CIFAR-10's
+The fingerprint of a dataset is the hash of its two split digests (and, for a run with
+``data.extra``, of the extra set's digest: a header-and-sample hash, see
+:mod:`atzoo.data.extra`; the identity then has an ``extra`` entry). Hashing CIFAR-10's
 150 MB of training images takes a fraction of a second; for the registered torchvision
 sets it is still computed once and cached in ``$ATZOO_CACHE/fingerprints.json`` (default
 ``~/.cache/atzoo``), keyed by the source files' paths, sizes and modification times and
@@ -92,10 +94,22 @@ def dataset_identity(bundle: DatasetBundle, *, trained_on: dict[str, Any] | None
         train = {"n": recorded.get("n"), "digest": recorded["digest"]}
     else:
         train = {"n": len(bundle.train), "digest": cached_digest(bundle, "train")}
-    return {
+    identity = {
         "name": readable_name(bundle.name), "source": bundle.name,
         "fingerprint": combine(train["digest"], test["digest"]), "train": train, "test": test,
     }
+    extra = getattr(bundle, "extra", None)
+    recorded_extra = (trained_on or {}).get("extra") if isinstance(trained_on, dict) else None
+    record = extra.record() if extra is not None else recorded_extra if isinstance(recorded_extra, dict) else None
+    if record is not None and isinstance(record.get("digest"), str):
+        identity["extra"] = record
+        identity["fingerprint"] = combine_extra(identity["fingerprint"], record["digest"])
+    return identity
+
+
+def combine_extra(fingerprint: str, extra_digest: str) -> str:
+    """The fingerprint of a training set extended by an extra set (``data.extra``)."""
+    return hashlib.sha256(f"{fingerprint};extra:{extra_digest}".encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def cached_digest(bundle: DatasetBundle, split: str) -> str:

@@ -295,6 +295,7 @@ def make_train_loader(
     augment: bool = True,
     drop_last: bool = True,
     num_workers: int = 2,
+    extra_fraction: float = 0.7,
 ) -> TrainLoader:
     """The training loader for ``bundle``: device-side for in-memory data.
 
@@ -309,15 +310,27 @@ def make_train_loader(
         drop_last: keep only whole global batches (see
             :func:`~atzoo.data.sampling.usable_examples`).
         num_workers: DataLoader workers for datasets that are not in memory.
+        extra_fraction: with ``bundle.extra`` (``data.extra``), the share of every batch
+            drawn from it (:mod:`atzoo.data.mixing`); ignored without extra data.
 
     Raises:
-        DataError: the training set is smaller than one global batch.
+        DataError: the training set is smaller than one global batch; extra data with a
+            training set that is not held in memory.
     """
     common = dict(device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
     train = bundle.train
-    if isinstance(train, ImageArrays):
+    if bundle.extra is not None:
+        from atzoo.data.mixing import MixedTrainLoader
+
+        if not isinstance(train, ImageArrays):
+            raise DataError(f"data.extra needs a training set held in memory (CIFAR, SVHN, npz:); "
+                            f"'{bundle.name}' is read from image files")
         padding = bundle.crop_padding if augment and bundle.crop_padding > 0 else None
-        loader: TrainLoader = TensorTrainLoader(train, batch_size, crop_padding=padding, flip=augment and bundle.flip,
+        loader: TrainLoader = MixedTrainLoader(train, bundle.extra, batch_size, fraction=extra_fraction,
+                                               crop_padding=padding, flip=augment and bundle.flip, **common)
+    elif isinstance(train, ImageArrays):
+        padding = bundle.crop_padding if augment and bundle.crop_padding > 0 else None
+        loader = TensorTrainLoader(train, batch_size, crop_padding=padding, flip=augment and bundle.flip,
                                                 **common)
     else:
         transform = (bundle.train_transform if augment else bundle.eval_transform) or default_to_tensor

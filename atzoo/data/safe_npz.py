@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from atzoo.errors import DataError
 
 #: Largest ``.npy`` header read (numpy's own default bound).
 MAX_HEADER_BYTES = 10_000
+#: Fixed part of a zip local file header (signature through extra-field length).
+_LOCAL_HEADER_BYTES = 30
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,35 @@ class NpzReader:
                 raise DataError(f"{self.path}: cannot read '{key}' ({_first(exc)})") from None
         return array
 
+    def stored_layout(self, key: str) -> tuple[ArrayInfo, int]:
+        """The declared array of ``key`` and the byte offset of its data in the archive file.
+
+        Only for members stored without compression (``np.savez``, not
+        ``np.savez_compressed``): their data are the bytes of the ``.npy`` file as-is, so
+        rows can be read straight from the archive at that offset (no copy, no unzip).
+
+        Raises:
+            DataError: the member is compressed, or its local header is damaged.
+        """
+        member = self.members.get(key)
+        if member is not None and member.compress_type != zipfile.ZIP_STORED:
+            raise DataError(f"{self.path}: '{key}' is compressed (np.savez_compressed), so its rows cannot be read "
+                            "in place; save it with np.savez, or as a folder with image.npy and label.npy")
+        with self._open(key) as handle:
+            info, header_bytes = self._header(key, handle)
+        return info, self._member_data_start(key) + header_bytes
+
+    def _member_data_start(self, key: str) -> int:
+        """Offset of a member's first byte after its zip local file header (APPNOTE 4.3.7)."""
+        member = self.members[key]
+        with open(self.path, "rb") as raw:
+            raw.seek(member.header_offset)
+            local = raw.read(_LOCAL_HEADER_BYTES)
+        if len(local) != _LOCAL_HEADER_BYTES or local[:4] != b"PK\x03\x04":
+            raise DataError(f"{self.path}: the zip header of '{key}' is damaged")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        return member.header_offset + _LOCAL_HEADER_BYTES + name_length + extra_length
+
     def close(self) -> None:
         self.zip.close()
 
@@ -144,3 +176,33 @@ def check_fits_in_memory(path: Path, infos: list[ArrayInfo]) -> None:
 def _first(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def npy_file_layout(path: str | Path) -> tuple[ArrayInfo, int]:
+    """The declared array of a plain ``.npy`` file and the offset of its data, checked.
+
+    Like the archive members above: the header is read with a bounded size, object and
+    Fortran-order arrays are refused, and the file must hold exactly the bytes the header
+    declares, so a damaged or truncated file is a one-line error, not a later short read.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            version = npy_format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(handle, max_header_size=MAX_HEADER_BYTES)
+            else:
+                shape, fortran, dtype = npy_format.read_array_header_2_0(handle, max_header_size=MAX_HEADER_BYTES)
+            offset = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npy array ({_first(exc)})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path} holds Python objects, which would need pickle; atzoo reads only plain numeric arrays")
+    if fortran:
+        raise DataError(f"{path} is stored in Fortran order; save it C-contiguous")
+    info = ArrayInfo(path.stem, tuple(int(n) for n in shape), dtype)
+    if info.nbytes != size - offset:
+        raise DataError(f"{path} declares shape {info.shape} of {dtype} ({info.nbytes} bytes) but holds "
+                        f"{max(size - offset, 0)} bytes of data; the file is damaged")
+    return info, offset

@@ -11,7 +11,13 @@
   argparse default; the paper gives no start) and recomputes the statistics on PGD-10 adversarial inputs through the
   ``adv`` BN route, which is what the engine does.
 * EMA: ``w_ema <- d * w_ema + (1 - d) * w`` after every optimizer step, buffers
-  included (``use_buffers=True``), so no recalibration is needed.
+  included (``use_buffers=True``), so no recalibration is needed. The schedule of the
+  generated-data papers (Gowal et al. 2021, Wang et al. 2023; ``ema_update`` in
+  github.com/wzekai99/DM-Improves-AT, ``gowal21uncovering/utils/watrain.py``): decay
+  ``tau = 0.995``; ``d = 0`` (a copy) for the first ``averaging.ema_warmup = 0.025`` of
+  the run's steps; after it, with ``averaging.ema_dynamic``,
+  ``d = min(tau, (1 + t) / (10 + t))``, t the steps since the warm-up; the average's BN
+  statistics are the trained network's (``averaging.ema_buffers=copy``).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ def averaging_kind(cfg: AveragingConfig) -> str | None:
     """
     if cfg.swa and cfg.ema:
         raise ConfigError("averaging.swa and averaging.ema are both on; choose one")
+    if not 0.0 <= cfg.ema_decay <= 1.0 or not 0.0 <= cfg.ema_warmup < 1.0:
+        raise ConfigError(f"averaging.ema_decay must be in [0, 1] and averaging.ema_warmup in [0, 1) (a fraction of "
+                          f"the run's steps), got {cfg.ema_decay} and {cfg.ema_warmup}")
     return "swa" if cfg.swa else ("ema" if cfg.ema else None)
 
 
@@ -47,14 +56,21 @@ class WeightAverage:
         cfg: the ``averaging`` section.
     """
 
-    def __init__(self, model: nn.Module, cfg: AveragingConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: AveragingConfig, *, total_steps: int = 0) -> None:
         self.kind = averaging_kind(cfg)
         self.cfg = cfg
         self.averaged: AveragedModel | None = None
+        # Optimizer steps copied before the EMA starts: the reference's
+        # 0.025 * epochs * steps_per_epoch, a float compared with the step count.
+        self.warmup_steps = cfg.ema_warmup * total_steps
+        self.step = 0
         if self.kind == "swa":
             self.averaged = AveragedModel(model, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
+        elif self.kind == "ema" and (cfg.ema_warmup > 0 or cfg.ema_dynamic):
+            self.averaged = AveragedModel(model, avg_fn=self._scheduled_ema, use_buffers=cfg.ema_buffers == "average")
         elif self.kind == "ema":
-            self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                          use_buffers=cfg.ema_buffers == "average")
         if self.averaged is not None:
             self.averaged.requires_grad_(False)
 
@@ -74,12 +90,29 @@ class WeightAverage:
             return epoch >= self.cfg.swa_start_epoch and global_step % self.cfg.swa_every_steps == 0
         return False
 
+    def ema_decay(self, global_step: int) -> float:
+        """The EMA decay applied after optimizer step ``global_step`` (1-based count)."""
+        if global_step < self.warmup_steps:
+            return 0.0
+        if not self.cfg.ema_dynamic:
+            return self.cfg.ema_decay
+        since = global_step - self.warmup_steps
+        return min(self.cfg.ema_decay, (1.0 + since) / (10.0 + since))
+
+    def _scheduled_ema(self, averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        decay = self.ema_decay(self.step)
+        return averaged * decay + current * (1.0 - decay)
+
     @torch.no_grad()
     def maybe_update(self, model: nn.Module, epoch: int, global_step: int) -> bool:
         """Folds ``model``'s current weights into the average when :meth:`due`."""
         if self.averaged is None or not self.due(epoch, global_step):
             return False
+        self.step = global_step  # read by the scheduled EMA (a pure function of the step: resumable)
         self.averaged.update_parameters(model)
+        if self.kind == "ema" and self.cfg.ema_buffers == "copy":
+            for mine, theirs in zip(self.averaged.module.buffers(), model.buffers()):
+                mine.copy_(theirs)
         return True
 
     def module(self) -> nn.Module:

@@ -20,4 +20,6 @@ def run_identity(cfg: RunConfig, bundle: Any) -> dict[str, Any]:
     """
     identity = dataset_identity(bundle)
     record = provenance(seed=cfg.run.seed, config=config_to_dict(cfg), dataset_fingerprint=identity["fingerprint"])
+    if "extra" in identity:  # data.extra: what was mixed in, at which share (eval.json copies it)
+        record["extra_data"] = {**identity["extra"], "fraction": cfg.data.extra_fraction}
     return {"dataset_identity": identity, "provenance": record}

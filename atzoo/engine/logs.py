@@ -91,6 +91,10 @@ class Logging:
         row = {"kind": "step", "epoch": self.position.epoch, "step": self.position.global_step,
                "loss": summary["loss"], "parts": summary["parts"], "train_acc": summary["train_acc"], "lr": lr,
                "images_per_s": summary["images_per_s"], "stats": self.last_batch[3] if self.last_batch else {}}
+        if hasattr(self.loader, "take_shares"):  # data.extra: the share of extra images per batch
+            from atzoo.data.mixing import share_summary
+
+            row["extra_share"] = share_summary(self.loader.take_shares())
         self.metrics.write(row)
         self.track("train", row)
         self.window = Meter()

@@ -112,7 +112,12 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     try:
         with claim:
             trainer.open_run_dir(force=force, resume=resume, trackers=trackers, claim=claim)
-            trainer.log_config_notes(notes or [])
+            extra_data = []
+            if getattr(trainer.loader, "extra_count", None):
+                from atzoo.data.mixing import mixing_line
+
+                extra_data = [mixing_line(trainer.loader)]
+            trainer.log_config_notes([*(notes or []), *extra_data])
             trainer.fit()
             trainer.finish()
     except KeyboardInterrupt:
@@ -191,7 +196,8 @@ class Trainer(Finishing):
                                  channels_last=cfg.model.channels_last, grad_clip=cfg.optim.grad_clip,
                                  run_precision=precision.canonical(cfg.run.precision),
                                  attack_precision=precision.attack_precision(cfg.attack.precision, cfg.run.precision))
-        self.average = WeightAverage(self.core.model, cfg.averaging)
+        self.average = WeightAverage(self.core.model, cfg.averaging,
+                                     total_steps=cfg.optim.epochs * self.steps_per_epoch)
         self.position = Position()
         self.saved_step: int | None = None
         self.window, self.epoch_meter = Meter(), Meter()
@@ -217,7 +223,12 @@ class Trainer(Finishing):
         bundle = create_dataset(d.name, root=d.root, download=d.download, train_subset=d.train_subset,
                                 test_subset=d.test_subset)
         # eval.val_every: a held-out part of the training set (never the test set) for validation.
-        return carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
+        bundle, val_bundle = carve_validation(bundle, val_size(self.cfg, len(bundle.train)))
+        if d.extra is not None:
+            from atzoo.data.extra import attach_extra
+
+            bundle = attach_extra(bundle, d.extra)
+        return bundle, val_bundle
 
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
@@ -233,7 +244,7 @@ class Trainer(Finishing):
         return make_train_loader(
             self.bundle, self.batch_size, device=self.acc.device, seed=self.cfg.run.seed,
             rank=self.acc.process_index, world_size=self.acc.num_processes, augment=augment,
-            drop_last=True, num_workers=self.cfg.data.num_workers,
+            drop_last=True, num_workers=self.cfg.data.num_workers, extra_fraction=self.cfg.data.extra_fraction,
         )
 
     def _steps_per_epoch(self) -> int:

@@ -36,6 +36,7 @@ class AT(Method):
     config_class = ATConfig
     attack_defaults = {"bn_mode": "eval", "random_start": "uniform"}
     summary = "PGD adversarial training (Madry et al. 2018), CE(f(x'), y)"
+    takes_label_smoothing = True  # optim.label_smoothing smooths its classification CE
 
     @classmethod
     def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
@@ -57,4 +58,4 @@ class AT(Method):
     ) -> LossOutput:
         assert x_adv is not None, "AT needs the adversarial batch"
         logits = model(x_adv)
-        return LossOutput(parts={"ce_adv": F.cross_entropy(logits, y)}, logits=logits)
+        return LossOutput(parts={"ce_adv": F.cross_entropy(logits, y, label_smoothing=self.ctx.label_smoothing)}, logits=logits)

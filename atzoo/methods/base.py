@@ -146,6 +146,9 @@ class Method(ABC):
     attack_defaults: ClassVar[dict[str, Any]] = {}
     #: One-line summary shown by ``atzoo list methods``.
     summary: ClassVar[str] = ""
+    #: Whether the loss smooths its classification CE by ``ctx.label_smoothing``
+    #: (``optim.label_smoothing``); a method that does not refuses a value above 0.
+    takes_label_smoothing: ClassVar[bool] = False
     #: Loss parts that are the *regulariser* (invariance, distillation) in the gradient
     #: diagnostics; every other part is a classification term. A name ``p`` here also
     #: covers the parts ``p/<layer>``.

@@ -68,6 +68,9 @@ class MethodContext:
     attack: "BatchAttack"
     model: ModelFacts
     resources: Mapping[str, Path] = field(default_factory=dict)
+    #: ``optim.label_smoothing``: the smoothing of the classification CE of methods that
+    #: declare ``Method.takes_label_smoothing`` (0: plain CE).
+    label_smoothing: float = 0.0
 
     def resource(self, key: str) -> Path:
         """The provided resource ``key``.
@@ -126,5 +129,22 @@ def method_context(run: "RunConfig", resources: Mapping[str, Path] | None = None
     a = resolve_attack(run.attack, run.method.name)
     attack = build_attack(a.name, {k: getattr(a, k) for k in RUN_SETTINGS}, mode=str(a.bn_mode))
     facts = model or ModelFacts(run.model.name, run.model.num_classes, run.model.in_channels)
-    return MethodContext(attack=attack, model=facts, resources=dict(resources or {}))
+    smoothing = float(getattr(run.optim, "label_smoothing", 0.0))
+    if not 0.0 <= smoothing < 1.0:
+        raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {smoothing}")
+    takes = getattr(_method_class(run.method.name), "takes_label_smoothing", False)
+    if smoothing > 0 and not takes:
+        from atzoo.registry import METHODS, list_methods
+
+        able = [m for m in list_methods() if getattr(METHODS.get(m), "takes_label_smoothing", False)]
+        raise ConfigError(f"method '{run.method.name}' does not take optim.label_smoothing (it is not a plain "
+                          f"classification CE there); methods that do: {', '.join(able)}")
+    return MethodContext(attack=attack, model=facts, resources=dict(resources or {}), label_smoothing=smoothing)
+
+
+def _method_class(name: str) -> type:
+    from atzoo.registry import METHODS, load_builtins
+
+    load_builtins()
+    return METHODS.get(name)
 

@@ -30,6 +30,7 @@ class Standard(Method):
 
     config_class = StandardConfig
     summary = "clean training, CE(f(x), y); the non-robust baseline"
+    takes_label_smoothing = True  # optim.label_smoothing smooths its classification CE
 
     @classmethod
     def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
@@ -42,4 +43,4 @@ class Standard(Method):
         self, model: nn.Module, modules: nn.ModuleDict, x: Tensor, x_adv: Tensor | None, y: Tensor
     ) -> LossOutput:
         logits = model(x)
-        return LossOutput(parts={"ce_clean": F.cross_entropy(logits, y)}, logits=logits)
+        return LossOutput(parts={"ce_clean": F.cross_entropy(logits, y, label_smoothing=self.ctx.label_smoothing)}, logits=logits)

@@ -51,7 +51,8 @@ def kl_batchmean(logits_p: Tensor, logits_q: Tensor) -> Tensor:
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
-def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float) -> dict[str, Tensor]:
+def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float, *,
+                label_smoothing: float = 0.0) -> dict[str, Tensor]:
     """TRADES loss parts: ``ce_clean = CE(f(x), y)`` and ``kl = beta * KL(p(x) || p(x'))``.
 
     Args:
@@ -59,12 +60,14 @@ def trades_loss(logits_clean: Tensor, logits_adv: Tensor, y: Tensor, beta: float
         logits_adv: ``f(x')`` from the train-mode forward (keeps its graph).
         y: labels ``(B,)``.
         beta: weight of the KL regulariser (paper: 6).
+        label_smoothing: smoothing of the clean CE only (``optim.label_smoothing``; Wang et al.
+            2023 use 0.1: ``SmoothCrossEntropyLoss`` on the natural logits, the KL unchanged).
 
     Returns:
         ``{"ce_clean": ..., "kl": ...}``, already weighted; the loss is their sum.
     """
     return {
-        "ce_clean": F.cross_entropy(logits_clean, y),
+        "ce_clean": F.cross_entropy(logits_clean, y, label_smoothing=label_smoothing),
         "kl": beta * kl_batchmean(logits_clean, logits_adv),
     }
 
@@ -104,6 +107,7 @@ class TRADES(Method):
     regularizers = ("kl",)
     attack_defaults = {"bn_mode": "eval", "random_start": "normal"}
     summary = "TRADES (Zhang et al. 2019), CE(f(x), y) + beta KL(p(x) || p(x'))"
+    takes_label_smoothing = True  # optim.label_smoothing smooths its classification CE
 
     @classmethod
     def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
@@ -128,5 +132,5 @@ class TRADES(Method):
         assert x_adv is not None, "TRADES needs the adversarial batch"
         logits_clean = model(x)
         logits_adv = model(x_adv)
-        parts = trades_loss(logits_clean, logits_adv, y, self.config.beta)
+        parts = trades_loss(logits_clean, logits_adv, y, self.config.beta, label_smoothing=self.ctx.label_smoothing)
         return LossOutput(parts=parts, logits=logits_adv)

@@ -296,6 +296,39 @@ def load_card(name: str, directory: str | Path | None = None) -> Card:
     return load_card_file(path)
 
 
+#: Sub-folder of the cards folder holding **recipe cards**: a published training recipe of
+#: an existing method (e.g. TRADES with generated data, Wang et al. 2023), with its own
+#: paper, numbers and settings. Its front matter has the card keys plus ``method`` (the
+#: registered loss it trains) and ``recipes`` (the shipped recipes that reproduce it);
+#: ``defaults`` are the method settings of the recipe. ``atzoo docs NAME`` shows it.
+RECIPE_CARDS = "recipes"
+
+
+def recipe_card_names(directory: str | Path | None = None) -> list[str]:
+    """Names of the recipe cards (file stems in ``zoo_cards/recipes/``), sorted."""
+    folder = (Path(directory) if directory else cards_dir()) / RECIPE_CARDS
+    return sorted(p.stem for p in folder.glob("*.md")) if folder.is_dir() else []
+
+
+def load_recipe_card(name: str, directory: str | Path | None = None) -> Card:
+    """The recipe card ``name``.
+
+    Raises:
+        AtzooError: no such card, or it names no registered ``method``.
+    """
+    folder = (Path(directory) if directory else cards_dir()) / RECIPE_CARDS
+    path = folder / f"{name}.md"
+    if not path.is_file():
+        raise AtzooError(f"no recipe card '{name}'. Recipe cards: {', '.join(recipe_card_names(directory)) or 'none'}")
+    card = load_card_file(path)
+    from atzoo.registry import list_methods
+
+    if card.meta.get("method") not in list_methods():
+        raise AtzooError(f"recipe card {path} must name its registered method ('method: NAME'), "
+                         f"got {card.meta.get('method')!r}")
+    return card
+
+
 def load_cards(directory: str | Path | None = None) -> dict[str, Card]:
     """Every card in the folder, by name."""
     return {name: load_card(name, directory) for name in card_names(directory)}
