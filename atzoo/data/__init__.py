@@ -12,7 +12,8 @@
 from atzoo.data import digits, npz, vision  # noqa: F401  (registers the datasets)
 from atzoo.data.bundle import DatasetBundle, ImageArrays
 from atzoo.data.factory import create_dataset
-from atzoo.data.loaders import EvalLoader, TrainLoader, make_eval_loader, make_train_loader
+from atzoo.data.loaders import EvalLoader, TrainLoader, make_eval_loader
+from atzoo.data.train_factory import make_train_loader
 from atzoo.data.vision import data_root
 
 __all__ = [

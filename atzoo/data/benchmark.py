@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from atzoo.data.bundle import DatasetBundle, ImageArrays
 from atzoo.data.factory import create_dataset
-from atzoo.data.loaders import make_train_loader
+from atzoo.data.train_factory import make_train_loader
 from atzoo.errors import DataError
 
 
