@@ -4,9 +4,9 @@
   directory, notes) for ``atzoo train``, :func:`atzoo.train`, ``reproduce`` and the demo;
   :func:`run_plan` runs a plan (:mod:`atzoo.engine.plan`).
 * :func:`train` -- build, (re)start, loop, export and evaluate one run
-  (:mod:`atzoo.engine.trainer`; its parts: :mod:`~atzoo.engine.resume` run state and
-  checkpoints, :mod:`~atzoo.engine.logs` logging, :mod:`~atzoo.engine.finish` export and
-  evaluation, :mod:`~atzoo.engine.needs` what methods declare they need).
+  (:mod:`atzoo.engine.trainer`; its components: :mod:`~atzoo.engine.resume` run directory
+  and checkpoints, :mod:`~atzoo.engine.logs` logging, :mod:`~atzoo.engine.finish` export
+  and evaluation; :mod:`~atzoo.engine.needs` what methods declare they need).
 * :func:`~atzoo.engine.step.train_step` -- the one training step (trainer and benchmark).
 * :class:`TrainingModule` -- the single module Accelerate prepares; its forward is the
   method's loss, so every pass of a step shares one DDP synchronisation.

@@ -1,34 +1,80 @@
 """The end of a run: final checkpoint, SWA BN recalibration, export and evaluation.
 
-:class:`Finishing` is the part of :class:`~atzoo.engine.trainer.Trainer` that turns the
-trained state into the run's deliverables: ``model.safetensors`` + ``model_meta.json``
+:class:`Finisher` is the component of :class:`~atzoo.engine.trainer.Trainer` that turns
+the trained state into the run's deliverables: ``model.safetensors`` + ``model_meta.json``
 (the deployable network: the SWA/EMA average, the best validated or the last iterate,
 through ``method.export``), ``model_last.safetensors`` when another one is exported,
-``eval.json`` and ``curves.png``. It uses the trainer's attributes and :class:`~atzoo.engine.resume.RunState`.
+``eval.json`` and ``curves.png``; it also writes ``model_best.safetensors`` for the
+validation. Its collaborators are given to its ``__init__``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from atzoo import __version__, precision
+from atzoo.config import RunConfig
 from atzoo.files.common import atomic_write_bytes, atomic_write_json
-from atzoo.engine.averaging import recompute_bn_stats
+from atzoo.engine.averaging import WeightAverage, recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
 from atzoo.engine.identity import run_identity
-from atzoo.engine.resume import RunState
+from atzoo.engine.logs import Position, RunLog
+from atzoo.engine.progress import Reporter
+from atzoo.engine.resume import CheckpointKeeper
+from atzoo.engine.rundir import MetricsLog
+from atzoo.engine.validation import Validator
 
 
-class Finishing(RunState):
-    """The finishing part of the trainer (see the module docstring)."""
+class Finisher:
+    """The end of the run and the exported models (see the module docstring).
+
+    Args:
+        cfg: the run's config.
+        run_dir: the run directory.
+        accelerator: the run's Accelerator.
+        bundle: the training data (its classes, channels, statistics and identity go into the meta).
+        core: the training module (its model is exported through ``method.export``).
+        method: the method (``export``, its training attack and ``attack_route``).
+        average: the SWA/EMA average.
+        validator: the held-out validation (the best epoch), or None.
+        checkpoints: writes the final checkpoint.
+        log: events and the trackers.
+        metrics: ``metrics.jsonl`` (the ``final`` row).
+        position: the run's counters.
+        reporter: the console (whether evaluation shows a progress bar).
+        attack_precision: the training attack's precision (the SWA BN pass attacks as in training).
+        new_loader: makes a fresh training loader (the SWA BN pass).
+    """
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, accelerator: Any, *, bundle: Any, core: nn.Module,
+                 method: Any, average: WeightAverage, validator: Validator | None, checkpoints: CheckpointKeeper,
+                 log: RunLog, metrics: MetricsLog, position: Position, reporter: Reporter, attack_precision: str,
+                 new_loader: Callable[[], Any]) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.acc = accelerator
+        self.is_main = accelerator.is_main_process
+        self.bundle = bundle
+        self.core = core
+        self.method = method
+        self.average = average
+        self.validator = validator
+        self.checkpoints = checkpoints
+        self.log = log
+        self.metrics = metrics
+        self.position = position
+        self.reporter = reporter
+        self.attack_precision = attack_precision
+        self.new_loader = new_loader
 
     def finish(self) -> None:
         """Final checkpoint, SWA BN recalibration, export, evaluation, final row."""
-        if self.saved_step != self.position.global_step:
-            self.save()
+        self.checkpoints.save_unless_saved()
         deploy, weights = self.deployable_model()
         if self.is_main:
             self.export(deploy, "model.safetensors", weights)
@@ -40,8 +86,7 @@ class Finishing(RunState):
         if self.cfg.run.evaluate:
             final["eval"] = self.evaluate(deploy, weights)
         self.metrics.write(final)
-        for tracker in self.acc.trackers:
-            tracker.finish()
+        self.log.finish_trackers()
         if self.is_main:
             self.write_curves()
 
@@ -60,12 +105,12 @@ class Finishing(RunState):
             return load_best(self.method.export(self.core.model), self.run_dir), "best"
         if not self.average.enabled or self.average.n_averaged == 0:
             if self.average.enabled:
-                self._event("averaging", f"{self.average.kind} has no update yet; exporting the last iterate")
+                self.log.event("averaging", f"{self.average.kind} has no update yet; exporting the last iterate")
             return self.method.export(self.core.model).eval(), "last"
         averaged = self.average.module()
         if self.average.kind == "swa":
             batches = self.recalibrate_bn(averaged)
-            self._event("swa_bn", f"recomputed the BN statistics of the SWA average on {batches} adversarial batches")
+            self.log.event("swa_bn", f"recomputed the BN statistics of the SWA average on {batches} adversarial batches")
         return self.method.export(averaged).eval(), str(self.average.kind)
 
     def recalibrate_bn(self, model: nn.Module) -> int:
@@ -75,10 +120,10 @@ class Finishing(RunState):
         attack = self.method.ctx.attack
 
         def adversarial(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-            with precision.autocast(self.runner.attack_precision, x.device):  # as in training
+            with precision.autocast(self.attack_precision, x.device):  # as in training
                 return attack(net, x, y, route=route, mode="train")
 
-        loader = self._train_loader(augment=self.cfg.data.augment)
+        loader = self.new_loader()
         loader.set_epoch(self.cfg.optim.epochs)  # a fixed, reproducible pass
         with self.acc.autocast():
             return recompute_bn_stats(model, loader, adversarial, route=route,

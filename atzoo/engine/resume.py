@@ -1,17 +1,16 @@
-"""Run state: where training is, the run directory at start, checkpoints and resume.
+"""The run directory at start, checkpoints and resume.
 
-:class:`RunState` is the part of :class:`~atzoo.engine.trainer.Trainer` that opens the
-run directory (fresh, ``--force`` or ``--resume`` from the newest good checkpoint) and
-writes and restores checkpoints -- everything a resumed run needs to continue bit for bit:
-weights, optimizer, scheduler, scaler, method state, weight average, every process's RNG,
-the counters and the running meters. It uses the trainer's attributes (``cfg``, ``run_dir``,
-``acc``, ``core``, ``optimizer``, ``scheduler``, ``average``, ``method``, ``metrics``, ...).
+:class:`CheckpointKeeper` is the component of :class:`~atzoo.engine.trainer.Trainer` that
+opens the run directory (fresh, ``--force`` or ``--resume`` from the newest good
+checkpoint) and writes and restores checkpoints -- everything a resumed run needs to
+continue bit for bit: weights, optimizer, scheduler, scaler, method state, weight average,
+every process's RNG, the counters and the running meters. Its collaborators are given to
+its ``__init__``. The config checks of ``--resume`` (:func:`check_resume_config`) are
+functions of this module too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,15 @@ from atzoo.engine.checkpoint import (
     save_checkpoint,
     split_tensors,
 )
-from atzoo.engine.logs import Logging, Meter, tracker_config
+from atzoo.engine.averaging import WeightAverage
+from atzoo.engine.cost import CostMeter
+from atzoo.engine.logs import Position, RunLog
 from atzoo.engine.rng import capture_rng, restore_rng
-from atzoo.engine.rundir import RunDirClaim
+from atzoo.engine.rundir import MetricsLog, RunDirClaim
+from atzoo.engine.validation import Validator
 from atzoo.errors import CheckpointError, ConfigError, NonFiniteLossError
+
+__all__ = ["CheckpointKeeper", "Position", "check_resume_config", "config_differences", "resume_refusals"]
 
 
 #: Config keys that may change between a run and its ``--resume`` (they do not affect
@@ -103,17 +107,50 @@ def check_resume_config(run_dir: Path, cfg: RunConfig) -> str | None:
     return None
 
 
-@dataclass
-class Position:
-    """Where training is: epoch in progress, its batches consumed, optimizer steps done."""
+class CheckpointKeeper:
+    """Opening the run directory, checkpoints and resume: the component of
+    :class:`~atzoo.engine.trainer.Trainer` that writes checkpoints and restores them.
 
-    epoch: int = 0
-    batch: int = 0
-    global_step: int = 0
+    A checkpoint holds everything a resumed run needs to continue bit for bit; each part
+    is asked for its own state (``state_dict``) and given it back (``load_state_dict``).
 
+    Args:
+        cfg: the run's config.
+        run_dir: the run directory.
+        accelerator: the run's Accelerator (processes, scaler, barriers).
+        core: the training module (model and method modules).
+        optimizer, scheduler: the prepared optimizer and its learning-rate schedule.
+        method: the method (its state: e.g. AR-AT's balance, AWP's proxy).
+        average: the SWA/EMA average.
+        position: the run's counters (loaded in place on resume).
+        log: the run's :class:`~atzoo.engine.logs.RunLog` (events, meters, trackers).
+        cost: the per-epoch cost meter.
+        metrics: ``metrics.jsonl`` (its size is recorded; a resume cuts it back).
+        validator: the held-out validation (its best epoch), or None.
+        steps_per_epoch: optimizer steps per epoch (a checkpoint of another split does not fit).
+    """
 
-class RunState(Logging):
-    """Opening the run directory, checkpoints and resume (a part of the trainer)."""
+    def __init__(self, cfg: RunConfig, run_dir: Path, accelerator: Any, *, core: nn.Module, optimizer: Any,
+                 scheduler: Any, method: Any, average: WeightAverage, position: Position, log: RunLog,
+                 cost: CostMeter, metrics: MetricsLog, validator: Validator | None, steps_per_epoch: int) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.acc = accelerator
+        self.is_main = accelerator.is_main_process
+        self.core = core
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.method = method
+        self.average = average
+        self.position = position
+        self.log = log
+        self.cost = cost
+        self.metrics = metrics
+        self.validator = validator
+        self.steps_per_epoch = steps_per_epoch
+        self.saved_step: int | None = None  # the step of the newest checkpoint this process wrote or loaded
+        self.resume_metrics_bytes = 0
+        self.claim: RunDirClaim | None = None  # given to open_run_dir() by train(), else made there
 
     def precision_summary(self) -> str:
         """``train bf16, attack bf16, eval fp32``: the precision of each phase of this run."""
@@ -142,21 +179,22 @@ class RunState(Logging):
             atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
         self.acc.wait_for_everyone()
         if point is not None:
-            self._announce_resume(point)
+            self.announce_resume(point)
         else:
             if resume:
                 self.metrics.truncate(0)
-                self._event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
-            self._event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
-                                 f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
-                                 f"{self.precision_summary()} -> {self.run_dir}")
+                self.log.event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
+            self.log.event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
+                                    f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
+                                    f"{self.precision_summary()} -> {self.run_dir}")
             # Independent attack noise per process from here on (rank 0 keeps run.seed).
             set_seed(self.cfg.run.seed, device_specific=True)
-        missing = sorted(set(self.cfg.run.trackers) - set(trackers))
-        if missing:
-            self._event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
-        if trackers:
-            self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
+        self.log.start_trackers(trackers)
+
+    def confirm_started(self) -> None:
+        """The first optimizer step succeeded: a ``--force``-replaced old run is deleted only now."""
+        if self.claim is not None:
+            self.claim.started()
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_data(self, rng_states: list[dict[str, Any]]) -> CheckpointData:
@@ -170,13 +208,12 @@ class RunState(Logging):
             tensors["average"] = {k: v.detach().cpu().contiguous().clone() for k, v in self.average.state_dict().items()}
         scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
         state = {
-            "position": dataclasses.asdict(self.position),
+            "position": self.position.state_dict(),
             "steps_per_epoch": self.steps_per_epoch,
             "num_processes": self.acc.num_processes,
             "method": method_state,
             "rng": rng_json,
-            "window": self.window.state_dict(),
-            "epoch_meter": self.epoch_meter.state_dict(),
+            **self.log.state_dict(),  # "window", "epoch_meter"
             "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "validation": self.validator.state_dict() if self.validator is not None else None,
@@ -192,7 +229,7 @@ class RunState(Logging):
         if bad is not None:
             raise NonFiniteLossError(
                 f"weight '{bad}' became non-finite by step {self.position.global_step}; stopped without "
-                f"checkpointing (last good checkpoint: {self._last_checkpoint()})"
+                f"checkpointing (last good checkpoint: {self.last_checkpoint()})"
             )
         rng_states = gather_object([capture_rng()])
         if self.is_main:
@@ -202,7 +239,13 @@ class RunState(Logging):
         self.saved_step = self.position.global_step
         self.acc.wait_for_everyone()
 
-    def _last_checkpoint(self) -> str:
+    def save_unless_saved(self) -> None:
+        """A checkpoint of the current position, unless the newest one is already of it."""
+        if self.saved_step != self.position.global_step:
+            self.save()
+
+    def last_checkpoint(self) -> str:
+        """The newest checkpoint's path, or ``none`` (named in errors that stop a run)."""
         found = list_checkpoints(self.run_dir / "checkpoints")
         return str(found[-1]) if found else "none"
 
@@ -219,9 +262,8 @@ class RunState(Logging):
             self.method.load_state_dict(join_tensors(state["method"], data.tensors.get("method", {})))
             rank = self.acc.process_index if self.acc.process_index < len(state["rng"]) else 0
             restore_rng(join_tensors(state["rng"][rank], data.tensors.get("rng", {})))
-            self.position = Position(**state["position"])
-            self.window = Meter.from_state(state["window"])
-            self.epoch_meter = Meter.from_state(state["epoch_meter"])
+            self.position.load_state_dict(state["position"])
+            self.log.load_state_dict(state)
             self.cost.load_state_dict(state.get("cost"))
             self.resume_metrics_bytes = int(state["metrics_bytes"])
             if self.validator is not None:
@@ -230,13 +272,13 @@ class RunState(Logging):
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step
 
-    def _announce_resume(self, point: ResumePoint) -> None:
+    def announce_resume(self, point: ResumePoint) -> None:
         """Cuts metrics.jsonl back to the checkpoint and says where the run continues."""
         self.metrics.truncate(self.resume_metrics_bytes)
         for problem in point.skipped:
-            self._event("checkpoint_skipped", f"skipping bad checkpoint: {problem}")
-        self._event("resume", f"resuming from {point.path} (epoch {self.position.epoch}, "
-                              f"step {self.position.global_step})", checkpoint=str(point.path))
+            self.log.event("checkpoint_skipped", f"skipping bad checkpoint: {problem}")
+        self.log.event("resume", f"resuming from {point.path} (epoch {self.position.epoch}, "
+                                 f"step {self.position.global_step})", checkpoint=str(point.path))
 
     @staticmethod
     def _load_module(module: nn.Module, tensors: dict[str, Tensor], file: Path) -> None:

@@ -8,15 +8,16 @@ method (:func:`~atzoo.methods.create_method`: its config and a
 1. builds data, model and method modules (``method.prepare_model``,
    ``method.build_modules``), wraps them in a :class:`~atzoo.engine.module.TrainingModule`
    and calls ``accelerator.prepare`` once on it and the SGD optimizer;
-2. opens the run directory (:mod:`atzoo.engine.resume`: fresh, ``--force`` or ``--resume``
-   from the newest good checkpoint, restoring weights, optimizer, scheduler, method
-   state, averages, RNG);
+2. opens the run directory (:class:`~atzoo.engine.resume.CheckpointKeeper`: fresh,
+   ``--force`` or ``--resume`` from the newest good checkpoint, restoring weights,
+   optimizer, scheduler, method state, averages, RNG);
 3. loops over epochs: ``method.on_epoch_start``, then per batch the one training step
    (:mod:`atzoo.engine.step`: attack, method hooks, one forward of the prepared module,
    backward, clipping, optimizer step), then scheduler, SWA/EMA, logging
-   (:mod:`atzoo.engine.logs`) and checkpoints;
-4. finishes (:mod:`atzoo.engine.finish`): a final checkpoint, BN recalibration of the SWA
-   average, the exported model (``model.safetensors`` + ``model_meta.json``) and ``eval.json``.
+   (:class:`~atzoo.engine.logs.RunLog`) and checkpoints;
+4. finishes (:class:`~atzoo.engine.finish.Finisher`): a final checkpoint, BN recalibration
+   of the SWA average, the exported model (``model.safetensors`` + ``model_meta.json``)
+   and ``eval.json``.
 
 Batches: ``data.batch_size`` is the global batch of one forward pass, split evenly over
 the processes; with ``optim.grad_accum = k`` each optimizer step sees ``k`` of them.
@@ -45,13 +46,13 @@ from atzoo.engine.accelerator import make_accelerator, per_process_batch, select
 from atzoo.engine.averaging import WeightAverage, averaging_kind
 from atzoo.engine.checkpoint import crash_point
 from atzoo.engine.cost import CostMeter, hardware_profile
-from atzoo.engine.finish import Finishing
-from atzoo.engine.logs import Meter, StepValues
+from atzoo.engine.finish import Finisher
+from atzoo.engine.logs import Position, RunLog, StepValues
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.needs import satisfy_needs
 from atzoo.engine.progress import Reporter
 from atzoo.engine.preflight import check_evaluation, check_settings
-from atzoo.engine.resume import Position, check_resume_config, config_differences
+from atzoo.engine.resume import CheckpointKeeper, check_resume_config, config_differences
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
@@ -161,12 +162,19 @@ def build_optimizer(module: nn.Module, cfg: RunConfig) -> torch.optim.SGD:
 # --------------------------------------------------------------------------- the trainer
 
 
-class Trainer(Finishing):
+class Trainer:
     """Owns everything one run needs; :func:`train` is its only intended caller.
 
-    The class is split by concern: building and the loop here, logging in
-    :class:`~atzoo.engine.logs.Logging`, run directory and checkpoints in
-    :class:`~atzoo.engine.resume.RunState`, the end in :class:`~atzoo.engine.finish.Finishing`.
+    Building and the loop are here; the rest is done by components, each made here with
+    its collaborators passed explicitly (none reads an attribute another class sets):
+
+    * ``log`` (:class:`~atzoo.engine.logs.RunLog`): events, metrics rows, trackers, meters;
+    * ``checkpoints`` (:class:`~atzoo.engine.resume.CheckpointKeeper`): opening the run
+      directory, checkpoints and resume;
+    * ``finisher`` (:class:`~atzoo.engine.finish.Finisher`): the final checkpoint, the
+      exported models, evaluation, ``curves.png``.
+
+    ``position`` (:class:`~atzoo.engine.logs.Position`) is the one set of counters they share.
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, accelerator: Accelerator, method: Method) -> None:
@@ -199,21 +207,35 @@ class Trainer(Finishing):
         self.average = WeightAverage(self.core.model, cfg.averaging,
                                      total_steps=cfg.optim.epochs * self.steps_per_epoch)
         self.position = Position()
-        self.saved_step: int | None = None
-        self.window, self.epoch_meter = Meter(), Meter()
         self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes,
                                                    precision.profile(cfg.run.precision, cfg.attack.precision)))
-        self.last_lr = cfg.optim.lr
-        self.resume_metrics_bytes = 0
-        self.last_batch: tuple[Tensor, Tensor | None, Tensor, dict[str, float]] | None = None
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
-        self.claim: RunDirClaim | None = None  # given to open_run_dir() by train(), else made there
         self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
+        self.log = RunLog(cfg, accelerator, metrics=self.metrics, reporter=self.reporter, position=self.position,
+                          cost=self.cost, average=self.average, core=self.core, method=method, loader=self.loader)
+        self.checkpoints = CheckpointKeeper(
+            cfg, run_dir, accelerator, core=self.core, optimizer=self.optimizer, scheduler=self.scheduler,
+            method=method, average=self.average, position=self.position, log=self.log, cost=self.cost,
+            metrics=self.metrics, validator=self.validator, steps_per_epoch=self.steps_per_epoch)
+        self.finisher = Finisher(
+            cfg, run_dir, accelerator, bundle=self.bundle, core=self.core, method=method, average=self.average,
+            validator=self.validator, checkpoints=self.checkpoints, log=self.log, metrics=self.metrics,
+            position=self.position, reporter=self.reporter, attack_precision=self.runner.attack_precision,
+            new_loader=lambda: self._train_loader(augment=cfg.data.augment))
+
+    # ------------------------------------------------------------------ the run, as train() drives it
+    def open_run_dir(self, *, force: bool, resume: bool, trackers: list[str],
+                     claim: RunDirClaim | None = None) -> None:
+        """Fresh, replaced or resumed run directory (:meth:`CheckpointKeeper.open_run_dir`)."""
+        self.checkpoints.open_run_dir(force=force, resume=resume, trackers=trackers, claim=claim)
 
     def log_config_notes(self, notes: list[str]) -> None:
         """Prints and logs (``event: config`` rows) the lines that say how the config was made."""
-        for note in notes:
-            self._event("config", note)
+        self.log.log_config_notes(notes)
+
+    def finish(self) -> None:
+        """Final checkpoint, export, evaluation (:meth:`Finisher.finish`)."""
+        self.finisher.finish()
 
     # ------------------------------------------------------------------ building
     def _load_data(self) -> Any:
@@ -267,8 +289,7 @@ class Trainer(Finishing):
 
     def fit(self) -> None:
         """Runs epochs until ``optim.epochs`` or ``run.max_steps``."""
-        now = time.perf_counter()  # throughput counts training only, not the set-up
-        self.window.started = self.epoch_meter.started = now
+        self.log.start_clock(time.perf_counter())  # throughput counts training only, not the set-up
         with self.reporter:
             while not self.done():
                 self.run_epoch(self.position.epoch)
@@ -295,7 +316,7 @@ class Trainer(Finishing):
 
     def start_epoch(self, epoch: int) -> None:
         """``method.on_epoch_start`` (e.g. AR-AT's auto-balance) and a fresh epoch meter."""
-        self.epoch_meter = Meter()
+        self.log.new_epoch()
         self.cost.reset()
         context = EpochContext(
             epoch=epoch, model=self.core.model, modules=self.core.method_modules,
@@ -316,7 +337,6 @@ class Trainer(Finishing):
         )
 
     # ------------------------------------------------------------------ one batch
-    # ------------------------------------------------------------------ one batch
     def train_batch(self, x: Tensor, y: Tensor) -> None:
         """The one training step (:func:`atzoo.engine.step.train_step`) and its bookkeeping."""
         reduced: list[StepValues] = []
@@ -328,10 +348,8 @@ class Trainer(Finishing):
         out = train_step(self.runner, x, y, epoch=self.position.epoch, global_step=self.position.global_step,
                          check=check)
         values = reduced[0]
-        self.position.batch += 1
-        self.window.add(values.parts, values.loss, values.correct, values.count)
-        self.epoch_meter.add(values.parts, values.loss, values.correct, values.count)
-        self.last_batch = (out.x, out.x_adv, out.y, out.stats)
+        self.position.batch_done()
+        self.log.add_batch(values, (out.x, out.x_adv, out.y, out.stats))
 
     def reduce_step(self, parts: dict[str, Tensor], loss: Tensor, logits: Tensor, y: Tensor) -> StepValues:
         """Loss parts, loss and accuracy averaged over processes (one small all-reduce)."""
@@ -351,34 +369,29 @@ class Trainer(Finishing):
         parts = ", ".join(f"{k}={v:.4g}" for k, v in values.parts.items())
         raise NonFiniteLossError(
             f"non-finite training loss at epoch {self.position.epoch}, step {self.position.global_step + 1} "
-            f"({parts}); stopped, last good checkpoint: {self._last_checkpoint()} "
+            f"({parts}); stopped, last good checkpoint: {self.checkpoints.last_checkpoint()} "
             "(try a lower optim.lr, optim.grad_clip, or run.precision=no)"
         )
 
     def after_optimizer_step(self) -> bool:
         """Scheduler, averaging, logging and step checkpoints; True when max_steps is reached."""
-        if self.claim is not None:
-            self.claim.started()  # a --force-replaced old run is deleted only now
-        lr = self.last_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
+        self.checkpoints.confirm_started()  # a --force-replaced old run is deleted only now
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used
         if not self.acc.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
             self.scheduler.step()
         sync_buffers(self.core, self.acc.num_processes)
         p = self.position
-        p.global_step += 1
+        p.step_done()
         self.average.maybe_update(self.core.model, p.epoch, p.global_step)
-        self.reporter.advance_to(p.global_step, epoch=p.epoch, lr=lr, **self._bar_fields())
-        if p.global_step % self.cfg.run.log_every == 0:
-            self.log_window(lr)
-        if self.cfg.diagnostics.every > 0 and p.global_step % self.cfg.diagnostics.every == 0:
-            self.log_step_diagnostics()
+        self.log.after_step(lr)  # progress bar, step row and diagnostics when due
         crash_point("step", p.global_step)  # inert unless ATZOO_TEST_CRASH_AT is set (crash tests)
         end_of_epoch = p.batch >= self.batches_per_epoch
         if self.max_steps_reached() and not end_of_epoch:
-            self.log_epoch(p.epoch, partial=True)
-            self.save()
+            self.log.log_epoch(p.epoch, partial=True)
+            self.checkpoints.save()
             return True
         if self._step_checkpoint_due() and not end_of_epoch:
-            self.save()  # at the end of an epoch, end_epoch() writes it after the summary
+            self.checkpoints.save()  # at the end of an epoch, end_epoch() writes it after the summary
         return False
 
     def _step_checkpoint_due(self) -> bool:
@@ -388,13 +401,12 @@ class Trainer(Finishing):
     # ------------------------------------------------------------------ epoch end
     def end_epoch(self, epoch: int) -> None:
         """Epoch summary, validation (if due), then the epoch checkpoint (if due)."""
-        self.log_epoch(epoch)
+        self.log.log_epoch(epoch)
         self.validate(epoch)
-        self.position.epoch += 1
-        self.position.batch = 0
+        self.position.epoch_done()
         every = self.cfg.run.checkpoint_every
         if (every > 0 and self.position.epoch % every == 0) or self._step_checkpoint_due():
-            self.save()
+            self.checkpoints.save()
 
     def validate(self, epoch: int) -> None:
         """``eval.val_every``: held-out clean/PGD accuracy to metrics.jsonl, the trackers and
@@ -403,10 +415,10 @@ class Trainer(Finishing):
         if self.validator is not None and self.validator.due(epoch):
             row = {**self.validator.run(self.method.export(self.core.model), epoch), "step": self.position.global_step}
             self.metrics.write(row)
-            self.track("val", row)
+            self.log.track("val", row)
             if row["best"] and self.is_main:
-                self.export(self.method.export(self.core.model), "model_best.safetensors", "best")
-        self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.epoch_meter.summary(), self.last_lr,
+                self.finisher.export(self.method.export(self.core.model), "model_best.safetensors", "best")
+        self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.log.epoch_summary(), self.log.last_lr,
                                          row, self.reporter.eta(self.position.global_step)))
 
 
