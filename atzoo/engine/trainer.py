@@ -50,6 +50,7 @@ from atzoo.engine.logs import Meter, StepValues
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.needs import satisfy_needs
 from atzoo.engine.progress import Reporter
+from atzoo.engine.replay import replayed_batches
 from atzoo.engine.preflight import check_evaluation, check_settings
 from atzoo.engine.resume import Position, check_resume_config, config_differences
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
@@ -234,7 +235,8 @@ class Trainer(Finishing):
         )
 
     def _steps_per_epoch(self) -> int:
-        steps = len(self.loader) // self.cfg.optim.grad_accum
+        # Free-AT's minibatch replay: every loader batch is m engine steps (atzoo.engine.replay).
+        steps = len(self.loader) * self.method.replays // self.cfg.optim.grad_accum
         if steps < 1:
             raise ConfigError(
                 f"an epoch has {len(self.loader)} batches per process, fewer than optim.grad_accum="
@@ -248,7 +250,7 @@ class Trainer(Finishing):
 
     @property
     def batches_per_epoch(self) -> int:
-        """Loader batches used per epoch: whole optimizer steps only."""
+        """Replayed loader batches used per epoch (each loader batch ``method.replays`` times): whole optimizer steps only."""
         return self.steps_per_epoch * self.cfg.optim.grad_accum
 
     def fit(self) -> None:
@@ -272,7 +274,8 @@ class Trainer(Finishing):
         self.loader.set_epoch(epoch)
         self.acc.step = 0  # accumulation phase; epochs hold whole optimizer steps
         remaining = self.batches_per_epoch - self.position.batch
-        for x, y in itertools.islice(self.loader.iter_from(self.position.batch), remaining):
+        batches = replayed_batches(self.loader, self.position.batch, self.method.replays)
+        for x, y in itertools.islice(batches, remaining):
             with self.cost.step():  # CPU and wall time of the step itself (atzoo.engine.cost)
                 self.train_batch(x, y)
             if self.acc.sync_gradients and self.after_optimizer_step():
