@@ -74,10 +74,12 @@ def gradient_cosine(g1: Tensor, g2: Tensor) -> Tensor:
 def noisy_gradient(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
     """``grad_x CE(f(x + eta), y)`` with ``eta ~ U[-eps, eps]^d``, differentiable in the weights
     (``create_graph=True``: the double backpropagation of the regulariser)."""
-    eta = (2 * torch.rand_like(x, dtype=torch.float32) - 1) * eps
-    point = (x.detach().float() + eta).clamp(0, 1).requires_grad_(True)
+    eta = (2 * torch.rand_like(x) - 1) * eps
+    point = (x.detach() + eta).clamp(0, 1).requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(model(point).float(), y)
+        logits = model(point)
+        # at least float32 (autocast may give bf16/fp16 logits); float64 stays float64
+        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
         (grad,) = torch.autograd.grad(loss, point, create_graph=True)
     return grad
 
