@@ -29,6 +29,7 @@ from atzoo.methods.arat import (
 )
 from atzoo.methods.asym_trades import asymmetric_kl
 from atzoo.methods.base import EpochContext, create_method
+from atzoo.models import default_tap_patterns
 from atzoo.models.routed_bn import RoutedBatchNorm, bn_route, has_routed_bn
 from atzoo.models.small_cnn import SmallCNN
 from atzoo.models.taps import FeatureTaps
@@ -204,19 +205,21 @@ def test_recipe_builds_with_expected_method(path: Path) -> None:
     m = cfg.method
     assert first.split()[3] == m.name
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.data.batch_size) == (0.1, 0.9, 5e-4, 128)
-    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.warmup_lr) == (100, [75, 90], 0.02)
+    # 0-based 76 and 91: the official CustomLR is stepped after each 1-based epoch (train_ARAT.py:430)
+    assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.warmup_lr) == (100, [76, 91], 0.02)
     assert (cfg.attack.bn_mode, cfg.attack.steps, cfg.attack.eps) == ("train", 10, pytest.approx(8 / 255))
     if path.parent.name == "ablation":
         assert (m.stop_grad, m.predictor, m.split_bn) == ABLATION_ROWS[path.stem]
         assert (m.auto_balance, m.alpha, m.beta, m.layers, m.gamma) == (False, 1.0, 1.0, ["layer4.1.relu2"], 30.0)
         assert cfg.model.name == "resnet18" and cfg.data.name == "cifar10"
     elif m.name == "arat":
-        assert (m.stop_grad, m.predictor, m.split_bn, m.auto_balance, m.layers) == (True, True, True, True, None)
+        assert (m.stop_grad, m.predictor, m.split_bn, m.auto_balance) == (True, True, True, True)
+        assert m.layers == default_tap_patterns(cfg.model.name)  # the official scripts' taps, spelled out
         assert m.gamma == default_gamma(cfg.model.name)
         swa = path.stem.startswith("arat_swa_")
         assert cfg.averaging.swa is swa
         if swa:
-            assert (cfg.averaging.swa_start_epoch, cfg.averaging.swa_every_steps) == (49, 500)  # official code
+            assert (cfg.averaging.swa_start_epoch, cfg.averaging.swa_every_steps) == (75, 500)  # --swa_start 76, 1-based
     else:
         assert (m.name, m.gamma, m.stop_grad, m.split_bn, m.auto_balance) == ("asym_trades", 6.0, True, True, True)
 
@@ -534,7 +537,7 @@ def test_toggles_from_the_command_line_and_resume_keeps_auto_balance(cli, tmp_pa
 
     from atzoo.config import from_yaml
     from atzoo.engine import read_metrics
-    from atzoo.models import create_model
+    from atzoo.models import default_tap_patterns, create_model
 
     out = tmp_path / "run"
     common = ["train", "arat", "--model", "small_cnn", "--dataset", "digits", "--out", str(out),

@@ -49,7 +49,7 @@ PAPER_TABLE: dict[tuple[str, str], tuple[float, float]] = {
     # Asym-TRADES table
     ("asym_trades", "cifar10-resnet18"): (85.62, 48.58),
     # AWP: the official repository's AutoAttack tables (released checkpoints, 2020-10-13)
-    ("at_awp", "cifar10-wrn34_10"): (85.36, 53.97),
+    ("at_awp", "cifar10-wrn34_10"): (86.23, 53.97),  # AWP auto_attacks/logs/log_AT-AWP_cifar10_linf_wrn34-10.txt
     ("at_awp", "cifar100-wrn34_10"): (60.38, 28.86),
     ("trades_awp", "cifar10-wrn34_10"): (85.36, 56.17),
     ("trades_awp", "cifar100-wrn34_10"): (60.17, 28.80),

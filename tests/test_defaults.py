@@ -103,11 +103,11 @@ def _optim(epochs: int, recipe: str | None = None, overrides: tuple[str, ...] = 
 def test_step_schedule_milestones_scale_and_the_lr_decays() -> None:
     resolution = _optim(30, "arat_cifar10_resnet18.yaml")
     optim = resolution.config.optim
-    assert optim.milestones == [22, 27] and resolution.source("optim.milestones") == "scaled"
+    assert optim.milestones == [23, 27] and resolution.source("optim.milestones") == "scaled"
     factor = lr_factor(optim, steps_per_epoch=10)
-    assert factor(21 * 10) == pytest.approx(1.0) and factor(22 * 10) == pytest.approx(0.1)
+    assert factor(22 * 10) == pytest.approx(1.0) and factor(23 * 10) == pytest.approx(0.1)
     assert factor(29 * 10) == pytest.approx(0.01)
-    assert resolution.notes == ["optim.epochs 100 -> 30: scaled in proportion optim.milestones [75, 90] -> [22, 27], "
+    assert resolution.notes == ["optim.epochs 100 -> 30: scaled in proportion optim.milestones [76, 91] -> [23, 27], "
                                 "optim.warmup_epochs 1 -> 0.3 (give them explicitly to keep other values)"]
 
 
@@ -124,7 +124,7 @@ def test_one_epoch_never_decays_from_the_start() -> None:
 
 def test_unchanged_epochs_keep_the_paper_schedule() -> None:
     optim = _optim(100, "arat_cifar10_resnet18.yaml").config.optim
-    assert optim.milestones == [75, 90] and optim.warmup_epochs == 1
+    assert optim.milestones == [76, 91] and optim.warmup_epochs == 1
 
 
 def test_warmup_scales_to_a_fraction_of_an_epoch() -> None:
@@ -143,7 +143,7 @@ def test_cosine_schedule_follows_the_new_length() -> None:
 
 def test_swa_start_scales_unless_given() -> None:
     scaled = _optim(20, "arat_swa_cifar10_resnet18.yaml").config.averaging
-    assert scaled.swa_start_epoch == round(49 * 20 / 100)
+    assert scaled.swa_start_epoch == round(75 * 20 / 100)
     given = _optim(20, "arat_swa_cifar10_resnet18.yaml", ("averaging.swa_start_epoch=5",)).config.averaging
     assert given.swa_start_epoch == 5
 
@@ -203,17 +203,19 @@ def test_imagenette_is_set_up_as_the_official_arat_code() -> None:
 
 @pytest.mark.parametrize("path", [p for p in TOP_RECIPES if recipe_setting(p)[0] == "at"], ids=lambda p: p.stem)
 def test_at_recipes_use_the_robustness_defaults_the_paper_ran(path: Path) -> None:
-    cfg = build_config(path)  # ndb796 code aligned to MadryLab robustness' CIFAR defaults
+    cfg = build_config(path)  # ndb796 code (train-mode attack) aligned to MadryLab robustness' CIFAR defaults
     assert (cfg.attack.steps, cfg.attack.bn_mode, cfg.attack.eps, cfg.attack.step_size) == (
-        7, "eval", pytest.approx(8 / 255), pytest.approx(2 / 255))
+        7, "train", pytest.approx(8 / 255), pytest.approx(2 / 255))
     assert (cfg.optim.epochs, cfg.optim.milestones, cfg.optim.weight_decay, cfg.optim.lr) == (150, [50, 100], 5e-4, 0.1)
     assert cfg.optim.warmup_lr is None
 
 
 def test_swa_recipes_start_where_the_official_code_does() -> None:
     for path in sorted((REPO / "recipes").glob("arat_swa_*.yaml")):
-        averaging = build_config(path).averaging  # --swa_start 50, 1-based: 0-based epoch 49
-        assert (averaging.swa, averaging.swa_start_epoch, averaging.swa_every_steps) == (True, 49, 500)
+        # scripts/ARAT+SWA/*.sh: swa_start=76, swa_freq=500; train_ARAT.py:191 averages when
+        # swa_start <= epoch (1-based), i.e. from 0-based epoch 75
+        averaging = build_config(path).averaging
+        assert (averaging.swa, averaging.swa_start_epoch, averaging.swa_every_steps) == (True, 75, 500)
 
 
 

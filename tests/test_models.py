@@ -140,7 +140,7 @@ def test_normalisation_is_an_optional_first_layer() -> None:
 
 
 def test_default_tap_patterns() -> None:
-    assert default_tap_patterns("resnet18") == ["layer4.*relu*"]
+    assert default_tap_patterns("resnet18") == ["layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"]
     assert default_tap_patterns("preact_resnet18") == ["layer4.*relu*"]
     assert default_tap_patterns("wrn34_10") == ["block3.*relu*", "pool"]
     assert default_tap_patterns("small_cnn") == ["pool"]

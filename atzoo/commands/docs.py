@@ -102,13 +102,52 @@ def card_cards_table() -> Table:
     return table
 
 
+def settings_table(method: str, recipe: str | None = None) -> Table:
+    """``setting | atzoo | official | source | note`` for a method's recipe, from its ledger.
+
+    Raises:
+        AtzooError: the method has no ledger, the recipe is not the method's, or the
+            recipe is not fully traced (the message lists what is missing).
+    """
+    from atzoo.ledger import check_recipe, ledger_names, settings_recipe, settings_rows
+    from atzoo.config.resources import find_recipe
+
+    if method not in ledger_names():
+        raise AtzooError(f"method '{method}' has no settings ledger; add atzoo/ledger/{method}.yaml "
+                         f"(see docs/add_a_method.md). Methods with one: {', '.join(ledger_names())}")
+    path = find_recipe(recipe) if recipe else settings_recipe(method)
+    report = check_recipe(path)
+    if report.method != method:
+        raise AtzooError(f"recipe '{report.recipe}' trains '{report.method}', not '{method}'")
+    table = Table(title=f"{method} settings: recipe {report.recipe} (atzoo/ledger/{method}.yaml)",
+                  show_lines=True)
+    for column, style in (("setting", "bold cyan"), ("atzoo", None), ("official", None), ("source", None), ("note", None)):
+        table.add_column(column, style=style, overflow="fold")
+    for row in settings_rows(report):
+        table.add_row(row["setting"], row["atzoo"], row["official"], row["source"], row["note"])
+    if report.problems:
+        raise AtzooError(f"recipe '{report.recipe}' is not fully traced in its ledger: " + "; ".join(report.problems))
+    return table
+
+
 def docs_command(
     method: Optional[str] = typer.Argument(None, help="A method name (see 'atzoo list methods').", show_default=False),
+    settings: bool = typer.Option(False, "--settings", help="Print the method's settings ledger: setting | atzoo | "
+                                  "official | source | note, for its CIFAR-10 recipe (or --recipe)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="With --settings: the recipe to trace "
+                                         "(a bundled name or a path).", show_default=False),
 ) -> None:
     """Show a method's zoo card: paper, loss, defaults, reported numbers, and how it works."""
     console = Console()
     if method is None:
+        if settings:
+            raise AtzooError("--settings needs a METHOD (e.g. 'atzoo docs arat --settings')")
         console.print(card_cards_table())
+        return
+    if settings:
+        if method not in _known_names():
+            raise _unknown(method)
+        console.print(settings_table(method, recipe))
         return
     if method not in card_names():
         from atzoo.registry import list_methods

@@ -130,7 +130,7 @@ class AveragingConfig:
     """Weight averaging with ``torch.optim.swa_utils`` (AR-AT+SWA)."""
 
     swa: bool = False
-    swa_start_epoch: int = 49  # 0-based; the official AR-AT code: --swa_start 50 (1-based)
+    swa_start_epoch: int = 75  # 0-based; the official ARAT+SWA scripts: --swa_start 76 (1-based, swa_start <= epoch)
     swa_every_steps: int = 500
     ema: bool = False
     ema_decay: float = 0.999

@@ -6,8 +6,9 @@
   is updated, ``w_swa <- (n * w_swa + w) / (n + 1)`` (eq. 1 of the paper). Only the
   parameters are averaged; BatchNorm statistics of the average are recomputed at the end
   (:func:`recompute_bn_stats`). AR-AT+SWA (Waseda et al. 2025) averages every 500 steps
-  from epoch 50 (the official code's ``--swa_start 50``, 1-based, i.e. 0-based epoch 49;
-  the paper gives no start) and recomputes the statistics on PGD-10 adversarial inputs through the
+  from 0-based epoch 75 (the official ARAT+SWA scripts pass ``--swa_start 76``, checked as
+  ``swa_start <= epoch`` on 1-based epochs, futakw/AR-AT train_ARAT.py:191; 50 is only the
+  argparse default; the paper gives no start) and recomputes the statistics on PGD-10 adversarial inputs through the
   ``adv`` BN route, which is what the engine does.
 * EMA: ``w_ema <- d * w_ema + (1 - d) * w`` after every optimizer step, buffers
   included (``use_buffers=True``), so no recalibration is needed.

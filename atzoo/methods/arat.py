@@ -59,7 +59,7 @@ from atzoo.attacks.mode import attack_mode
 from atzoo.config import MethodConfig, RunConfig
 from atzoo.errors import ConfigError
 from atzoo.methods.base import EpochContext, LossOutput, Method, MethodContext
-from atzoo.models import default_tap_patterns
+from atzoo.models import default_tap_patterns, expand_tap_patterns
 from atzoo.models.predictor import build_predictor
 from atzoo.models.routed_bn import bn_route, convert_to_routed_bn, export_route, has_routed_bn
 from atzoo.models.taps import FeatureTaps, resolve_tap_names
@@ -129,8 +129,10 @@ class ARATConfig(TwoBranchConfig):
 
     Attributes:
         predictor: SimSiam-style predictor on the adversarial features.
-        layers: tap patterns (``layer4.*relu*``); ``None``: the architecture's default set
-            (``atzoo.models.default_tap_patterns``).
+        layers: tap patterns (``layer4.0.bn1``, ``layer4.*relu*``) or names of the
+            architecture's tap sets (``default``; ResNet-18 also ``block_output``); ``None``:
+            the default set (``atzoo.models.default_tap_patterns``; ResNet-18: the official
+            scripts' ``layer4.{0,1}.bn{1,2}``).
         gamma: invariance weight; ``None``: 30 (ResNet-18), 100 (WRN-34-10/28-10), else 30.
         distance: ``cosine`` (``1 - mean cos``) or ``l2`` (mean squared error).
     """
@@ -415,14 +417,17 @@ class ARAT(TwoBranchMethod):
     def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
         """The paper's and the official code's settings: CE-PGD-10, eps 8/255, step 2/255,
         uniform start, train mode; SGD lr 0.1 (0.02 during epoch 1), momentum 0.9, wd 5e-4,
-        batch 128, 100 epochs, x0.1 from epochs 75 and 90; SWA (when on) every 500 steps
-        from epoch 50 (``--swa_start 50``, 1-based: 0-based epoch 49)."""
+        batch 128, 100 epochs, x0.1 from 0-based epochs 76 and 91 (the official ``CustomLR``,
+        futakw/AR-AT train_ARAT.py:340-374, is stepped after each 1-based epoch with that
+        epoch's number: 1-based epochs 77-91 train at 0.01, 92-100 at 0.001); SWA (when on)
+        every 500 steps from 0-based epoch 75 (the ARAT+SWA scripts pass ``--swa_start 76``,
+        checked as ``swa_start <= epoch`` on 1-based epochs, train_ARAT.py:191)."""
         return {
             "attack": {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": "uniform",
                        "bn_mode": "train"},
             "optim": {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "piecewise",
-                      "milestones": [75, 90], "warmup_epochs": 1, "warmup_lr": 0.02},
-            "averaging": {"swa_start_epoch": 49, "swa_every_steps": 500},
+                      "milestones": [76, 91], "warmup_epochs": 1, "warmup_lr": 0.02},
+            "averaging": {"swa_start_epoch": 75, "swa_every_steps": 500},
         }
 
     def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
@@ -432,7 +437,7 @@ class ARAT(TwoBranchMethod):
     def tap_patterns(self) -> list[str]:
         """The configured layer patterns, or the architecture's default AR-AT tap set."""
         if self.config.layers:
-            return list(self.config.layers)
+            return expand_tap_patterns(self.ctx.model.name, self.config.layers)
         return list(default_tap_patterns(self.ctx.model.name))
 
     def resolve_taps(self, model: nn.Module) -> list[str]:

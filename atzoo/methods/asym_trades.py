@@ -72,9 +72,10 @@ class AsymTRADES(TwoBranchMethod):
     def paper_defaults(cls, model: str) -> dict[str, dict[str, Any]]:
         """The paper does not state Asym-TRADES's training attack or schedule; atzoo uses
         those of its parent AR-AT (CE-PGD-10 at 8/255, step 2/255, train mode; lr 0.1 with
-        0.02 in epoch 1, wd 5e-4, 100 epochs, x0.1 from 75 and 90) and says so in the card."""
+        0.02 in epoch 1, wd 5e-4, 100 epochs, x0.1 from 0-based epochs 76 and 91 as AR-AT's
+        official ``CustomLR``) and says so in the card."""
         attack = {"norm": "linf", "eps": 8 / 255, "step_size": 2 / 255, "steps": 10, "random_start": "uniform"}
-        optim = {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [75, 90]}
+        optim = {"epochs": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [76, 91]}
         return {"attack": {**attack, "bn_mode": "train"},
                 "optim": {**optim, "schedule": "piecewise", "warmup_epochs": 1, "warmup_lr": 0.02}}
 

@@ -190,12 +190,14 @@ class ATAWPConfig(ATConfig):
 
     Attributes:
         gamma: size of each layer's weight perturbation relative to the layer's weight norm;
-            5e-3 is the paper's (WRN-34-10); the official PreAct ResNet-18 script uses 1e-2.
+            1e-2, the official AT-AWP default (csdongxian/AWP AT_AWP/train_cifar10.py:162,
+            ``--awp-gamma 0.01``), which its released WRN-34-10 log also records
+            (``awp_size=0.01``); 5e-3 is TRADES-AWP's (trades_AWP/train_trades_cifar.py:60).
         warmup_epochs: epochs trained without AWP first (official AT-AWP: 0).
     """
 
     name: str = "at_awp"
-    gamma: float = 5e-3
+    gamma: float = 1e-2
     warmup_epochs: int = 0
 
     def validate(self) -> None:

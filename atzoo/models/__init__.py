@@ -45,6 +45,8 @@ __all__ = [
     "count_parameters",
     "create_model",
     "default_tap_patterns",
+    "expand_tap_patterns",
+    "tap_sets",
     "describe_model",
     "export_route",
     "get_route",
@@ -152,15 +154,38 @@ def classify_features(model: nn.Module, z: Tensor) -> Tensor:
 def default_tap_patterns(model_name: str) -> list[str]:
     """AR-AT's default tapped layers for an architecture.
 
-    ResNet-18 / PreAct ResNet-18: every ReLU output of ``layer4``; WRN-34-10 / WRN-28-10:
-    every ReLU output of ``block3`` plus the pooled output (11 features for WRN-34-10);
-    any other model (``small_cnn``, ``timm:*``): the penultimate features (``pool``).
+    ResNet-18: the official scripts' ``layer4.{0,1}.bn{1,2}`` (ReLU of each BN output, the
+    ``bn2`` feature taken before the shortcut add); PreAct ResNet-18: every ReLU module of
+    ``layer4``; WRN-34-10 / WRN-28-10: every ReLU output of ``block3`` plus the pooled output
+    (11 features for WRN-34-10, as the official scripts); any other model (``small_cnn``,
+    ``timm:*``): the penultimate features (``pool``).
 
     Raises:
         RegistryError: unknown model name.
     """
     builder = MODELS.get(model_name)
     return list(getattr(builder, "default_taps", PENULTIMATE_TAPS))
+
+
+def tap_sets(model_name: str) -> dict[str, list[str]]:
+    """The named tap sets of an architecture: ``default`` plus those it declares
+    (ResNet-18: ``block_output``, the ReLU modules of ``layer4`` after the shortcut add).
+
+    Raises:
+        RegistryError: unknown model name.
+    """
+    builder = MODELS.get(model_name)
+    named = {name: list(patterns) for name, patterns in getattr(builder, "tap_sets", {}).items()}
+    return {"default": default_tap_patterns(model_name), **named}
+
+
+def expand_tap_patterns(model_name: str, patterns: Sequence[str]) -> list[str]:
+    """``patterns`` with every entry that names a tap set of the model replaced by its patterns."""
+    sets = tap_sets(model_name) if model_name in MODELS else {}
+    out: list[str] = []
+    for pattern in patterns:
+        out += sets.get(pattern, [pattern])
+    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -89,12 +89,16 @@ def normalized(factory: NetFactory, doc: str | None = None) -> Callable[..., nn.
     return builder
 
 
-def architecture(name: str, *taps: str) -> Callable[[NetFactory], Callable[..., nn.Module]]:
+def architecture(
+    name: str, *taps: str, tap_sets: dict[str, tuple[str, ...]] | None = None
+) -> Callable[[NetFactory], Callable[..., nn.Module]]:
     """Registers ``factory`` in ``MODELS`` as ``name`` (through :func:`normalized`).
 
     Args:
         taps: the default AR-AT tap patterns (``builder.default_taps``); none: the
             penultimate features.
+        tap_sets: other named tap sets (``builder.tap_sets``), selectable by name in
+            ``method.layers`` (e.g. ``block_output``); ``default`` always names ``taps``.
     """
     from atzoo.registry import MODELS
 
@@ -102,6 +106,7 @@ def architecture(name: str, *taps: str) -> Callable[[NetFactory], Callable[..., 
         builder = normalized(factory)
         if taps:
             builder.default_taps = tuple(taps)  # type: ignore[attr-defined]
+        builder.tap_sets = dict(tap_sets or {})  # type: ignore[attr-defined]
         MODELS.add(name, builder)
         return builder
 

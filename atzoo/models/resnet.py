@@ -7,7 +7,11 @@ two basic blocks (64, 128, 256, 512 channels), global average pooling and one li
 layer (11.17 M parameters at 10 classes).
 
 Every ReLU site is its own ``nn.ReLU`` module (``relu1``/``relu2`` in each block), so
-"every ReLU output of ``layer4``" is the tap pattern ``layer4.*relu*``.
+the block-output reading of AR-AT's "all ReLU outputs in layer4" is the tap pattern
+``layer4.*relu*`` (tap set ``block_output``). AR-AT's default taps on ResNet-18 are those
+of the official scripts (``official``): ``layer4.{0,1}.bn{1,2}``, each passed through ReLU
+by the tap, so the second feature of a block is ``ReLU(bn2(conv2(.)))`` *before* the
+shortcut add.
 """
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        # In place, as the official code's ``out += self.shortcut(x)``: the same sum, one
-        # activation-sized allocation less per block and pass (BatchNorm's backward does
-        # not need its output). A tap on ``bn2`` therefore sees the sum.
+        # In place: the same sum as the official AR-AT model's out-of-place
+        # ``out = out + _x`` (futakw/AR-AT models/cifar_resnet_split_bn.py:76), one
+        # activation-sized allocation less per block and pass (BatchNorm's backward does not
+        # need its output). A tap on ``bn2`` still gets bn2's own output, before the add, as
+        # the official hook does: FeatureTaps computes the pooled feature inside the hook and
+        # copies a raw (unpooled) map before this line can change it.
         out += self.shortcut(x)
         return self.relu2(out)
 
@@ -138,13 +145,21 @@ class ResNet(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-@architecture("resnet18", "layer4.*relu*")
+#: AR-AT's ResNet-18 features as the official scripts tap them (scripts/ARAT/*resnet18.sh:
+#: ``align_layers="layer4.0.bn1,layer4.0.bn2,layer4.1.bn1,layer4.1.bn2"``; the hook applies ReLU).
+RESNET18_OFFICIAL_TAPS: tuple[str, ...] = ("layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2")
+#: The other reading of "all ReLU outputs in layer4": both ReLU modules of each block, the
+#: second one being the block output after the shortcut add.
+BLOCK_OUTPUT_TAPS: tuple[str, ...] = ("layer4.*relu*",)
+
+
+@architecture("resnet18", *RESNET18_OFFICIAL_TAPS, tap_sets={"block_output": BLOCK_OUTPUT_TAPS})
 def resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR ResNet-18 (He et al. 2016; 3x3 stride-1 stem, no max-pool)."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, first)
 
 
-@architecture("preact_resnet18", "layer4.*relu*")
+@architecture("preact_resnet18", *BLOCK_OUTPUT_TAPS)  # no official AR-AT taps: atzoo's choice
 def preact_resnet18(num_classes: int, in_channels: int, first: nn.Module) -> nn.Module:
     """CIFAR PreAct ResNet-18 (He et al. 2016b; final BN + ReLU before pooling)."""
     return ResNet(PreActBlock, (2, 2, 2, 2), num_classes, in_channels, first)

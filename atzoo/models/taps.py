@@ -134,7 +134,9 @@ class FeatureTaps:
                     f"tapped module '{name}' ({type(module).__name__}) returns {type(output).__name__}, "
                     f"not a tensor; tap a module that returns one tensor"
                 )
-            self.features[name] = pool_features(output) if self.pooled else output
+            # A raw map is copied: a later in-place op of the network (the residual
+            # ``out += shortcut`` after ``bn2``) would otherwise change the stored feature.
+            self.features[name] = pool_features(output) if self.pooled else output.clone()
 
         return hook
 
