@@ -25,8 +25,8 @@ which ``before_optimizer_step`` turns into the next ``delta``.
 Setting (official ``config.py`` of github.com/ashafahi/free_adv_train, CIFAR-10): m = 8,
 eps 8/255, step eps, batch 128, SGD momentum 0.9, weight decay 2e-4, lr 0.1 divided by
 10 at 40k and 60k of 80k optimizer steps (= replays); WRN-32-10. 80k steps of 390
-batches x 8 replays is ~26 epochs: ``recipes/free_at_cifar10_wrn32_10.yaml`` trains 26
-epochs with the drops at epochs 13 and 19.
+batches x 8 replays is ~26 epochs: ``recipes/free_at_cifar10_wrn34_10.yaml`` trains 26
+epochs with the drops at epochs 13 and 19 (on WRN-34-10, atzoo's nearest architecture).
 
 Deviations: the official code clips ``x + delta`` to the image range before the forward,
 as here; the gradient is taken with respect to the clipped input (zero where the clip is
