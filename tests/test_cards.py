@@ -56,7 +56,6 @@ PAPER_TABLE: dict[tuple[str, str], tuple[float, float]] = {
     # Fast AT: clean accuracy only (their robust numbers are PGD-50-10 / PGD-20, not AutoAttack);
     # the official locuslab/fast_adversarial README table
     ("fgsm_rs", "cifar10-preact_resnet18"): (86.06, None),
-    ("free_at", "cifar10-wrn32_10"): (85.96, None),
 }
 
 # Variant rows: (card, label, setting) -> (clean, robust, robust metric)
