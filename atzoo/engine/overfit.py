@@ -198,7 +198,8 @@ class OverfitWatch:
         loader = make_eval_loader(self.bundle, self.cfg.data.eval_batch_size, device=self.acc.device,
                                   rank=self.acc.process_index, world_size=self.acc.num_processes, split="train",
                                   limit=PROBE_SIZE)
-        _, fgsm_acc, pgd_acc = fgsm_pgd_accuracy(net, loader, threat=self.threat, step_size=self.step_size, steps=self.steps,
+        _, fgsm_acc, pgd_acc = fgsm_pgd_accuracy(net, loader, threat=self.threat, step_size=self.step_size,
+                                                 steps=self.steps,
                                                  seed=self.cfg.run.seed + 1_000_003 * epoch, accelerator=self.acc)
         return fgsm_acc, pgd_acc
 

@@ -261,7 +261,7 @@ class Trainer(Finishing):
 
     @property
     def batches_per_epoch(self) -> int:
-        """Replayed loader batches used per epoch (each loader batch ``method.replays`` times): whole optimizer steps only."""
+        """Loader batches used per epoch, each counted ``method.replays`` times: whole optimizer steps only."""
         return self.steps_per_epoch * self.cfg.optim.grad_accum
 
     def fit(self) -> None:

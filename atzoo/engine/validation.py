@@ -171,7 +171,8 @@ class Validator:
         for x, y in loader:
             x_adv = fgsm(net, x, y, eps=self.threat.eps, norm=self.threat.norm, mode="eval")
             with torch.no_grad():
-                counts += torch.stack([net(x_adv).argmax(1).eq(y).sum(), torch.tensor(y.numel(), device=y.device)]).float()
+                n = torch.tensor(y.numel(), device=y.device)
+                counts += torch.stack([net(x_adv).argmax(1).eq(y).sum(), n]).float()
         if acc.num_processes > 1:
             counts = acc.reduce(counts, "sum")
         correct, n = counts.tolist()
