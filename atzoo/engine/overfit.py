@@ -38,6 +38,11 @@ marked in curves.png and summarised in eval.json (``catastrophic_overfitting``).
 ``eval.on_co``: ``warn`` (default) only reports; ``stop`` ends training after the
 flagged epoch; ``rollback`` ends it and restores the weights of the most robust check
 (what Wong et al.'s early stopping and both official codes' ``best_state_dict`` keep).
+
+Limits: the checks' history is checkpointed (a resumed run flags as an uninterrupted one),
+but the rollback weights are kept in memory only, so after a resume ``rollback`` can go back
+only to a check made since; and a run stopped by ``eval.on_co`` and then resumed with
+``--resume`` trains on to ``optim.epochs``.
 """
 
 from __future__ import annotations
