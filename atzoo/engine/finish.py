@@ -116,6 +116,9 @@ class Finishing(RunState):
             payload["validation"] = {"best_epoch": self.validator.best.epoch, "attack": self.validator.attack_name,
                                      "best_robust_acc": self.validator.best.state_dict()["robust_acc"],
                                      "n_val": len(self.validator.bundle.test)}
+        if self.co_watch is not None:  # atzoo/engine/overfit.py
+            payload["catastrophic_overfitting"] = {**self.co_watch.summary(), "stopped": self.stopped,
+                                                   "on_co": self.cfg.eval.on_co}
         if self.is_main:
             atomic_write_json(self.run_dir / "eval.json", payload)
         self.acc.wait_for_everyone()

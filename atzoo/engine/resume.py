@@ -180,6 +180,7 @@ class RunState(Logging):
             "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "validation": self.validator.state_dict() if self.validator is not None else None,
+            "overfit": self.co_watch.state_dict() if self.co_watch is not None else None,
             "atzoo_version": __version__,
         }
         pickled = {"optimizer": {"optimizer": self.optimizer.state_dict(),
@@ -226,6 +227,8 @@ class RunState(Logging):
             self.resume_metrics_bytes = int(state["metrics_bytes"])
             if self.validator is not None:
                 self.validator.load_state_dict(state.get("validation"))
+            if self.co_watch is not None:
+                self.co_watch.load_state_dict(state.get("overfit"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step

@@ -49,7 +49,9 @@ from atzoo.engine.finish import Finishing
 from atzoo.engine.logs import Meter, StepValues
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.needs import satisfy_needs
+from atzoo.engine.overfit import OverfitWatch, co_enabled, co_text
 from atzoo.engine.progress import Reporter
+from atzoo.engine.replay import replayed_batches
 from atzoo.engine.preflight import check_evaluation, check_settings
 from atzoo.engine.resume import Position, check_resume_config, config_differences
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
@@ -181,6 +183,8 @@ class Trainer(Finishing):
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)  # same initial weights on every rank
         self.bundle, val_bundle = self._load_data()
         self.validator = Validator(cfg, val_bundle, accelerator) if val_bundle is not None else None
+        self.co_watch = self._overfit_watch()
+        self.stopped: str | None = None  # why training ended early (eval.on_co)
         self.core = self._build_module()
         self.loader = self._train_loader(augment=cfg.data.augment)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -230,6 +234,14 @@ class Trainer(Finishing):
             bundle = attach_extra(bundle, d.extra)
         return bundle, val_bundle
 
+    def _overfit_watch(self) -> OverfitWatch | None:
+        """The catastrophic-overfitting check (eval.co_check): on the validation rows, else a training probe."""
+        if not co_enabled(self.cfg, self.method.single_step):
+            return None
+        if self.validator is not None:
+            self.validator.with_fgsm = True
+        return OverfitWatch(self.cfg, self.bundle, self.acc, use_validation=self.validator is not None)
+
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
         extra = nn.ModuleDict(self.method.build_modules(model))
@@ -248,7 +260,8 @@ class Trainer(Finishing):
         )
 
     def _steps_per_epoch(self) -> int:
-        steps = len(self.loader) // self.cfg.optim.grad_accum
+        # Free-AT's minibatch replay: every loader batch is m engine steps (atzoo.engine.replay).
+        steps = len(self.loader) * self.method.replays // self.cfg.optim.grad_accum
         if steps < 1:
             raise ConfigError(
                 f"an epoch has {len(self.loader)} batches per process, fewer than optim.grad_accum="
@@ -262,7 +275,7 @@ class Trainer(Finishing):
 
     @property
     def batches_per_epoch(self) -> int:
-        """Loader batches used per epoch: whole optimizer steps only."""
+        """Loader batches used per epoch, each counted ``method.replays`` times: whole optimizer steps only."""
         return self.steps_per_epoch * self.cfg.optim.grad_accum
 
     def fit(self) -> None:
@@ -274,7 +287,7 @@ class Trainer(Finishing):
                 self.run_epoch(self.position.epoch)
 
     def done(self) -> bool:
-        return self.position.epoch >= self.cfg.optim.epochs or self.max_steps_reached()
+        return self.position.epoch >= self.cfg.optim.epochs or self.max_steps_reached() or self.stopped is not None
 
     def max_steps_reached(self) -> bool:
         return self.cfg.run.max_steps is not None and self.position.global_step >= self.cfg.run.max_steps
@@ -286,7 +299,8 @@ class Trainer(Finishing):
         self.loader.set_epoch(epoch)
         self.acc.step = 0  # accumulation phase; epochs hold whole optimizer steps
         remaining = self.batches_per_epoch - self.position.batch
-        for x, y in itertools.islice(self.loader.iter_from(self.position.batch), remaining):
+        batches = replayed_batches(self.loader, self.position.batch, self.method.replays)
+        for x, y in itertools.islice(batches, remaining):
             with self.cost.step():  # CPU and wall time of the step itself (atzoo.engine.cost)
                 self.train_batch(x, y)
             if self.acc.sync_gradients and self.after_optimizer_step():
@@ -406,8 +420,35 @@ class Trainer(Finishing):
             self.track("val", row)
             if row["best"] and self.is_main:
                 self.export(self.method.export(self.core.model), "model_best.safetensors", "best")
+        co = self.check_overfitting(epoch, row)
         self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.epoch_meter.summary(), self.last_lr,
-                                         row, self.reporter.eta(self.position.global_step)))
+                                         row, self.reporter.eta(self.position.global_step),
+                                         co=co_text(co, with_accuracies=row is None)))
+        self.act_on_overfitting(co)
+
+    def check_overfitting(self, epoch: int, val_row: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The catastrophic-overfitting check of this epoch (atzoo/engine/overfit.py): a ``co`` row."""
+        if self.co_watch is None:
+            return None
+        co = self.co_watch.check(self.core.model, self.method.export(self.core.model), epoch, val_row)
+        if co is not None:
+            co["step"] = self.position.global_step
+            self.metrics.write(co)
+            self.track("co", co)
+        return co
+
+    def act_on_overfitting(self, co: dict[str, Any] | None) -> None:
+        """``eval.on_co``: stop after a flagged epoch, or stop and restore the most robust weights."""
+        action = self.co_watch.action(co) if self.co_watch is not None else None
+        if action is None:
+            return
+        self.stopped = f"catastrophic overfitting at epoch {co['epoch'] + 1}"  # type: ignore[index]
+        text = f"eval.on_co={action}: training stops after epoch {co['epoch'] + 1}"  # type: ignore[index]
+        if action == "rollback":
+            kept = self.co_watch.roll_back(self.core.model)  # type: ignore[union-attr]
+            text += (f"; weights of epoch {kept + 1} restored (the most robust check)" if kept is not None
+                     else "; no earlier check to restore, the last weights are kept")
+        self._event("catastrophic_overfitting", text, action=action)
 
 
 def sync_buffers(module: nn.Module, num_processes: int) -> None:
