@@ -105,7 +105,7 @@ def test_single_step_runs_are_checked_by_default_with_real_measurements(tmp_path
 
 def test_a_collapse_is_logged_marked_and_stops_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from atzoo.engine import read_metrics
-    from atzoo.report.curves import run_curves
+    from atzoo.engine.curves import run_curves
 
     replay_probe(monkeypatch, COLLAPSE)
     warned = fgsm_rs_run(tmp_path, "warn")
