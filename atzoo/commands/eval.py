@@ -63,6 +63,7 @@ def eval_command(
 ) -> None:
     """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
     from atzoo.eval import evaluate, load_run_model
+    from atzoo.eval.evaluator import check_finite_model
     from atzoo.models.external import is_model_spec
 
     if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
@@ -88,6 +89,9 @@ def eval_command(
     accelerator = _accelerator()
     check_supported(eval_cfg.precision, accelerator.device, "--precision")
     model.to(accelerator.device)
+    check_finite_model(model, str(path))  # NaN weights or statistics: refused before any file is written
+    if external:
+        run_dir.mkdir(parents=True, exist_ok=True)
     earlier = len(_previous(run_dir))
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
@@ -117,8 +121,10 @@ def _external_out(out: Path | None, weights: Path | None) -> Path:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        from atzoo.paths import check_output_path
+
+        check_output_path(out, "--out", directory=True)
+        return out  # created once the model is built and checked (eval_command)
     return weights.parent if weights is not None else Path(".")
 
 

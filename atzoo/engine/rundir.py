@@ -27,6 +27,7 @@ import string
 from pathlib import Path
 from typing import Any
 
+from atzoo.common import named_os_error, open_no_follow, symlink_message
 from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
 from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
@@ -34,6 +35,9 @@ from atzoo.paths import check_output_path
 
 #: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
 #: deletes such directories, never an arbitrary folder given by mistake.
+#: Files of a run directory written in place (appended, truncated, locked), not replaced
+#: atomically: a symbolic link among them is refused, never written through.
+IN_PLACE_FILES = (LOCK_FILE, "metrics.jsonl")
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "model.safetensors", "eval.json")
 
 
@@ -136,6 +140,10 @@ def check_run_dir(path: Path, *, force: bool, resume: bool) -> None:
     holder = RunLock(real).live_holder() if real.is_dir() else None
     if holder is not None:
         raise RunDirError(f"run directory {shown} is in use by {holder.describe()}; wait for it to finish")
+    if resume and real.is_dir():
+        linked = next((name for name in IN_PLACE_FILES if (real / name).is_symlink()), None)
+        if linked is not None:  # a resumed run appends to or cuts these files in place
+            raise RunDirError(symlink_message(Path(path) / linked))
     if is_nonempty_dir(real):
         if not (force or resume):
             raise RunDirError(f"run directory {shown} already exists; use --resume to continue it or --force to replace it")
@@ -282,16 +290,24 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, allow_nan=True) + "\n")
-            handle.flush()
+        data = (json.dumps(row, allow_nan=True) + "\n").encode("utf-8")
+        fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link
+        try:
+            os.write(fd, data)
+        except OSError as exc:  # a full disk names no file
+            raise named_os_error(exc, self.path) from None
+        finally:
+            os.close(fd)
 
     def sync(self) -> None:
         """Flushes the log to disk, so that the size a checkpoint records is durable before
         the checkpoint is (a power loss then cannot leave the log shorter than recorded)."""
         if self.enabled and self.path.exists():
-            with open(self.path, "ab") as handle:
-                os.fsync(handle.fileno())
+            fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def size(self) -> int:
         """Current size in bytes (0 if absent)."""
@@ -300,24 +316,23 @@ class MetricsLog:
     def truncate(self, size: int) -> None:
         """Cuts the log back to ``size`` bytes (rows after the resumed checkpoint)."""
         if self.enabled and self.path.exists() and self.path.stat().st_size > size:
-            with open(self.path, "r+b") as handle:
-                handle.truncate(size)
+            fd = open_no_follow(self.path, os.O_WRONLY)  # a link's target is never cut
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
 
-    A torn last line (the process was killed while appending it; ``--resume`` cuts it)
-    is left out; a bad line anywhere else is a ``json.JSONDecodeError``.
+    Read by the one bounded JSONL reader (:func:`atzoo.safe_read.read_jsonl_file`): a torn
+    last line (the process was killed while appending it; ``--resume`` cuts it) is left
+    out; any other line that is not a JSON object is an AtzooError naming the file and line.
     """
+    from atzoo.safe_read import MAX_METRICS_BYTES, read_jsonl_file
+
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    text = path.read_text()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and not text.endswith("\n"):
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines.pop()
-    return [json.loads(line) for line in lines]
+    return read_jsonl_file(path, "metrics log", limit=MAX_METRICS_BYTES)

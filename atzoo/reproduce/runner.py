@@ -161,6 +161,8 @@ def plan_runs(
     Raises:
         ConfigError: a recipe is missing or a row's settings do not build a valid config.
     """
+    from atzoo.paths import check_inside
+
     planned = []
     recipes = {row.id: find_recipe(row.recipe) for row in rows}
     # Seed-major order: every row's first seed before any row's second, so that a run cut
@@ -172,7 +174,8 @@ def plan_runs(
                 continue
             overrides = row_overrides(row, recipes[row.id], seed, scale, data or {})
             cfg = build_run_config(recipes[row.id], row.method, overrides)
-            run_dir = out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}"
+            run_dir = check_inside(out, out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}",
+                                   f"row {row.id}: run directory")
             planned.append(PlannedRun(row, seed, run_dir, recipes[row.id], tuple(overrides), cfg))
     return planned
 
