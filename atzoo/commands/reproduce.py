@@ -42,7 +42,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
     if text is None:
         return None
-    usage = f"--seeds '{text[:60]}' must be seeds like 0,1,2 or 0-4"
+    usage = f"--seeds '{text[:60]}' must be non-negative integers like 0,1,2 or 0-4"
     spans: list[tuple[int, int]] = []
     try:
         for part in (p.strip() for p in text.split(",") if p.strip()):

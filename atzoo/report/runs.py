@@ -9,7 +9,6 @@ unknown, without ``metrics.jsonl`` the training cost is.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from atzoo.common import flatten
 from atzoo.errors import AtzooError, brief
 from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
-from atzoo.safe_read import MAX_METRICS_BYTES, read_json_file, read_jsonl_file, read_text, read_yaml_file
+from atzoo.safe_read import MAX_METRICS_BYTES, read_json_file, read_jsonl_file, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
