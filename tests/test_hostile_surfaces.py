@@ -40,6 +40,10 @@ import torch
 
 def needs_args(width):
     return torch.nn.Linear(width, 10)
+
+
+def linear():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
 '''
 
 
@@ -118,8 +122,11 @@ def hostile(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  
     state = load_file(str(finished / "model.safetensors"))
     save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
               str(root / "nan_weights" / "model.safetensors"))
+    # a run trained with normalisation whose std is NaN (in its meta and in its buffer)
     (root / "nan_std" / "model_meta.json").write_text(json.dumps(
         {**meta, "normalize": True, "mean": [0.5], "std": [float("nan")]}))
+    save_file({**state, "normalize.mean": torch.full((1, 1, 1, 1), 0.5),
+               "normalize.std": torch.full((1, 1, 1, 1), float("nan"))}, str(root / "nan_std" / "model.safetensors"))
     for name, file in (("linked_lock", ".atzoo.lock"), ("linked_metrics", "metrics.jsonl")):
         (root / name / file).unlink(missing_ok=True)
         (root / name / file).symlink_to(Path("..") / "notes" / "thesis.tex")
@@ -206,6 +213,9 @@ CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["eval", "nan_weights", "--attacks", "clean"], ("non-finite", "nan_weights")),
     "eval-normalisation-std-nan": (
         ["eval", "nan_std", "--attacks", "clean"], ("nan_std/model_meta.json", "'std'", "finite")),
+    "eval-std-flag-nan": (
+        ["eval", "hostile_factories:linear", "--dataset", "digits", "--attacks", "clean", "--mean", "0.5",
+         "--std", "nan", "--out", "ext"], ("--std expects finite positive numbers", "'nan'")),
     # data that changed under a run
     "resume-after-the-training-split-changed": (
         ["train", "at", *NPZ_TRAIN, "run.max_steps=2", "--resume", "--out", "npz_run"],

@@ -9,6 +9,7 @@ resumes from ``autoattack_state.json`` in the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -132,9 +133,14 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{flag} expects comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+    # A NaN (or, for --std, zero) statistic makes every input NaN: chance accuracy, reported as a result.
+    if not all(math.isfinite(v) and (flag != "--std" or v > 0) for v in values):
+        kind = "finite positive numbers" if flag == "--std" else "finite numbers"
+        raise ConfigError(f"{flag} expects {kind}, e.g. 0.229,0.224,0.225; got {text[:80]!r}")
+    return values
 
 
 def _external_model(spec: str, dataset: str | None, weights: Path | None, mean: str | None, std: str | None,
