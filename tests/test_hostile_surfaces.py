@@ -288,11 +288,14 @@ def test_training_on_a_set_without_test_split_writes_its_meta(hostile: Path, tmp
 
 def test_refusing_a_pickle_shows_no_library_warning(hostile: Path, tmp_path: Path, isolated, capsys) -> None:  # noqa: F811
     """torch's ``UserWarning: Detected pickle protocol`` must not precede atzoo's one line."""
+    from test_bad_input import _Planted
+
     ws = workspace(hostile, tmp_path / "ws")
     _in(ws, isolated)
+    torch.save({"weight": _Planted()}, ws / "planted4.pt", pickle_protocol=4)  # torch warns on protocol != 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = run(["train", "arrest", *TRAIN, "method.pretrained=planted.pt", "--out", "new"])
+        code = run(["train", "arrest", *TRAIN, "method.pretrained=planted4.pt", "--out", "new"])
     assert code == 2
     check_error_line(capsys.readouterr().err, ("refusing to load method.pretrained",))
     assert [str(w.message)[:80] for w in caught if "pickle" in str(w.message).lower()] == []
