@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from atzoo.errors import ConfigError, DataError, brief, one_line
-from atzoo.paths import check_output_path
+from atzoo.files.paths import check_output_path
 
 #: ``atzoo.train`` keywords that are command-line flags of ``atzoo train``.
 TRAIN_FLAGS: tuple[str, ...] = ("model", "dataset", "epochs", "batch_size", "seed", "recipe")

@@ -303,7 +303,7 @@ def test_refusing_a_pickle_shows_no_library_warning(hostile: Path, tmp_path: Pat
 
 def test_disk_full_names_the_file(hostile: Path, tmp_path: Path, isolated, capsys) -> None:  # noqa: F811
     """ENOSPC while writing: the line names the file; the earlier content is intact."""
-    from atzoo import common
+    from atzoo.files import common
 
     ws = workspace(hostile, tmp_path / "ws")
     _in(ws, isolated)

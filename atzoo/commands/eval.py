@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atzoo.common import MAX_SEED
+from atzoo.files.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import AtzooError, ConfigError, DataError
 from atzoo.precision import check_supported
@@ -122,7 +122,7 @@ def _external_out(out: Path | None, weights: Path | None) -> Path:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
-        from atzoo.paths import check_output_path
+        from atzoo.files.paths import check_output_path
 
         check_output_path(out, "--out", directory=True)
         return out  # created once the model is built and checked (eval_command)

@@ -38,7 +38,7 @@ def parse_seeds(text: str | None) -> list[int] | None:
         ConfigError: not a comma list of integers or ``low-high`` ranges; a seed outside
             ``[0, MAX_SEED]``; more than :data:`MAX_SEEDS` seeds.
     """
-    from atzoo.common import MAX_SEED, check_int_range
+    from atzoo.files.common import MAX_SEED, check_int_range
 
     if text is None:
         return None
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         if sum(bool(x) for x in (plan, emit_jobs, collect_only)) > 1:
             raise ConfigError("--plan, --emit-jobs and --collect are separate actions; give one")
         if emit_jobs is not None:  # before the plan: an existing file is refused at once
-            from atzoo.paths import check_new_file
+            from atzoo.files.paths import check_new_file
 
             check_new_file(emit_jobs, "--emit-jobs", force=force)
         session = prepare(table, rows=_split(rows), seeds=parse_seeds(seeds), scale=scale,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import check_int_range, open_no_follow
+from atzoo.files.common import check_int_range, open_no_follow
 from atzoo.errors import AtzooError, RunDirError
 
 try:

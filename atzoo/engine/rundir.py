@@ -27,11 +27,11 @@ import string
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import named_os_error, open_no_follow, symlink_message
+from atzoo.files.common import named_os_error, open_no_follow, symlink_message
 from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
 from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
-from atzoo.paths import check_output_path
+from atzoo.files.paths import check_output_path
 
 #: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
 #: deletes such directories, never an arbitrary folder given by mistake.
@@ -326,11 +326,11 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
 
-    Read by the one bounded JSONL reader (:func:`atzoo.safe_read.read_jsonl_file`): a torn
+    Read by the one bounded JSONL reader (:func:`atzoo.files.safe_read.read_jsonl_file`): a torn
     last line (the process was killed while appending it; ``--resume`` cuts it) is left
     out; any other line that is not a JSON object is an AtzooError naming the file and line.
     """
-    from atzoo.safe_read import MAX_METRICS_BYTES, read_jsonl_file
+    from atzoo.files.safe_read import MAX_METRICS_BYTES, read_jsonl_file
 
     path = Path(path)
     if path.is_dir():

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import flatten
+from atzoo.files.common import flatten
 from atzoo.errors import AtzooError, brief
 from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
-from atzoo.safe_read import MAX_METRICS_BYTES, read_json_file, read_jsonl_file, read_yaml_file
+from atzoo.files.safe_read import MAX_METRICS_BYTES, read_json_file, read_jsonl_file, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
@@ -158,7 +158,7 @@ def read_epoch_rows(path: Path) -> list[dict[str, Any]]:
     without ``kind`` that has one of :data:`EPOCH_SECONDS_KEYS`; rows marked
     ``partial`` (an epoch cut short by ``run.max_steps`` or an interruption) do not
     count. Where a resumed run logged an epoch twice, the last row of that epoch wins.
-    The rows are read by :func:`atzoo.safe_read.read_jsonl_file`, as ``reproduce --collect``
+    The rows are read by :func:`atzoo.files.safe_read.read_jsonl_file`, as ``reproduce --collect``
     reads them: a torn last line is ignored; any other bad line is an error naming it.
     """
     if not path.is_file():

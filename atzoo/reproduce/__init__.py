@@ -50,7 +50,7 @@ def prepare(
     Raises:
         ConfigError: unknown table, row pattern or scale; a recipe that does not build.
     """
-    from atzoo.paths import check_output_path
+    from atzoo.files.paths import check_output_path
 
     loaded = load_table(table)
     preset = get_scale(scale)
@@ -126,11 +126,11 @@ def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none", for
     Raises:
         AtzooError: ``path`` is a folder or cannot be written, or exists and ``force`` is False.
     """
-    from atzoo.paths import check_new_file
+    from atzoo.files.paths import check_new_file
 
     target = Path(path)
     check_new_file(target, "--emit-jobs", force=force)
-    from atzoo.common import atomic_write_text
+    from atzoo.files.common import atomic_write_text
 
     lines = [p.command(launcher) for p in session.planned]
     target.parent.mkdir(parents=True, exist_ok=True)

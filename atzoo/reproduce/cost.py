@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from atzoo.cards import load_cards
+from atzoo.report.cards import load_cards
 from atzoo.errors import ConfigError, brief
 from atzoo.reproduce.runner import PlannedRun
 from atzoo.reproduce.scale import TRAIN_SIZES
@@ -62,7 +62,7 @@ def load_step_cost_ratios(path: str | Path | None = None) -> dict[str, float]:
         if path is not None:
             raise ConfigError(f"--step-cost {file} not found; write one with 'atzoo bench step-cost --json FILE'")
         return {}
-    from atzoo.safe_read import read_json_file
+    from atzoo.files.safe_read import read_json_file
 
     payload = read_json_file(file, "--step-cost", error=ConfigError)
     try:

@@ -24,7 +24,7 @@ import torch
 from atzoo.config import read_config_file
 from atzoo.errors import AtzooError, brief
 from atzoo.eval.results import read_eval_json
-from atzoo.paths import check_path_part
+from atzoo.files.paths import check_path_part
 
 #: ``--format`` values.
 FORMATS: tuple[str, ...] = ("robustbench",)
@@ -153,10 +153,10 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
             with this name (nothing is overwritten).
     """
     from atzoo import __version__
-    from atzoo.common import atomic_write_bytes, atomic_write_text
+    from atzoo.files.common import atomic_write_bytes, atomic_write_text
     from atzoo.eval.evaluator import load_run_model
     from atzoo.models.timm_models import portable_module
-    from atzoo.paths import check_inside, check_output_path
+    from atzoo.files.paths import check_inside, check_output_path
 
     if name is not None:
         check_export_name(name)
