@@ -40,7 +40,16 @@ def load(run_dir: str | Path) -> nn.Module:
     """
     from atzoo.eval.evaluator import load_run_model
 
+    _check_path_argument(run_dir, "run_dir")
     return load_run_model(run_dir)[0]
+
+
+def _check_path_argument(value: Any, name: str) -> None:
+    """Raises ConfigError unless ``value`` is a path (``str`` or ``os.PathLike``)."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a path (str or pathlib.Path), got a {type(value).__name__}")
 
 
 def _override(section: str, key: str, value: Any) -> str:
@@ -272,7 +281,12 @@ def compare(
 
     from atzoo.report import compare as run_compare
 
-    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    paths = [runs] if isinstance(runs, (str, Path)) else list(runs) if isinstance(runs, Sequence) else [runs]
+    for path in paths:
+        _check_path_argument(path, "runs")
+    if out is not None:
+        _check_path_argument(out, "out")
+        check_output_path(out, "out", directory=True)
     board = run_compare(paths, out=out, paper=paper)[0]
     if board.skipped:
         warnings.warn(f"skipped {len(board.skipped)} run(s) without eval.json: "

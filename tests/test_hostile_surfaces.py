@@ -412,3 +412,17 @@ def test_api_refuses_non_finite_weights_before_writing(tmp_path: Path) -> None:
     with pytest.raises(atzoo.AtzooError, match="non-finite"):
         atzoo.evaluate(net, [(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))], attacks="clean", out=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_api_load_and_compare_name_the_argument(tmp_path: Path) -> None:
+    import atzoo
+
+    precious = tmp_path / "board.md"
+    precious.write_text("precious\n")
+    with pytest.raises(atzoo.AtzooError, match="run_dir must be a path"):
+        atzoo.load(torch.nn.Linear(2, 2))
+    with pytest.raises(atzoo.AtzooError, match="runs must be a path"):
+        atzoo.compare([tmp_path, 5])
+    with pytest.raises(atzoo.AtzooError, match="out .*board.md is a file"):
+        atzoo.compare([tmp_path], out=precious)
+    assert precious.read_text() == "precious\n"

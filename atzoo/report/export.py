@@ -15,6 +15,7 @@ in front of timm's network); that of an atzoo architecture imports ``atzoo``.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
              "readme": out / f"{name}.md"}
     for role, file in files.items():
         check_inside(out, file, f"the export's {role}")
-    existing = [str(p) for p in files.values() if p.exists()]
+    existing = [str(p) for p in files.values() if os.path.lexists(p)]  # a link counts as existing
     if existing:
         raise AtzooError(f"{existing[0]} exists; export into another --out folder or with another --name")
     model_name = str(meta["model"])
