@@ -426,3 +426,21 @@ def test_api_load_and_compare_name_the_argument(tmp_path: Path) -> None:
     with pytest.raises(atzoo.AtzooError, match="out .*board.md is a file"):
         atzoo.compare([tmp_path], out=precious)
     assert precious.read_text() == "precious\n"
+
+
+def test_one_integer_range_validator() -> None:
+    """Seeds, PIDs and counts share :func:`check_int_range`: bools, strings and huge ints are refused
+    in microseconds, naming the option (a 5000-digit int is not even printed)."""
+    from atzoo.commands.reproduce import parse_seeds
+    from atzoo.errors import AtzooError
+    from atzoo.files.common import check_int_range
+
+    assert check_int_range(7, "--seed", 0, 10) == 7
+    for value in (True, "3", -1, 11, 10**5000):
+        with pytest.raises(AtzooError, match=r"--seed must be in \[0, 10\]"):
+            check_int_range(value, "--seed", 0, 10)
+    assert parse_seeds("0-2,5,1") == [0, 1, 2, 5]
+    started = time.process_time()
+    with pytest.raises(AtzooError, match="names 4294967296 seeds; at most 1000"):
+        parse_seeds("0-4294967295")
+    assert time.process_time() - started < 0.1

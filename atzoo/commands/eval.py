@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atzoo.files.common import MAX_SEED
+from atzoo.files.common import MAX_SEED, check_int_range
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import AtzooError, ConfigError, DataError
 from atzoo.precision import check_supported
@@ -67,8 +67,7 @@ def eval_command(
     from atzoo.eval.evaluator import check_finite_model
     from atzoo.models.external import is_model_spec
 
-    if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
-        raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+    check_int_range(seed, "--seed", 0, MAX_SEED)  # as run.seed; the PGD and AutoAttack generators add offsets to it
     external = is_model_spec(str(path))
     run_dir = _external_out(out, weights) if external else (path if path.is_dir() else path.parent)
     if not external:

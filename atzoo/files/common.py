@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
 
 #: Largest seed: NumPy's generator, which ``accelerate.utils.set_seed`` seeds too, takes 32 bits.
 MAX_SEED = 2**32 - 1
@@ -115,7 +115,10 @@ def check_int_range(value: object, name: str, low: int, high: int) -> int:
         AtzooError: ``"<name> must be in [low, high], got <value>"`` (also for a non-integer).
     """
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown = value if isinstance(value, int) and len(str(value)) <= 40 else str(value)[:40]
+        if isinstance(value, int) and not isinstance(value, bool):  # str() of a huge int is slow, or refused
+            shown = str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        else:
+            shown = brief(value, 40)
         raise AtzooError(f"{name} must be in [{low}, {high}], got {shown}")
     return value
 
