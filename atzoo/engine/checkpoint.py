@@ -361,10 +361,7 @@ def load_checkpoint(path: str | Path) -> CheckpointData:
         elif name.endswith(".pt"):
             data.pickled[name[: -len(".pt")]] = load_pickle_safely(file)
         elif name == STATE:
-            try:
-                data.state = json.loads(file.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"checkpoint file {file} is not valid JSON ({exc})") from None
+            data.state = read_json_file(file, "checkpoint file", error=CheckpointError)
     if STATE not in files:
         raise CheckpointError(f"checkpoint {path} has no {STATE}")
     return data

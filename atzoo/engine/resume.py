@@ -36,7 +36,7 @@ from atzoo.engine.checkpoint import (
 from atzoo.engine.logs import Logging, Meter, tracker_config
 from atzoo.engine.rng import capture_rng, restore_rng
 from atzoo.engine.rundir import RunDirClaim
-from atzoo.errors import CheckpointError, ConfigError, NonFiniteLossError
+from atzoo.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 
 #: Config keys that may change between a run and its ``--resume`` (they do not affect
@@ -181,6 +181,7 @@ class RunState(Logging):
             "metrics_bytes": self.metrics.size(),
             "validation": self.validator.state_dict() if self.validator is not None else None,
             "overfit": self.co_watch.state_dict() if self.co_watch is not None else None,
+            "train_data": self.train_data_digest(),
             "atzoo_version": __version__,
         }
         pickled = {"optimizer": {"optimizer": self.optimizer.state_dict(),
@@ -212,6 +213,7 @@ class RunState(Logging):
         data, state = point.data, point.data.state
         self._load_module(self.core, data.tensors.get("training", {}), point.path / "training.safetensors")
         self._load_optimizer(data.pickled.get("optimizer"), point.path / "optimizer.pt")
+        self._check_same_training_data(state.get("train_data"), point.path)
         try:
             if state["steps_per_epoch"] != self.steps_per_epoch:
                 raise ValueError(f"{state['steps_per_epoch']} steps per epoch there, {self.steps_per_epoch} now")
@@ -232,6 +234,34 @@ class RunState(Logging):
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step
+
+    def train_data_digest(self) -> dict[str, Any]:
+        """``{"n", "digest"}`` of the training split this run trains on (after any subset and
+        validation split), recorded in each checkpoint (:mod:`atzoo.data.fingerprint`)."""
+        from atzoo.data.fingerprint import cached_digest
+
+        return {"n": len(self.bundle.train), "digest": cached_digest(self.bundle, "train")}
+
+    def _check_same_training_data(self, recorded: Any, checkpoint: Path) -> None:
+        """``--resume`` continues on the data the checkpoint was trained on, or not at all.
+
+        The config names the data (``npz:PATH``); its content can change under the same
+        name. A checkpoint written before the digest was recorded is not checked.
+
+        Raises:
+            DataError: the training split's content differs from the checkpoint's.
+        """
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
+            return
+        now = self.train_data_digest()
+        if now["digest"] != recorded["digest"]:
+            from atzoo.data.fingerprint import readable_name
+
+            raise DataError(
+                f"the training split of {readable_name(self.cfg.data.name)} changed since {checkpoint} was written "
+                f"({recorded.get('n')} examples, digest {recorded['digest']}; now {now['n']}, {now['digest']}); "
+                f"--resume would continue {self.run_dir} on other data: restore the data, or use --force or "
+                "another --out for a new run")
 
     def _announce_resume(self, point: ResumePoint) -> None:
         """Cuts metrics.jsonl back to the checkpoint and says where the run continues."""

@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from torch import Tensor, nn
 
 from atzoo import precision
-from atzoo.files.common import MAX_SEED
+from atzoo.files.common import MAX_SEED, check_int_range
 from atzoo.config import RunConfig
 from atzoo.engine.accelerator import make_accelerator, per_process_batch, select_trackers
 from atzoo.engine.averaging import WeightAverage, averaging_kind
@@ -58,7 +58,7 @@ from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
 from atzoo.engine.validation import Validator, carve_validation, epoch_line, val_size
-from atzoo.errors import ConfigError, DataError, InterruptedRun, NonFiniteLossError
+from atzoo.errors import AtzooError, ConfigError, DataError, InterruptedRun, NonFiniteLossError
 from atzoo.methods.base import EpochContext, Method, create_method
 from atzoo.registry import METHODS
 
@@ -135,8 +135,10 @@ def check_seed(seed: int) -> None:
     Raises:
         ConfigError: the seed is outside that range (checked before anything is written).
     """
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"run.seed must be in [0, {MAX_SEED}], got {seed}")
+    try:
+        check_int_range(seed, "run.seed", 0, MAX_SEED)  # the one validator of integer ranges
+    except AtzooError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_model(cfg: RunConfig, bundle: Any) -> nn.Module:
