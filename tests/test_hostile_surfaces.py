@@ -93,7 +93,7 @@ def hostile(template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  
     """The bad-input workspace plus the files of this matrix."""
     from accelerate.state import AcceleratorState
 
-    from atzoo.commands.train import make_config
+    from atzoo.engine.plan import make_config
     from atzoo.engine import train
 
     root = tmp_path_factory.mktemp("hostile") / "ws"

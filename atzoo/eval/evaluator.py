@@ -597,7 +597,7 @@ def check_finite_model(model: nn.Module, what: str) -> None:
     Raises:
         CheckpointError: naming ``what`` and the first non-finite tensor.
     """
-    from atzoo.engine.checkpoint import all_finite
+    from atzoo.models.weights import all_finite
 
     bad = all_finite({**dict(model.named_parameters()), **dict(model.named_buffers())})
     if bad is not None:
