@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from atzoo.errors import ConfigError, DataError
+from atzoo.errors import ConfigError, DataError, brief, one_line
+from atzoo.files.paths import check_output_path
 
 #: ``atzoo.train`` keywords that are command-line flags of ``atzoo train``.
 TRAIN_FLAGS: tuple[str, ...] = ("model", "dataset", "epochs", "batch_size", "seed", "recipe")
@@ -39,7 +40,16 @@ def load(run_dir: str | Path) -> nn.Module:
     """
     from atzoo.eval.evaluator import load_run_model
 
+    _check_path_argument(run_dir, "run_dir")
     return load_run_model(run_dir)[0]
+
+
+def _check_path_argument(value: Any, name: str) -> None:
+    """Raises ConfigError unless ``value`` is a path (``str`` or ``os.PathLike``)."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a path (str or pathlib.Path), got a {type(value).__name__}")
 
 
 def _override(section: str, key: str, value: Any) -> str:
@@ -109,22 +119,57 @@ def train(
 # --------------------------------------------------------------------------- evaluate
 
 
+def attack_names(attacks: str | Sequence[str]) -> list[str]:
+    """``"clean,pgd20"`` or ``["clean", "pgd20"]`` -> ``["clean", "pgd20"]`` (as ``--attacks``).
+
+    Raises:
+        ConfigError: ``attacks`` is neither a comma-separated string nor a sequence of names.
+    """
+    if isinstance(attacks, str):
+        names = [a.strip() for a in attacks.split(",") if a.strip()]
+    elif isinstance(attacks, Sequence) and all(isinstance(a, str) for a in attacks):
+        names = [a.strip() for a in attacks]
+    else:
+        wrong = next((a for a in attacks if not isinstance(a, str)), attacks) if isinstance(attacks, Sequence) else attacks
+        raise ConfigError(f"attacks must be attack names, as a list or comma-separated string like "
+                          f"'clean,pgd20', got {brief(wrong)} ({type(wrong).__name__})")
+    if not names:
+        raise ConfigError("attacks names no attack; e.g. attacks='clean,pgd20'")
+    return names
+
+
+def _check_model(model: Any) -> None:
+    """Raises ConfigError unless ``model`` is an ``nn.Module`` (a run's path is loaded with atzoo.load)."""
+    if isinstance(model, nn.Module):
+        return
+    hint = f"; for a run directory use atzoo.load({brief(str(model))})" if isinstance(model, (str, Path)) else ""
+    raise ConfigError(f"model must be a torch nn.Module mapping images in [0, 1] to logits, got a "
+                      f"{type(model).__name__}{hint}")
+
+
 def _as_dataset(data: Any) -> torch.utils.data.Dataset:
     """A ``Dataset`` of ``(image in [0, 1], label)`` from a Dataset, a DataLoader or batches."""
     from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+    usage = ("give a dataset name, a DatasetBundle, a Dataset or DataLoader of (image, label), or a list of "
+             "(images, labels) batches; for tensors, TensorDataset(images, labels)")
     if isinstance(data, DataLoader):
         data = data.dataset
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
         return data
-    if isinstance(data, Iterable):
-        batches = list(data)
-        if not batches:
-            raise DataError("the data to evaluate holds no batches")
+    if isinstance(data, (torch.Tensor, bytes, Mapping)) or not isinstance(data, Iterable):
+        raise DataError(f"data: cannot evaluate on a {type(data).__name__}; {usage}")
+    batches = list(data)
+    if not batches:
+        raise DataError("data holds no batches")
+    if not all(isinstance(b, (tuple, list)) and len(b) == 2 for b in batches):
+        raise DataError(f"data: each batch must be an (images, labels) pair; {usage}")
+    try:
         xs, ys = zip(*batches)
         return TensorDataset(torch.cat([torch.as_tensor(x) for x in xs]), torch.cat([torch.as_tensor(y) for y in ys]))
-    raise DataError(f"cannot evaluate on a {type(data).__name__}: give a dataset name, a Dataset, a DataLoader "
-                    "or an iterable of (images, labels) batches")
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DataError(f"data: the batches do not stack into images and labels ({one_line(exc, 120)}); "
+                        f"{usage}") from None
 
 
 def _bundle_of(model: nn.Module, data: Any, n_ex: int | None) -> Any:
@@ -178,28 +223,39 @@ def evaluate(
         data: a dataset name (``"digits"``, ``"cifar10"``, ``"npz:PATH"``), a
             :class:`~atzoo.data.DatasetBundle`, a ``Dataset`` or ``DataLoader`` of
             ``(image in [0, 1], label)``, or an iterable of ``(images, labels)`` batches.
-        attacks: ``clean``, ``pgd<N>``, ``fgsm``, ``fgsm_rs``, ``aa`` (AutoAttack).
+        attacks: ``clean``, ``pgd<N>``, ``fgsm``, ``fgsm_rs``, ``aa`` (AutoAttack), as a list or
+            a comma-separated string (``"clean,pgd20"``).
         eps: the radius (``8/255`` or ``"8/255"``).
         norm: ``linf`` or ``l2``.
         n_ex: evaluate on the first ``n_ex`` test examples only (every attack).
         batch_size: examples per batch.
         seed: seed of the random starts and of AutoAttack.
         progress: show progress bars.
-        out: a folder to write (or update) ``eval.json`` in.
+        out: a folder to write (or update) ``eval.json`` in (an existing file is refused).
 
     Returns:
         The ``eval.json`` payload: ``clean_acc``, ``pgd20_acc``, ``autoattack_acc``, ... in percent.
 
     Raises:
-        AtzooError: an unknown attack, a bad radius or norm, unusable data.
+        AtzooError: each naming the argument and what it accepts: ``model`` not an
+            ``nn.Module`` (or with non-finite weights), an unknown attack, a bad radius,
+            norm, ``n_ex`` or ``batch_size``, unusable ``data``, ``out`` that is a file.
     """
     from atzoo.config import AttackConfig, EvalConfig, coerce
     from atzoo.eval import evaluate as run_evaluation
+    from atzoo.eval.evaluator import check_finite_model
 
+    _check_model(model)
+    names = attack_names(attacks)
     if n_ex is not None and (isinstance(n_ex, bool) or not isinstance(n_ex, int) or n_ex < 1):
-        raise ConfigError(f"n_ex must be a positive integer or None, got {n_ex!r}")
+        raise ConfigError(f"n_ex must be a positive integer or None, got {brief(n_ex)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {brief(batch_size)}")
     radius = coerce(eps, float, "eps")
-    cfg = EvalConfig(attacks=list(attacks), norm=norm, eps=radius, n_ex=None, batch_size=batch_size)  # type: ignore[arg-type]
+    if out is not None:
+        check_output_path(out, "out", directory=True)
+    check_finite_model(model, "model")
+    cfg = EvalConfig(attacks=names, norm=norm, eps=radius, n_ex=None, batch_size=batch_size)  # type: ignore[arg-type]
     bundle = _bundle_of(model, data, n_ex)
     return run_evaluation(model, bundle, cfg, attack_cfg=AttackConfig(norm=norm, eps=radius),  # type: ignore[arg-type]
                           progress=progress, out=out, seed=seed)
@@ -226,7 +282,12 @@ def compare(
 
     from atzoo.report import compare as run_compare
 
-    paths = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    paths = [runs] if isinstance(runs, (str, Path)) else list(runs) if isinstance(runs, Sequence) else [runs]
+    for path in paths:
+        _check_path_argument(path, "runs")
+    if out is not None:
+        _check_path_argument(out, "out")
+        check_output_path(out, "out", directory=True)
     board = run_compare(paths, out=out, paper=paper)[0]
     if board.skipped:
         warnings.warn(f"skipped {len(board.skipped)} run(s) without eval.json: "

@@ -14,6 +14,7 @@ Conventions every command follows:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -158,6 +159,10 @@ def _add_registered_names(command: Any) -> None:
             param.help = f"Training method: {', '.join(list_methods())}."  # type: ignore[attr-defined]
 
 
+#: OS errors that only a write raises (a full disk, a quota, a read-only file system).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def _fail(message: object, code: int = 2, prefix: str = "error: ") -> int:
     print(f"atzoo: {prefix}{one_line(message)}", file=sys.stderr)
     return code
@@ -178,7 +183,8 @@ def error_exit(exc: BaseException) -> int:
         return _fail("interrupted", 130, "")
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
-        return _fail(f"cannot access{where}: {exc.strerror or exc}")
+        verb = "write" if exc.errno in _WRITE_ERRNOS else "access"
+        return _fail(f"cannot {verb}{where}: {exc.strerror or exc}")
     if isinstance(exc, MemoryError):
         return _fail("out of memory (a smaller data.batch_size or eval.batch_size may fit)")
     return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in atzoo; ATZOO_DEBUG=1 shows the traceback)", 1)

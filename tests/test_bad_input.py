@@ -209,9 +209,10 @@ def params() -> list:
 # --------------------------------------------------------------------------- workspace
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The workspace every case starts from (trained once, copied per case)."""
+    """The workspace every case starts from (trained once per session, copied per case;
+    test_hostile_surfaces.py builds on it too)."""
     from accelerate.state import AcceleratorState
 
     from atzoo.engine.plan import make_config

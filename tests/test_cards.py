@@ -54,6 +54,9 @@ PAPER_TABLE: dict[tuple[str, str], tuple[float, float]] = {
     ("at_awp", "cifar100-wrn34_10"): (60.38, 28.86),
     ("trades_awp", "cifar10-wrn34_10"): (85.36, 56.17),
     ("trades_awp", "cifar100-wrn34_10"): (60.17, 28.80),
+    # Fast AT: clean accuracy only (their robust numbers are PGD-50-10 / PGD-20, not AutoAttack);
+    # the official locuslab/fast_adversarial README table
+    ("fgsm_rs", "cifar10-preact_resnet18"): (86.06, None),
 }
 
 # Variant rows: (card, label, setting) -> (clean, robust, robust metric)

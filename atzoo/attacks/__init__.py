@@ -16,14 +16,15 @@ from torch import Tensor, nn
 
 from atzoo.attacks.autoattack import AA_ATTACKS, AA_VERSIONS, AutoAttackResult, run_autoattack
 from atzoo.attacks.mode import attack_mode, frozen_parameters, unwrap_model
-from atzoo.attacks.pgd import LOSSES, NORMS, STARTS, fgsm, pgd
+from atzoo.attacks.pgd import LOSSES, NORMS, STARTS, fgsm, input_gradient, noisy_fgsm, pgd
 from atzoo.attacks.registered import Attack, BatchAttack, batch_attack_names, build_attack
 from atzoo.config.threat import ThreatModel
 from atzoo.registry import ATTACKS
 
 __all__ = [
-    "AA_ATTACKS", "AA_VERSIONS", "Attack", "AutoAttackResult", "BatchAttack", "LOSSES", "NORMS", "STARTS", "ThreatModel", "attack_mode",
-    "batch_attack_names", "build_attack", "fgsm", "frozen_parameters", "pgd", "pgd20", "run_autoattack",
+    "AA_ATTACKS", "AA_VERSIONS", "Attack", "AutoAttackResult", "BatchAttack", "LOSSES", "NORMS", "STARTS", "ThreatModel",
+    "attack_mode", "batch_attack_names", "build_attack", "fgsm", "frozen_parameters", "input_gradient", "noisy_fgsm",
+    "pgd", "pgd20", "run_autoattack",
     "unwrap_model",
 ]
 

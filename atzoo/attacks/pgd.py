@@ -150,6 +150,65 @@ def fgsm(
     )
 
 
+def input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, *, mode: str = "eval", route: str | None = None,
+) -> Tensor:
+    """``grad_x CE(f(x), y)`` (mean cross-entropy), float32, detached.
+
+    The gradient an FGSM step takes, for methods that need the gradient itself and not
+    only the step (GradAlign's alignment term, Andriushchenko & Flammarion 2020, Eq. 6).
+    Same contract as :func:`pgd`: input gradient only, mode and route restored.
+    """
+    check_mode(mode)
+    with attack_mode(model, mode, route) as net:
+        return _input_gradient(net, x.detach().float(), y, "ce", None, None)
+
+
+def noisy_fgsm(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    noise: float,
+    clip: float | None = None,
+    mode: str = "eval",
+    route: str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """N-FGSM (de Jorge et al., "Make Some Noise", NeurIPS 2022, Alg. 1), L-inf only.
+
+    ``x' = clip_[0,1](x + eta + step_size * sign(grad_x CE(f(x + eta), y)))`` with
+    ``eta ~ U[-noise, noise]^d`` (the paper: ``noise = 2 * eps``, ``step_size = eps``).
+
+    **Training only: this breaks the eps-ball part of the module contract on purpose.**
+    With ``clip=None`` (the paper's default, ``--clip -1``) the perturbation is *not*
+    projected back to the eps-ball and may reach ``noise + step_size`` (``3 * eps``);
+    ``clip=c`` clamps it to ``[-c, c]`` (``c = eps`` gives a projected variant). The result
+    stays inside [0, 1], is detached and has the dtype and device of ``x``.
+    """
+    checks = [
+        (math.isfinite(eps) and eps > 0, f"eps must be > 0, got {eps!r}"),
+        (math.isfinite(step_size) and step_size > 0, f"step_size must be > 0, got {step_size!r}"),
+        (math.isfinite(noise) and noise >= 0, f"noise must be >= 0, got {noise!r}"),
+        (clip is None or (math.isfinite(clip) and clip > 0), f"clip must be > 0 or None, got {clip!r}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    check_mode(mode)
+    x0 = x.detach().float()
+    eta = (2 * torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 1) * noise
+    start = (x0 + eta).clamp(0, 1)
+    with attack_mode(model, mode, route) as net:
+        grad = _input_gradient(net, start, y, "ce", None, None)
+    delta = _ascent_step(start, grad, step_size, "linf") - x0
+    if clip is not None:
+        delta = delta.clamp(-clip, clip)
+    return (x0 + delta).clamp(0, 1).detach().to(dtype=x.dtype)
+
+
 # --------------------------------------------------------------------------- pieces
 
 

@@ -363,8 +363,12 @@ def method_config(name: str, settings: StepCostSettings, bundle: Any, pretrained
 
 def _config(build_config: Any, name: str, method: dict[str, Any], settings: StepCostSettings, bundle: Any,
             overrides: tuple[str, ...]) -> Any:
+    from atzoo.registry import METHODS
+
+    # A single-step method (fgsm_rs, n_fgsm, grad_align, free_at) keeps its one step: --attack-steps is AT's.
+    steps = 1 if METHODS.get(name).single_step else settings.attack_steps
     return build_config(
-        None, [f"attack.steps={settings.attack_steps}", "run.trackers=[]", *settings.overrides, *overrides],
+        None, [f"attack.steps={steps}", "run.trackers=[]", *settings.overrides, *overrides],
         data={"batch_size": settings.batch_size},
         model={"name": settings.model, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
                "channels_last": settings.channels_last, "compile": settings.compile},

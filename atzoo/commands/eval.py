@@ -9,6 +9,7 @@ resumes from ``autoattack_state.json`` in the run directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atzoo.files.common import MAX_SEED
+from atzoo.files.common import MAX_SEED, check_int_range
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import AtzooError, ConfigError, DataError
 from atzoo.precision import check_supported
@@ -63,10 +64,10 @@ def eval_command(
 ) -> None:
     """Evaluate a trained model (clean, PGD-20, AutoAttack) and write/update eval.json."""
     from atzoo.eval import evaluate, load_run_model
+    from atzoo.eval.evaluator import check_finite_model
     from atzoo.models.external import is_model_spec
 
-    if not 0 <= seed <= MAX_SEED:  # as run.seed; the PGD and AutoAttack generators add offsets to it
-        raise ConfigError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+    check_int_range(seed, "--seed", 0, MAX_SEED)  # as run.seed; the PGD and AutoAttack generators add offsets to it
     external = is_model_spec(str(path))
     run_dir = _external_out(out, weights) if external else (path if path.is_dir() else path.parent)
     if not external:
@@ -88,6 +89,9 @@ def eval_command(
     accelerator = _accelerator()
     check_supported(eval_cfg.precision, accelerator.device, "--precision")
     model.to(accelerator.device)
+    check_finite_model(model, str(path))  # NaN weights or statistics: refused before any file is written
+    if external:
+        run_dir.mkdir(parents=True, exist_ok=True)
     earlier = len(_previous(run_dir))
     payload = evaluate(model, bundle, eval_cfg, attack_cfg=cfg.attack, accelerator=accelerator,
                        progress=progress, out=run_dir, meta=meta, seed=seed, aa_attacks=custom)
@@ -117,8 +121,10 @@ def _external_out(out: Path | None, weights: Path | None) -> Path:
     if out is not None:
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out} exists and is not a folder")
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+        from atzoo.files.paths import check_output_path
+
+        check_output_path(out, "--out", directory=True)
+        return out  # created once the model is built and checked (eval_command)
     return weights.parent if weights is not None else Path(".")
 
 
@@ -126,9 +132,14 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{flag} expects comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+    # A NaN (or, for --std, zero) statistic makes every input NaN: chance accuracy, reported as a result.
+    if not all(math.isfinite(v) and (flag != "--std" or v > 0) for v in values):
+        kind = "finite positive numbers" if flag == "--std" else "finite numbers"
+        raise ConfigError(f"{flag} expects {kind}, e.g. 0.229,0.224,0.225; got {text[:80]!r}")
+    return values
 
 
 def _external_model(spec: str, dataset: str | None, weights: Path | None, mean: str | None, std: str | None,

@@ -20,26 +20,50 @@ import typer
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from atzoo.errors import ConfigError
+from atzoo.errors import AtzooError, ConfigError
+
+
+#: Most seeds one ``--seeds`` may name (a paper table uses five; a typo like 0-3000000000
+#: is refused before a list of three billion is built).
+MAX_SEEDS = 1000
 
 
 def parse_seeds(text: str | None) -> list[int] | None:
-    """``"0,1,2"`` or ``"0-4"`` -> a list of seeds.
+    """``"0,1,2"`` or ``"0-4"`` -> a list of seeds, each in ``[0, MAX_SEED]``.
+
+    Every range is checked (bounds, order, size) before any list is built, so a huge range
+    costs nothing.
 
     Raises:
-        ConfigError: not a comma list of non-negative integers or ranges.
+        ConfigError: not a comma list of integers or ``low-high`` ranges; a seed outside
+            ``[0, MAX_SEED]``; more than :data:`MAX_SEEDS` seeds.
     """
+    from atzoo.files.common import MAX_SEED, check_int_range
+
     if text is None:
         return None
-    seeds: list[int] = []
+    usage = f"--seeds '{text[:60]}' must be non-negative integers like 0,1,2 or 0-4"
+    spans: list[tuple[int, int]] = []
     try:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             low, sep, high = part.partition("-")
-            seeds += list(range(int(low), int(high) + 1)) if sep else [int(part)]
+            spans.append((int(low), int(high)) if sep else (int(part), int(part)))
     except ValueError:
-        raise ConfigError(f"--seeds '{text}' must be non-negative integers like 0,1,2 or 0-4") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise ConfigError(f"--seeds '{text}' must be non-negative integers like 0,1,2 or 0-4")
+        raise ConfigError(usage) from None
+    if not spans:
+        raise ConfigError(usage)
+    try:
+        for low, high in spans:
+            check_int_range(low, "--seeds", 0, MAX_SEED)
+            check_int_range(high, "--seeds", 0, MAX_SEED)
+    except AtzooError as exc:
+        raise ConfigError(str(exc)) from None
+    if any(high < low for low, high in spans):
+        raise ConfigError(f"{usage}; a range goes from low to high")
+    count = sum(high - low + 1 for low, high in spans)
+    if count > MAX_SEEDS:
+        raise ConfigError(f"--seeds '{text[:60]}' names {count} seeds; at most {MAX_SEEDS} per invocation")
+    seeds = [seed for low, high in spans for seed in range(low, high + 1)]
     return list(dict.fromkeys(seeds))
 
 
@@ -133,6 +157,7 @@ def register(app: typer.Typer) -> None:
         list_tables: bool = typer.Option(False, "--list", help="List the reproducible tables and scale presets."),
         plan: bool = typer.Option(False, "--plan", help="Print the runs, destinations and GPU-hour estimate; run nothing."),
         emit_jobs: Optional[Path] = typer.Option(None, "--emit-jobs", help="Write one shell line per run to FILE."),
+        force: bool = typer.Option(False, "--force", help="With --emit-jobs: replace an existing FILE."),
         launcher: str = typer.Option("none", "--launcher", help="none | python | accelerate | torchrun (for --emit-jobs)."),
         collect_only: bool = typer.Option(False, "--collect", help="Only build the report from the finished runs."),
         rows: Optional[list[str]] = typer.Option(None, "--rows", help="Row ids or globs (comma-separated or repeated)."),
@@ -154,13 +179,17 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("name a table (see 'atzoo reproduce --list')")
         if sum(bool(x) for x in (plan, emit_jobs, collect_only)) > 1:
             raise ConfigError("--plan, --emit-jobs and --collect are separate actions; give one")
+        if emit_jobs is not None:  # before the plan: an existing file is refused at once
+            from atzoo.files.paths import check_new_file
+
+            check_new_file(emit_jobs, "--emit-jobs", force=force)
         session = prepare(table, rows=_split(rows), seeds=parse_seeds(seeds), scale=scale,
                           data=parse_data_map(_split(data)), out=out)
         if plan:
             print_plan(console, session, step_cost)
             return
         if emit_jobs is not None:
-            n = write_jobs(session, emit_jobs, launcher=launcher)
+            n = write_jobs(session, emit_jobs, launcher=launcher, force=force)
             console.print(f"wrote {n} commands to {emit_jobs}; then: atzoo reproduce {table} --collect"
                           + _flags(rows, seeds, scale, data, out), highlight=False, soft_wrap=True)
             return

@@ -81,8 +81,6 @@ def register(app: typer.Typer) -> None:
         Without --recipe, the shipped recipe of (METHOD, --dataset, --model) is used when
         there is one; otherwise the method's own paper defaults.
         """
-        import json
-
         from atzoo.engine.plan import plan_run, run_plan
 
         given = {"model": model, "dataset": dataset, "epochs": epochs, "batch_size": batch_size, "seed": seed}
@@ -112,4 +110,6 @@ def register(app: typer.Typer) -> None:
         console.print(f"run directory: {run_dir}", highlight=False, soft_wrap=True)
         eval_file = run_dir / "eval.json"
         if read_config_file(run_dir / "config.yaml").run.evaluate and eval_file.is_file():
-            console.print(f"eval: {summary_line(json.loads(eval_file.read_text()))}", highlight=False)
+            from atzoo.eval.results import read_eval_json
+
+            console.print(f"eval: {summary_line(read_eval_json(eval_file))}", highlight=False)

@@ -130,6 +130,10 @@ class EvalConfig:
     val_every: int = 0  # epochs between validations on data.val_size held-out training images; 0 = off
     val_attack: str = "pgd10"  # the robust accuracy of the validation (pgd<N>)
     weights: Literal["last", "best"] = "last"  # exported and evaluated: last epoch or best validation
+    # Catastrophic-overfitting check each epoch (FGSM and PGD accuracy, atzoo/engine/overfit.py): auto = on for
+    # single-step methods (fgsm_rs, n_fgsm, grad_align, free_at) and whenever eval.val_every is on
+    co_check: Literal["auto", "on", "off"] = "auto"
+    on_co: Literal["warn", "stop", "rollback"] = "warn"  # when flagged: log it; stop training; stop + best weights
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the evaluation attacks
 
 

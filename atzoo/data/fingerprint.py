@@ -55,7 +55,8 @@ def split_digest(split: Split) -> str:
         for tensor in (split.x, split.y):
             array = np.ascontiguousarray(tensor.detach().cpu().numpy())
             h.update(f"{array.dtype.str}{array.shape}".encode())
-            h.update(memoryview(array).cast("B"))
+            if array.size:  # an empty split (no test set) has no bytes; memoryview cannot cast it
+                h.update(memoryview(array).cast("B"))
     else:
         h.update(json.dumps(_sample_list(split)).encode())
     return h.hexdigest()[:DIGEST_CHARS]

@@ -41,6 +41,7 @@ from atzoo.files.common import TMP_PREFIX as _TMP_PREFIX
 from atzoo.files.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from atzoo.errors import CheckpointError
 from atzoo.files.safe_read import read_json_file, safe_torch_load
+from atzoo.models.weights import all_finite  # noqa: F401  (re-exported for the engine)
 
 FORMAT = "atzoo-checkpoint-1"
 MANIFEST = "MANIFEST.json"
@@ -143,14 +144,6 @@ def join_tensors(obj: Any, tensors: dict[str, Tensor]) -> Any:
 def plain_state_dict(module: torch.nn.Module) -> dict[str, Tensor]:
     """A module's state dict as detached, contiguous CPU copies (safetensors needs them)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-
-
-def all_finite(tensors: dict[str, Tensor]) -> str | None:
-    """The name of the first floating tensor holding NaN/inf, or None if all are finite."""
-    for name, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return name
-    return None
 
 
 # --------------------------------------------------------------------------- checkpoint data
@@ -361,10 +354,7 @@ def load_checkpoint(path: str | Path) -> CheckpointData:
         elif name.endswith(".pt"):
             data.pickled[name[: -len(".pt")]] = load_pickle_safely(file)
         elif name == STATE:
-            try:
-                data.state = json.loads(file.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"checkpoint file {file} is not valid JSON ({exc})") from None
+            data.state = read_json_file(file, "checkpoint file", error=CheckpointError)
     if STATE not in files:
         raise CheckpointError(f"checkpoint {path} has no {STATE}")
     return data

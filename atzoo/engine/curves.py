@@ -24,6 +24,9 @@ ACCURACY_SERIES: dict[str, tuple[str, str]] = {
     "train_robust_acc": ("train robust", "-."),
     "val_clean_acc": ("val clean", "-"),
     "val_robust_acc": ("val robust", "-"),
+    "val_fgsm_acc": ("val FGSM", "--"),
+    "co_fgsm_acc": ("probe FGSM", "--"),
+    "co_pgd_acc": ("probe PGD", "-"),
 }
 
 
@@ -41,7 +44,11 @@ def run_curves(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
             values = {"loss": row.get("loss"), "lr": row.get("lr"),
                       "train_acc": _pct(row.get("train_acc"))}
         elif row.get("kind") == "val":
-            values = {k: row.get(k) for k in ACCURACY_SERIES if k != "train_acc"}
+            values = {k: row.get(k) for k in ACCURACY_SERIES if k != "train_acc" and not k.startswith("co_")}
+        elif row.get("kind") == "co":  # the catastrophic-overfitting check (atzoo/engine/overfit.py)
+            values = {"co_flagged": 1.0 if row.get("flagged") else None}
+            if row.get("on") != "validation":  # validation rows already carry these accuracies
+                values.update(co_fgsm_acc=row.get("fgsm_acc"), co_pgd_acc=row.get("pgd_acc"))
         else:
             continue
         for key, value in values.items():
@@ -71,6 +78,9 @@ def plot_curves(runs: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
             _line(acc_ax, curves.get(key), series_tint, style, f"{label}: {name}" if len(runs) > 1 else name,
                   bold=key == "val_robust_acc")
         _line(lr_ax, curves.get("lr"), tint, "-", label)
+        for index, (epoch, _) in enumerate(curves.get("co_flagged") or []):
+            acc_ax.axvline(epoch, color="red", alpha=0.6, linewidth=1.5,
+                           label="catastrophic overfitting" if index == 0 else None)
     for ax, title in ((loss_ax, "training loss"), (acc_ax, "accuracy (%)"), (lr_ax, "learning rate")):
         ax.set_title(title)
         ax.set_xlabel("epoch")

@@ -24,6 +24,7 @@ from atzoo.engine.averaging import WeightAverage, recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
 from atzoo.engine.identity import run_identity
 from atzoo.engine.logs import Position, RunLog
+from atzoo.engine.overfit import OverfitWatch
 from atzoo.engine.progress import Reporter
 from atzoo.engine.resume import CheckpointKeeper
 from atzoo.engine.rundir import MetricsLog
@@ -42,6 +43,7 @@ class Finisher:
         method: the method (``export``, its training attack and ``attack_route``).
         average: the SWA/EMA average.
         validator: the held-out validation (the best epoch), or None.
+        co_watch: the catastrophic-overfitting checks (summarised in eval.json), or None.
         checkpoints: writes the final checkpoint.
         log: events and the trackers.
         metrics: ``metrics.jsonl`` (the ``final`` row).
@@ -52,7 +54,8 @@ class Finisher:
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, accelerator: Any, *, bundle: Any, core: nn.Module,
-                 method: Any, average: WeightAverage, validator: Validator | None, checkpoints: CheckpointKeeper,
+                 method: Any, average: WeightAverage, validator: Validator | None, co_watch: OverfitWatch | None,
+                 checkpoints: CheckpointKeeper,
                  log: RunLog, metrics: MetricsLog, position: Position, reporter: Reporter, attack_precision: str,
                  new_loader: Callable[[], Any]) -> None:
         self.cfg = cfg
@@ -64,6 +67,7 @@ class Finisher:
         self.method = method
         self.average = average
         self.validator = validator
+        self.co_watch = co_watch
         self.checkpoints = checkpoints
         self.log = log
         self.metrics = metrics
@@ -72,8 +76,11 @@ class Finisher:
         self.attack_precision = attack_precision
         self.new_loader = new_loader
 
-    def finish(self) -> None:
-        """Final checkpoint, SWA BN recalibration, export, evaluation, final row."""
+    def finish(self, *, stopped: str | None = None) -> None:
+        """Final checkpoint, SWA BN recalibration, export, evaluation, final row.
+
+        ``stopped``: why training ended before ``optim.epochs`` (``eval.on_co``), or None.
+        """
         self.checkpoints.save_unless_saved()
         deploy, weights = self.deployable_model()
         if self.is_main:
@@ -84,7 +91,7 @@ class Finisher:
         final = {"kind": "final", "step": self.position.global_step, "weights": weights,
                  "n_averaged": self.average.n_averaged}
         if self.cfg.run.evaluate:
-            final["eval"] = self.evaluate(deploy, weights)
+            final["eval"] = self.evaluate(deploy, weights, stopped=stopped)
         self.metrics.write(final)
         self.log.finish_trackers()
         if self.is_main:
@@ -148,7 +155,7 @@ class Finisher:
             **run_identity(self.cfg, b),  # data fingerprint and provenance (atzoo.engine.identity)
         }
 
-    def evaluate(self, model: nn.Module, weights: str) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, weights: str, *, stopped: str | None = None) -> dict[str, Any]:
         """``atzoo.eval.evaluate`` on the exported model; it writes eval.json (main process),
         to which the engine adds which weights were evaluated."""
         from atzoo.eval import evaluate
@@ -161,6 +168,9 @@ class Finisher:
             payload["validation"] = {"best_epoch": self.validator.best.epoch, "attack": self.validator.attack_name,
                                      "best_robust_acc": self.validator.best.state_dict()["robust_acc"],
                                      "n_val": len(self.validator.bundle.test)}
+        if self.co_watch is not None:  # atzoo/engine/overfit.py
+            payload["catastrophic_overfitting"] = {**self.co_watch.summary(), "stopped": stopped,
+                                                   "on_co": self.cfg.eval.on_co}
         if self.is_main:
             atomic_write_json(self.run_dir / "eval.json", payload)
         self.acc.wait_for_everyone()

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atzoo.errors import RunDirError
+from atzoo.files.common import check_int_range, open_no_follow
+from atzoo.errors import AtzooError, RunDirError
 
 try:
     import fcntl
@@ -30,6 +31,8 @@ except ImportError:  # Windows: O_EXCL creation and the PID check only
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".atzoo.lock"
+#: Largest PID a lock record may name (Linux allows at most 2**22; a C ``int`` bounds ``os.kill``).
+MAX_PID = 2**31 - 1
 #: Bytes of a lock file read at most (it holds one short JSON object).
 _MAX_LOCK_BYTES = 4096
 
@@ -69,7 +72,7 @@ def pid_running(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    except OSError:
+    except (OSError, OverflowError):  # OverflowError: beyond a C int, no process has it
         return False
     return True
 
@@ -79,9 +82,10 @@ def read_holder(path: Path) -> Holder | None:
     try:
         with open(path, "rb") as handle:
             payload = json.loads(handle.read(_MAX_LOCK_BYTES).decode("utf-8"))
-        return Holder(pid=int(payload["pid"]), host=str(payload["host"])[:255],
+        pid = check_int_range(payload["pid"], "pid", 1, MAX_PID)  # os.kill overflows beyond C int
+        return Holder(pid=pid, host=str(payload["host"])[:255],
                       started=str(payload.get("started", ""))[:40], process_start=payload.get("process_start"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AtzooError):  # not a record atzoo wrote: no holder
         return None
 
 
@@ -155,7 +159,7 @@ class RunLock:
         raise RunDirError(f"cannot lock the run directory {self.directory}: its lock file keeps changing")
 
     def _acquire_flock(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)  # a planted link is refused, not written through
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -179,7 +183,7 @@ class RunLock:
 
     def _acquire_exclusive(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         except FileExistsError:
             holder = read_holder(self.path)
             if holder is not None and not is_stale(holder):

@@ -29,19 +29,26 @@ def check_settings(cfg: RunConfig) -> None:
 
 
 def check_optimizer(cfg: RunConfig) -> None:
-    """Builds the SGD optimizer and the schedule on a dummy parameter: torch's own checks
-    (negative momentum, Nesterov without momentum, ...) run now instead of at step 0."""
-    from atzoo.engine.schedules import build_scheduler
+    """Builds the SGD optimizer on a dummy parameter: torch's own checks (negative
+    momentum, Nesterov without momentum, ...) run now instead of at step 0.
+
+    The schedule is not built here: its length needs the data (a one-cycle schedule
+    needs enough optimizer steps, and a 3-epoch run on a small dataset has them, which
+    ``steps_per_epoch=1`` would deny). The trainer builds it with the real number of
+    steps per epoch before anything is written, and its error names the schedule.
+    """
+    from atzoo.engine.schedules import SCHEDULES
 
     o = cfg.optim
     try:
-        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=o.lr, momentum=o.momentum,
-                                    nesterov=o.nesterov, weight_decay=o.weight_decay)
-        build_scheduler(optimizer, o, steps_per_epoch=1)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=o.lr, momentum=o.momentum,
+                        nesterov=o.nesterov, weight_decay=o.weight_decay)
     except ValueError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"torch.optim.SGD refuses optim.momentum={o.momentum}, optim.nesterov={o.nesterov}, "
                           f"optim.weight_decay={o.weight_decay}: {reason}") from None
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, got {o.schedule!r}")
 
 
 def check_evaluation(cfg: RunConfig, bundle: Any | None, aa_attacks: list[str] | None = None) -> None:

@@ -35,10 +35,11 @@ from atzoo.engine.checkpoint import (
 from atzoo.engine.averaging import WeightAverage
 from atzoo.engine.cost import CostMeter
 from atzoo.engine.logs import Position, RunLog
+from atzoo.engine.overfit import OverfitWatch
 from atzoo.engine.rng import capture_rng, restore_rng
 from atzoo.engine.rundir import MetricsLog, RunDirClaim
 from atzoo.engine.validation import Validator
-from atzoo.errors import CheckpointError, ConfigError, NonFiniteLossError
+from atzoo.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 
 __all__ = ["CheckpointKeeper", "Position", "check_resume_config", "config_differences", "resume_refusals"]
 
@@ -127,12 +128,15 @@ class CheckpointKeeper:
         cost: the per-epoch cost meter.
         metrics: ``metrics.jsonl`` (its size is recorded; a resume cuts it back).
         validator: the held-out validation (its best epoch), or None.
+        co_watch: the catastrophic-overfitting checks (their history), or None.
+        bundle: the training data (its digest is recorded; a resume on other data is refused).
         steps_per_epoch: optimizer steps per epoch (a checkpoint of another split does not fit).
     """
 
     def __init__(self, cfg: RunConfig, run_dir: Path, accelerator: Any, *, core: nn.Module, optimizer: Any,
                  scheduler: Any, method: Any, average: WeightAverage, position: Position, log: RunLog,
-                 cost: CostMeter, metrics: MetricsLog, validator: Validator | None, steps_per_epoch: int) -> None:
+                 cost: CostMeter, metrics: MetricsLog, validator: Validator | None, co_watch: OverfitWatch | None,
+                 bundle: Any, steps_per_epoch: int) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.acc = accelerator
@@ -147,6 +151,8 @@ class CheckpointKeeper:
         self.cost = cost
         self.metrics = metrics
         self.validator = validator
+        self.co_watch = co_watch
+        self.bundle = bundle
         self.steps_per_epoch = steps_per_epoch
         self.saved_step: int | None = None  # the step of the newest checkpoint this process wrote or loaded
         self.resume_metrics_bytes = 0
@@ -217,6 +223,8 @@ class CheckpointKeeper:
             "cost": self.cost.state_dict(),
             "metrics_bytes": self.metrics.size(),
             "validation": self.validator.state_dict() if self.validator is not None else None,
+            "overfit": self.co_watch.state_dict() if self.co_watch is not None else None,
+            "train_data": self.train_data_digest(),
             "atzoo_version": __version__,
         }
         pickled = {"optimizer": {"optimizer": self.optimizer.state_dict(),
@@ -254,6 +262,7 @@ class CheckpointKeeper:
         data, state = point.data, point.data.state
         self._load_module(self.core, data.tensors.get("training", {}), point.path / "training.safetensors")
         self._load_optimizer(data.pickled.get("optimizer"), point.path / "optimizer.pt")
+        self._check_same_training_data(state.get("train_data"), point.path)
         try:
             if state["steps_per_epoch"] != self.steps_per_epoch:
                 raise ValueError(f"{state['steps_per_epoch']} steps per epoch there, {self.steps_per_epoch} now")
@@ -268,9 +277,39 @@ class CheckpointKeeper:
             self.resume_metrics_bytes = int(state["metrics_bytes"])
             if self.validator is not None:
                 self.validator.load_state_dict(state.get("validation"))
+            if self.co_watch is not None:
+                self.co_watch.load_state_dict(state.get("overfit"))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {point.path} does not fit this run ({type(exc).__name__}: {exc})") from None
         self.saved_step = self.position.global_step
+
+    def train_data_digest(self) -> dict[str, Any]:
+        """``{"n", "digest"}`` of the training split this run trains on (after any subset and
+        validation split), recorded in each checkpoint (:mod:`atzoo.data.fingerprint`)."""
+        from atzoo.data.fingerprint import cached_digest
+
+        return {"n": len(self.bundle.train), "digest": cached_digest(self.bundle, "train")}
+
+    def _check_same_training_data(self, recorded: Any, checkpoint: Path) -> None:
+        """``--resume`` continues on the data the checkpoint was trained on, or not at all.
+
+        The config names the data (``npz:PATH``); its content can change under the same
+        name. A checkpoint written before the digest was recorded is not checked.
+
+        Raises:
+            DataError: the training split's content differs from the checkpoint's.
+        """
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("digest"), str):
+            return
+        now = self.train_data_digest()
+        if now["digest"] != recorded["digest"]:
+            from atzoo.data.fingerprint import readable_name
+
+            raise DataError(
+                f"the training split of {readable_name(self.cfg.data.name)} changed since {checkpoint} was written "
+                f"({recorded.get('n')} examples, digest {recorded['digest']}; now {now['n']}, {now['digest']}); "
+                f"--resume would continue {self.run_dir} on other data: restore the data, or use --force or "
+                "another --out for a new run")
 
     def announce_resume(self, point: ResumePoint) -> None:
         """Cuts metrics.jsonl back to the checkpoint and says where the run continues."""

@@ -27,11 +27,16 @@ import string
 from pathlib import Path
 from typing import Any
 
+from atzoo.files.common import named_os_error, open_no_follow, symlink_message
 from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
 from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
 from atzoo.files.paths import check_output_path
 from atzoo.files.rundir import RUN_MARKERS, looks_like_run, read_metrics  # noqa: F401  (re-exported)
+
+#: Files of a run directory written in place (appended, truncated, locked), not replaced
+#: atomically: a symbolic link among them is refused, never written through.
+IN_PLACE_FILES = (LOCK_FILE, "metrics.jsonl")
 
 
 def default_run_name(cfg: RunConfig) -> str:
@@ -128,6 +133,10 @@ def check_run_dir(path: Path, *, force: bool, resume: bool) -> None:
     holder = RunLock(real).live_holder() if real.is_dir() else None
     if holder is not None:
         raise RunDirError(f"run directory {shown} is in use by {holder.describe()}; wait for it to finish")
+    if resume and real.is_dir():
+        linked = next((name for name in IN_PLACE_FILES if (real / name).is_symlink()), None)
+        if linked is not None:  # a resumed run appends to or cuts these files in place
+            raise RunDirError(symlink_message(Path(path) / linked))
     if is_nonempty_dir(real):
         if not (force or resume):
             raise RunDirError(f"run directory {shown} already exists; use --resume to continue it or --force to replace it")
@@ -274,16 +283,24 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, allow_nan=True) + "\n")
-            handle.flush()
+        data = (json.dumps(row, allow_nan=True) + "\n").encode("utf-8")
+        fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # never through a link
+        try:
+            os.write(fd, data)
+        except OSError as exc:  # a full disk names no file
+            raise named_os_error(exc, self.path) from None
+        finally:
+            os.close(fd)
 
     def sync(self) -> None:
         """Flushes the log to disk, so that the size a checkpoint records is durable before
         the checkpoint is (a power loss then cannot leave the log shorter than recorded)."""
         if self.enabled and self.path.exists():
-            with open(self.path, "ab") as handle:
-                os.fsync(handle.fileno())
+            fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def size(self) -> int:
         """Current size in bytes (0 if absent)."""
@@ -292,5 +309,8 @@ class MetricsLog:
     def truncate(self, size: int) -> None:
         """Cuts the log back to ``size`` bytes (rows after the resumed checkpoint)."""
         if self.enabled and self.path.exists() and self.path.stat().st_size > size:
-            with open(self.path, "r+b") as handle:
-                handle.truncate(size)
+            fd = open_no_follow(self.path, os.O_WRONLY)  # a link's target is never cut
+            try:
+                os.ftruncate(fd, size)
+            finally:
+                os.close(fd)

@@ -40,7 +40,7 @@ from accelerate.utils import set_seed
 from torch import Tensor, nn
 
 from atzoo import precision
-from atzoo.files.common import MAX_SEED
+from atzoo.files.common import MAX_SEED, check_int_range
 from atzoo.config import RunConfig
 from atzoo.engine.accelerator import make_accelerator, per_process_batch, select_trackers
 from atzoo.engine.averaging import WeightAverage, averaging_kind
@@ -50,14 +50,16 @@ from atzoo.engine.finish import Finisher
 from atzoo.engine.logs import Position, RunLog, StepValues
 from atzoo.engine.module import TrainingModule
 from atzoo.engine.needs import satisfy_needs
+from atzoo.engine.overfit import OverfitWatch, co_enabled, co_text
 from atzoo.engine.progress import Reporter
+from atzoo.engine.replay import replayed_batches
 from atzoo.engine.preflight import check_evaluation, check_settings
 from atzoo.engine.resume import CheckpointKeeper, check_resume_config, config_differences
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
 from atzoo.engine.validation import Validator, carve_validation, epoch_line, val_size
-from atzoo.errors import ConfigError, DataError, InterruptedRun, NonFiniteLossError
+from atzoo.errors import AtzooError, ConfigError, DataError, InterruptedRun, NonFiniteLossError
 from atzoo.methods.base import EpochContext, Method, create_method
 from atzoo.registry import METHODS
 
@@ -134,8 +136,10 @@ def check_seed(seed: int) -> None:
     Raises:
         ConfigError: the seed is outside that range (checked before anything is written).
     """
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"run.seed must be in [0, {MAX_SEED}], got {seed}")
+    try:
+        check_int_range(seed, "run.seed", 0, MAX_SEED)  # the one validator of integer ranges
+    except AtzooError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_model(cfg: RunConfig, bundle: Any) -> nn.Module:
@@ -188,7 +192,12 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         set_seed(cfg.run.seed, deterministic=cfg.run.deterministic)  # same initial weights on every rank
         self.bundle, val_bundle = self._load_data()
-        self.validator = Validator(cfg, val_bundle, accelerator) if val_bundle is not None else None
+        co_check = co_enabled(cfg, method.single_step)  # catastrophic overfitting (atzoo/engine/overfit.py)
+        # With the check on, the validation also measures FGSM accuracy (the check's second number).
+        self.validator = (Validator(cfg, val_bundle, accelerator, with_fgsm=co_check)
+                          if val_bundle is not None else None)
+        self.co_watch = self._overfit_watch() if co_check else None
+        self.stopped: str | None = None  # why training ended early (eval.on_co)
         self.core = self._build_module()
         self.loader = self._train_loader(augment=cfg.data.augment)
         self.steps_per_epoch = self._steps_per_epoch()
@@ -216,10 +225,11 @@ class Trainer:
         self.checkpoints = CheckpointKeeper(
             cfg, run_dir, accelerator, core=self.core, optimizer=self.optimizer, scheduler=self.scheduler,
             method=method, average=self.average, position=self.position, log=self.log, cost=self.cost,
-            metrics=self.metrics, validator=self.validator, steps_per_epoch=self.steps_per_epoch)
+            metrics=self.metrics, validator=self.validator, co_watch=self.co_watch, bundle=self.bundle,
+            steps_per_epoch=self.steps_per_epoch)
         self.finisher = Finisher(
             cfg, run_dir, accelerator, bundle=self.bundle, core=self.core, method=method, average=self.average,
-            validator=self.validator, checkpoints=self.checkpoints, log=self.log, metrics=self.metrics,
+            validator=self.validator, co_watch=self.co_watch, checkpoints=self.checkpoints, log=self.log, metrics=self.metrics,
             position=self.position, reporter=self.reporter, attack_precision=self.runner.attack_precision,
             new_loader=lambda: self._train_loader(augment=cfg.data.augment))
 
@@ -235,7 +245,7 @@ class Trainer:
 
     def finish(self) -> None:
         """Final checkpoint, export, evaluation (:meth:`Finisher.finish`)."""
-        self.finisher.finish()
+        self.finisher.finish(stopped=self.stopped)
 
     # ------------------------------------------------------------------ building
     def _load_data(self) -> Any:
@@ -251,6 +261,10 @@ class Trainer:
 
             bundle = attach_extra(bundle, d.extra)
         return bundle, val_bundle
+
+    def _overfit_watch(self) -> OverfitWatch:
+        """The catastrophic-overfitting check (eval.co_check): on the validation rows, else a training probe."""
+        return OverfitWatch(self.cfg, self.bundle, self.acc, use_validation=self.validator is not None)
 
     def _build_module(self) -> TrainingModule:
         model = self.method.prepare_model(build_model(self.cfg, self.bundle))
@@ -270,7 +284,8 @@ class Trainer:
         )
 
     def _steps_per_epoch(self) -> int:
-        steps = len(self.loader) // self.cfg.optim.grad_accum
+        # Free-AT's minibatch replay: every loader batch is m engine steps (atzoo.engine.replay).
+        steps = len(self.loader) * self.method.replays // self.cfg.optim.grad_accum
         if steps < 1:
             raise ConfigError(
                 f"an epoch has {len(self.loader)} batches per process, fewer than optim.grad_accum="
@@ -284,7 +299,7 @@ class Trainer:
 
     @property
     def batches_per_epoch(self) -> int:
-        """Loader batches used per epoch: whole optimizer steps only."""
+        """Loader batches used per epoch, each counted ``method.replays`` times: whole optimizer steps only."""
         return self.steps_per_epoch * self.cfg.optim.grad_accum
 
     def fit(self) -> None:
@@ -295,7 +310,7 @@ class Trainer:
                 self.run_epoch(self.position.epoch)
 
     def done(self) -> bool:
-        return self.position.epoch >= self.cfg.optim.epochs or self.max_steps_reached()
+        return self.position.epoch >= self.cfg.optim.epochs or self.max_steps_reached() or self.stopped is not None
 
     def max_steps_reached(self) -> bool:
         return self.cfg.run.max_steps is not None and self.position.global_step >= self.cfg.run.max_steps
@@ -307,7 +322,8 @@ class Trainer:
         self.loader.set_epoch(epoch)
         self.acc.step = 0  # accumulation phase; epochs hold whole optimizer steps
         remaining = self.batches_per_epoch - self.position.batch
-        for x, y in itertools.islice(self.loader.iter_from(self.position.batch), remaining):
+        batches = replayed_batches(self.loader, self.position.batch, self.method.replays)
+        for x, y in itertools.islice(batches, remaining):
             with self.cost.step():  # CPU and wall time of the step itself (atzoo.engine.cost)
                 self.train_batch(x, y)
             if self.acc.sync_gradients and self.after_optimizer_step():
@@ -418,8 +434,35 @@ class Trainer:
             self.log.track("val", row)
             if row["best"] and self.is_main:
                 self.finisher.export(self.method.export(self.core.model), "model_best.safetensors", "best")
+        co = self.check_overfitting(epoch, row)
         self.reporter.message(epoch_line(epoch, self.cfg.optim.epochs, self.log.epoch_summary(), self.log.last_lr,
-                                         row, self.reporter.eta(self.position.global_step)))
+                                         row, self.reporter.eta(self.position.global_step),
+                                         co=co_text(co, with_accuracies=row is None)))
+        self.act_on_overfitting(co)
+
+    def check_overfitting(self, epoch: int, val_row: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The catastrophic-overfitting check of this epoch (atzoo/engine/overfit.py): a ``co`` row."""
+        if self.co_watch is None:
+            return None
+        co = self.co_watch.check(self.core.model, self.method.export(self.core.model), epoch, val_row)
+        if co is not None:
+            co["step"] = self.position.global_step
+            self.metrics.write(co)
+            self.log.track("co", co)
+        return co
+
+    def act_on_overfitting(self, co: dict[str, Any] | None) -> None:
+        """``eval.on_co``: stop after a flagged epoch, or stop and restore the most robust weights."""
+        action = self.co_watch.action(co) if self.co_watch is not None else None
+        if action is None:
+            return
+        self.stopped = f"catastrophic overfitting at epoch {co['epoch'] + 1}"  # type: ignore[index]
+        text = f"eval.on_co={action}: training stops after epoch {co['epoch'] + 1}"  # type: ignore[index]
+        if action == "rollback":
+            kept = self.co_watch.roll_back(self.core.model)  # type: ignore[union-attr]
+            text += (f"; weights of epoch {kept + 1} restored (the most robust check)" if kept is not None
+                     else "; no earlier check to restore, the last weights are kept")
+        self.log.event("catastrophic_overfitting", text, action=action)
 
 
 def sync_buffers(module: nn.Module, num_processes: int) -> None:

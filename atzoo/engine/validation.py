@@ -114,7 +114,7 @@ class Validator:
         accelerator: the run's Accelerator (device, processes, reductions).
     """
 
-    def __init__(self, cfg: RunConfig, bundle: DatasetBundle, accelerator: Any) -> None:
+    def __init__(self, cfg: RunConfig, bundle: DatasetBundle, accelerator: Any, *, with_fgsm: bool = False) -> None:
         from atzoo.eval.evaluator import ThreatModel, parse_attacks, pgd_steps_of
 
         self.cfg = cfg
@@ -126,6 +126,8 @@ class Validator:
             raise ConfigError(f"eval.val_attack must be one PGD attack such as pgd10, got {cfg.eval.val_attack!r}")
         self.steps = steps[0]
         self.best = Best()
+        #: Also FGSM accuracy on the held-out set (the catastrophic-overfitting check, atzoo/engine/overfit.py).
+        self.with_fgsm = with_fgsm
 
     @property
     def attack_name(self) -> str:
@@ -148,13 +150,33 @@ class Validator:
         with attack_mode(model, "eval", None) as net:
             val_clean, val_robust = self._accuracies(net, "test", epoch)
             train_clean, train_robust = self._accuracies(net, "train", epoch)
+            fgsm = {"val_fgsm_acc": self._fgsm_accuracy(net, epoch)} if self.with_fgsm else {}
         improved = val_robust > self.best.robust_acc
         if improved:
             self.best = Best(val_robust, epoch)
         return {"kind": "val", "epoch": epoch, "attack": self.attack_name, "n_val": len(self.bundle.test),
-                "val_clean_acc": val_clean, "val_robust_acc": val_robust,
+                "val_clean_acc": val_clean, "val_robust_acc": val_robust, **fgsm,
                 "train_clean_acc": train_clean, "train_robust_acc": train_robust,
                 "best": improved, "best_epoch": self.best.epoch}
+
+    def _fgsm_accuracy(self, net: nn.Module, epoch: int) -> float:
+        """FGSM accuracy (percent; from ``x``, step eps) on the held-out images."""
+        from atzoo.attacks import fgsm
+        from atzoo.data import make_eval_loader
+
+        acc = self.acc
+        loader = make_eval_loader(self.bundle, self.cfg.data.eval_batch_size, device=acc.device,
+                                  rank=acc.process_index, world_size=acc.num_processes, split="test")
+        counts = torch.zeros(2, device=acc.device)
+        for x, y in loader:
+            x_adv = fgsm(net, x, y, eps=self.threat.eps, norm=self.threat.norm, mode="eval")
+            with torch.no_grad():
+                n = torch.tensor(y.numel(), device=y.device)
+                counts += torch.stack([net(x_adv).argmax(1).eq(y).sum(), n]).float()
+        if acc.num_processes > 1:
+            counts = acc.reduce(counts, "sum")
+        correct, n = counts.tolist()
+        return 100.0 * correct / max(n, 1.0)
 
     def _accuracies(self, net: nn.Module, split: str, epoch: int) -> tuple[float, float]:
         """Clean and PGD accuracy on one split of the validation bundle, summed over processes."""
@@ -203,7 +225,7 @@ def load_best(model: nn.Module, run_dir: Any) -> nn.Module:
 
 
 def epoch_line(epoch: int, epochs: int, summary: dict[str, Any], lr: float, val: dict[str, Any] | None,
-               eta_seconds: float | None) -> str:
+               eta_seconds: float | None, co: str = "") -> str:
     """One plain line per epoch (readable in a log file): epoch k/N, loss, accuracies, lr,
     seconds and ETA, e.g. ``epoch 3/10  loss 1.2345  train acc 41.20%  val clean 80.10%
     pgd10 40.20% (best)  lr 0.1  12.3 s  ETA 0:01:26``."""
@@ -211,7 +233,10 @@ def epoch_line(epoch: int, epochs: int, summary: dict[str, Any], lr: float, val:
              f"train acc {100 * summary['train_acc']:.2f}%"]
     if val is not None:
         best = " (best)" if val["best"] else ""
-        parts.append(f"val clean {val['val_clean_acc']:.2f}% {val['attack']} {val['val_robust_acc']:.2f}%{best}")
+        fgsm = f" fgsm {val['val_fgsm_acc']:.2f}%" if "val_fgsm_acc" in val else ""
+        parts.append(f"val clean {val['val_clean_acc']:.2f}%{fgsm} {val['attack']} {val['val_robust_acc']:.2f}%{best}")
+    if co:
+        parts.append(co)  # the catastrophic-overfitting check (atzoo/engine/overfit.py)
     parts += [f"lr {lr:.4g}", f"{summary['seconds']:.1f} s"]
     if eta_seconds is not None:
         parts.append(f"ETA {_clock(eta_seconds)}")

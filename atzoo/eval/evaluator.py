@@ -393,6 +393,7 @@ def evaluate(
     """
     attacks = parse_attacks(cfg.attacks)
     threat = ThreatModel.resolve(cfg, attack_cfg)
+    check_finite_model(model, "the model")
     if "aa" in attacks:
         check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
         check_autoattack_classes(cfg.aa_version, aa_attacks, bundle.num_classes, bundle.name)
@@ -580,7 +581,28 @@ def _read_meta(path: Path) -> dict[str, Any]:
         values = meta.get(key)
         if values is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise CheckpointError(f"{path} is damaged: '{key}' must be a list of numbers, got {brief(values)}")
+        if values is not None and not all(math.isfinite(v) and (key == "mean" or v > 0) for v in values):
+            # A NaN or zero std makes every input NaN: chance accuracy would be reported as a result.
+            kind = "finite numbers" if key == "mean" else "finite positive numbers"
+            raise CheckpointError(f"{path} is damaged: '{key}' must be {kind}, got {brief(values)}")
     return meta
+
+
+def check_finite_model(model: nn.Module, what: str) -> None:
+    """Refuses a model with a NaN or infinite weight or buffer (normalisation statistics,
+    BatchNorm running variance): its accuracy would be chance, reported as a result.
+
+    Called before any file of an evaluation is written.
+
+    Raises:
+        CheckpointError: naming ``what`` and the first non-finite tensor.
+    """
+    from atzoo.models.weights import all_finite
+
+    bad = all_finite({**dict(model.named_parameters()), **dict(model.named_buffers())})
+    if bad is not None:
+        raise CheckpointError(f"{what}: '{bad}' holds non-finite values (NaN or inf); refusing to evaluate a "
+                              "model whose outputs are not numbers")
 
 
 def _check_state(model: nn.Module, state: dict[str, Tensor], weights: Path, meta: dict[str, Any]) -> None:

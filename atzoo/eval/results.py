@@ -26,7 +26,10 @@ should not be trusted:
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -181,11 +184,47 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_eval_json(run_dir: str | Path, payload: dict[str, Any], ran: list[str]) -> dict[str, Any]:
-    """Merges ``payload`` into ``run_dir/eval.json`` (atomic write); returns the merged payload."""
+    """Merges ``payload`` into ``run_dir/eval.json`` (atomic write); returns the merged payload.
+
+    The read-merge-write runs under :func:`merge_lock`, so evaluations of one run that
+    finish at the same time (``atzoo eval --attacks aa`` beside ``--attacks pgd50``) each
+    merge into the file the previous one wrote: no result is lost.
+    """
     path = Path(run_dir) / EVAL_FILE
-    merged = merge_payloads(read_eval_json(path), payload, ran)
-    write_json_atomic(path, merged)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with merge_lock(path.parent):
+        merged = merge_payloads(read_eval_json(path), payload, ran)
+        write_json_atomic(path, merged)
     return merged
+
+
+@contextmanager
+def merge_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the run directory itself for the duration of a merge.
+
+    The directory, not a file in it, is locked: nothing is added to the run, and the
+    training lock (``.atzoo.lock``) is untouched. Other evaluations wait (a merge takes
+    milliseconds). Where ``flock`` does not exist or the file system refuses it, the merge
+    runs unlocked, as before.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock (some network mounts)
+            pass
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
 
 
 def masking_flags(payload: dict[str, Any]) -> dict[str, Any]:

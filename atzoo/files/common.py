@@ -9,11 +9,14 @@
 * :func:`load_yaml` -- the one YAML parser: safe, no anchors/aliases, depth and size limits;
   a problem is one ``AtzooError`` line (files are read by :mod:`atzoo.files.safe_read`).
 * :func:`compare_state_dicts` -- the missing, unexpected and mis-shaped tensors of a state dict.
-* :data:`MAX_SEED` -- the largest seed (NumPy takes 32 bits).
+* :data:`MAX_SEED` -- the largest seed (NumPy takes 32 bits); :func:`check_int_range` -- the one
+  validator of integer ranges (seeds, PIDs, counts), checked before anything is allocated.
+* :func:`open_no_follow` -- opens a file atzoo writes without following a symbolic link.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
 
 #: Largest seed: NumPy's generator, which ``accelerate.utils.set_seed`` seeds too, takes 32 bits.
 MAX_SEED = 2**32 - 1
@@ -51,6 +54,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     The temporary file is opened with ``O_CREAT | O_EXCL`` and mode ``0o666``, so the
     result has the permissions of any newly created file under the process's umask.
+    A symbolic link at ``path`` is replaced by the file, never written through. An error
+    (a full disk: ``ENOSPC`` carries no file name) is re-raised naming ``path``; the old
+    file is then untouched.
     """
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
@@ -62,9 +68,59 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise named_os_error(exc, path) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def named_os_error(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (``ENOSPC`` from a write or
+    an fsync names no file), so that the one error line says which file failed."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def open_no_follow(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` (``O_NOFOLLOW``).
+
+    Every file atzoo appends to or rewrites in place (the run's lock, ``metrics.jsonl``)
+    is opened this way, so a link planted in a run directory cannot redirect a write to a
+    file outside it.
+
+    Raises:
+        AtzooError: ``path`` is a symbolic link (one line naming it).
+        OSError: any other failure, naming ``path``.
+    """
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():
+            raise AtzooError(symlink_message(path)) from None
+        raise named_os_error(exc, path) from None
+
+
+def symlink_message(path: str | Path) -> str:
+    """The one line for a symbolic link where atzoo would write a file."""
+    return (f"{path} is a symbolic link; atzoo never writes through links (a write would change "
+            f"{os.path.realpath(path)}); remove the link or choose another folder")
+
+
+def check_int_range(value: object, name: str, low: int, high: int) -> int:
+    """``value`` as an int when ``low <= value <= high``; the one validator of integer ranges.
+
+    Raises:
+        AtzooError: ``"<name> must be in [low, high], got <value>"`` (also for a non-integer).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if isinstance(value, int) and not isinstance(value, bool):  # str() of a huge int is slow, or refused
+            shown = str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        else:
+            shown = brief(value, 40)
+        raise AtzooError(f"{name} must be in [{low}, {high}], got {shown}")
+    return value
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -8,7 +8,6 @@ the readers never import the engine's internals.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,13 @@ def looks_like_run(path: Path) -> bool:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a ``metrics.jsonl`` file (or of ``<run dir>/metrics.jsonl``).
 
-    A torn last line (the process was killed while appending it; ``--resume`` cuts it)
-    is left out; a bad line anywhere else is a ``json.JSONDecodeError``.
+    Read by the one bounded JSONL reader (:func:`atzoo.files.safe_read.read_jsonl_file`): a torn
+    last line (the process was killed while appending it; ``--resume`` cuts it) is left
+    out; any other line that is not a JSON object is an AtzooError naming the file and line.
     """
+    from atzoo.files.safe_read import MAX_METRICS_BYTES, read_jsonl_file
+
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    text = path.read_text()
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and not text.endswith("\n"):
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            lines.pop()
-    return [json.loads(line) for line in lines]
+    return read_jsonl_file(path, "metrics log", limit=MAX_METRICS_BYTES)

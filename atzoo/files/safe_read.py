@@ -22,6 +22,8 @@ from atzoo.errors import AtzooError, CheckpointError, ConfigError
 
 #: The largest YAML or JSON file atzoo reads (a recipe is ~1 KB, an eval.json a few KB).
 MAX_FILE_BYTES = MAX_YAML_CHARS
+#: The largest metrics.jsonl atzoo reads (a long run with run.log_every=1 logs ~20 MB).
+MAX_METRICS_BYTES = 256 << 20
 
 
 def read_text(path: str | Path, what: str, *, error: type[AtzooError] = ConfigError,
@@ -64,6 +66,37 @@ def read_json_file(path: str | Path, what: str, *, error: type[AtzooError] = Atz
         raise error(f"{what} {path} is not valid JSON ({reason})") from None
 
 
+def read_jsonl_file(path: str | Path, what: str, *, error: type[AtzooError] = AtzooError,
+                    limit: int = MAX_FILE_BYTES) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (``metrics.jsonl``), each a JSON object.
+
+    The one JSONL reader of atzoo (``compare``, ``reproduce --collect``, curves, ``export``
+    read the same rows). A last line without its newline is a row cut short by a kill
+    (``--resume`` cuts it) and is left out; any other line that is not a JSON object is an
+    error naming the file and the line.
+
+    Raises:
+        ``error``: unreadable, larger than ``limit``, not UTF-8, or a bad line (its number).
+    """
+    text = read_text(path, what, error=error, limit=limit)
+    lines = text.split("\n")
+    torn = not text.endswith("\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            if torn and number == len(lines):
+                break
+            raise error(f"{path} line {number} is not valid JSON; move the file away or cut that line") from None
+        if not isinstance(row, dict):
+            raise error(f"{path} line {number} is not a JSON object (got {type(row).__name__})")
+        rows.append(row)
+    return rows
+
+
 def safe_torch_load(file: Path, what: str) -> Any:
     """The one place atzoo reads a torch pickle: ``weights_only=True``, and an error that
     names what the file asked for, never torch's advice to switch the safety off.
@@ -72,10 +105,15 @@ def safe_torch_load(file: Path, what: str) -> Any:
         CheckpointError: ``refusing to load <what> <file>: ...`` for a pickle that would
             build objects (run code), ``<what> <file> cannot be read`` for anything else.
     """
+    import warnings
+
     import torch
 
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol before refusing; atzoo's line says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         wanted = re.search(r"GLOBAL ([\w.]+)", str(exc))
         detail = f"it asks to build '{wanted.group(1)}'" if wanted else "it is not a torch file of plain tensors"

@@ -7,6 +7,7 @@ from atzoo.methods import at, standard  # noqa: F401  (registration side effects
 from atzoo.methods import arat, asym_trades  # noqa: F401  (registration side effects)
 from atzoo.methods import arrest, lbgat, mart, trades  # noqa: F401  (registration side effects)
 from atzoo.methods import at_awp, trades_awp  # noqa: F401  (registration side effects)
+from atzoo.methods import fgsm_rs, free_at, grad_align, n_fgsm  # noqa: F401  (registration side effects)
 from atzoo.methods.base import (
     EpochContext,
     LossOutput,

@@ -153,6 +153,9 @@ class Method(ABC):
     #: diagnostics; every other part is a classification term. A name ``p`` here also
     #: covers the parts ``p/<layer>``.
     regularizers: ClassVar[tuple[str, ...]] = ()
+    #: One attack step per batch (FGSM-based fast AT): the engine then watches for
+    #: catastrophic overfitting by default (``eval.co_check=auto``, atzoo/engine/overfit.py).
+    single_step: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, ctx: MethodContext) -> None:
         self.config = config
@@ -165,6 +168,16 @@ class Method(ABC):
         E.g. ARREST without ``method.pretrained`` returns ``(StandardModel(epochs),)``.
         """
         return ()
+
+    @property
+    def replays(self) -> int:
+        """How many optimizer steps the engine takes on each loader batch in a row (1).
+
+        Free-AT's minibatch replay (Shafahi et al. 2019): each batch is trained on ``m``
+        times before the next one, each replay one full engine step (attack, forward,
+        backward, optimizer step, hooks). An epoch then holds ``m`` times as many steps.
+        """
+        return 1
 
     @property
     def attack_route(self) -> str | None:

@@ -46,10 +46,42 @@ def _factory(module_name: str, attr: str) -> nn.Module:
     if not callable(factory):
         raise ConfigError(f"'{module_name}' has no callable '{attr}' (give package.module:factory, a function "
                           "returning the nn.Module)")
-    model = factory()
+    spec = f"{module_name}:{attr}"
+    _check_no_required_arguments(factory, spec)
+    try:
+        model = factory()
+    except (SystemExit, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        # sys:exit, or a script's factory that exits: not a model (and not a reason to exit 0).
+        raise ConfigError(f"the model factory {spec} tried to exit the program (code {exc.code!r}); give a "
+                          "function that returns an nn.Module") from None
+    except TypeError as exc:
+        raise ConfigError(f"the model factory {spec} failed when called without arguments: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{module_name}:{attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def _check_no_required_arguments(factory: object, spec: str) -> None:
+    """Refuses a factory that cannot be called without arguments (atzoo passes none).
+
+    Raises:
+        ConfigError: naming the first required parameter.
+    """
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature: calling it decides
+        return
+    required = [p.name for p in signature.parameters.values()
+                if p.default is inspect.Parameter.empty
+                and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if required:
+        raise ConfigError(f"the model factory {spec} needs the argument '{required[0]}'; atzoo calls it without "
+                          "arguments: give a function that builds the model without arguments (e.g. a wrapper "
+                          "with your settings)")
 
 
 def build_external_model(

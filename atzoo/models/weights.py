@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors import SafetensorError
+import torch
 from torch import Tensor, nn
 
 from atzoo.files.common import compare_state_dicts
@@ -81,3 +82,11 @@ def _meta_hint(file: Path) -> str:
         payload = None
     model = payload.get("model") if isinstance(payload, dict) else None
     return f" (it holds a '{brief(model, 40)}' model)" if isinstance(model, str) else ""
+
+
+def all_finite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN/inf, or None if all are finite."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None

@@ -22,6 +22,8 @@ variant rows measures something else than the methods' defaults.
 
 from __future__ import annotations
 
+import math
+
 import re
 from pathlib import Path
 from typing import Any
@@ -124,8 +126,10 @@ def lookup_ratio(profile: dict[str, Any], method: str, folder: Path | None = Non
     except KeyError:
         return None
     entry = read_record((folder or records_dir()) / name).get("methods", {}).get(method)
-    if not isinstance(entry, dict) or not isinstance(entry.get("ratio"), (int, float)):
-        return None
+    ratio = entry.get("ratio") if isinstance(entry, dict) else None
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+        return None  # a damaged record (negative, zero or NaN time) is no record
+    assert isinstance(entry, dict)
     source = (f"atzoo bench step-cost ({entry.get('basis', '?')}, {entry.get('model', '?')} batch "
               f"{entry.get('batch_size', '?')}) on {profile['device_name']}, precision {profile['precision']}")
     return float(entry["ratio"]), source

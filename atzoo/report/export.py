@@ -15,15 +15,18 @@ in front of timm's network); that of an atzoo architecture imports ``atzoo``.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from atzoo.config import read_config_file
 from atzoo.config.threat import DEFAULT_EPS, ThreatModel
-from atzoo.errors import AtzooError
+from atzoo.errors import AtzooError, brief
+from atzoo.eval.results import read_eval_json
+from atzoo.files.paths import check_path_part
 
 #: ``--format`` values.
 FORMATS: tuple[str, ...] = ("robustbench",)
@@ -88,19 +91,49 @@ clean, robust = benchmark(model, dataset="{dataset}", threat_model="{threat}", e
 
 
 def _threat_model(run_dir: Path) -> ThreatModel:
-    """The threat model the run was evaluated under (eval.json), else trained under (config.yaml)."""
-    from atzoo.config import from_yaml
-
+    """The threat model the run was evaluated under (eval.json), else trained under (config.yaml),
+    both read by the bounded readers: a damaged file is one error line naming it."""
     eval_file, config_file = run_dir / "eval.json", run_dir / "config.yaml"
-    if eval_file.is_file():
-        payload = json.loads(eval_file.read_text(encoding="utf-8"))
-        norm, eps = payload.get("norm"), payload.get("eps")
+    payload = read_eval_json(eval_file)  # the bounded reader: {} when absent, else checked types
+    if payload.get("norm") is not None and payload.get("eps") is not None:
+        norm, eps = payload["norm"], payload["eps"]
     elif config_file.is_file():
-        attack = from_yaml(config_file.read_text(encoding="utf-8"), str(config_file)).attack
+        attack = read_config_file(config_file).attack
         norm, eps = attack.norm, attack.eps
     else:
         norm, eps = "linf", DEFAULT_EPS["linf"]
-    return ThreatModel.of(norm, eps, f"threat model of {run_dir}")
+    threat = ThreatModel.of(norm, eps, f"threat model of {run_dir}")
+    if threat.eps > 1:
+        raise AtzooError(f"{run_dir}: the threat model's eps {threat.eps:g} is not in (0, 1] (images are in [0, 1])")
+    return threat
+
+
+def check_export_name(name: str) -> str:
+    """``--name``: the module name of the definition (``from NAME import get_model``), so a
+    Python identifier, which also keeps every file inside ``--out``.
+
+    Raises:
+        AtzooError: not an identifier (``../..``, ``my-model``).
+    """
+    if not isinstance(name, str) or not name.isidentifier() or len(name) > 100:
+        raise AtzooError(f"--name {brief(name)} must be a Python identifier (letters, digits, _), the module "
+                         "name of the exported definition, e.g. --name my_model")
+    return name
+
+
+def _dataset_folder(meta: dict[str, Any], run_dir: Path) -> str:
+    """The dataset's folder name under ``models/`` (RobustBench's layout), from the meta.
+
+    Raises:
+        AtzooError: the recorded name is not one plain folder name (``../..``).
+    """
+    dataset = str(meta.get("dataset") or "unknown")
+    if dataset.startswith("npz:"):  # npz:PATH: the file's stem, as RobustBench names a dataset
+        dataset = Path(dataset[4:]).stem
+    try:
+        return check_path_part(dataset, f"{run_dir / 'model_meta.json'}: 'dataset'")
+    except AtzooError as exc:
+        raise AtzooError(f"{exc}; the export would leave --out") from None
 
 
 def _timm_model(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,7 +158,11 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
     from atzoo.files.common import atomic_write_bytes, atomic_write_text
     from atzoo.eval.evaluator import load_run_model
     from atzoo.models.timm_models import portable_module
+    from atzoo.files.paths import check_inside, check_output_path
 
+    if name is not None:
+        check_export_name(name)
+    check_output_path(out, "--out", directory=True)
     run_dir = Path(run) if Path(run).is_dir() else Path(run).parent
     model, meta = load_run_model(run)
     name = name or re.sub(r"\W+", "_", run_dir.resolve().name).strip("_") or "model"
@@ -133,11 +170,13 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
         name = f"model_{name}"
     threat_model = _threat_model(run_dir)
     threat, eps = threat_model.robustbench_name, threat_model.eps
-    dataset = str(meta.get("dataset") or "unknown")
+    dataset = _dataset_folder(meta, run_dir)
     out = Path(out)
     files = {"checkpoint": out / "models" / dataset / threat / f"{name}.pt", "definition": out / f"{name}.py",
              "readme": out / f"{name}.md"}
-    existing = [str(p) for p in files.values() if p.exists()]
+    for role, file in files.items():
+        check_inside(out, file, f"the export's {role}")
+    existing = [str(p) for p in files.values() if os.path.lexists(p)]  # a link counts as existing
     if existing:
         raise AtzooError(f"{existing[0]} exists; export into another --out folder or with another --name")
     model_name = str(meta["model"])

@@ -9,7 +9,6 @@ unknown, without ``metrics.jsonl`` the training cost is.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +17,13 @@ from typing import Any
 from atzoo.files.common import flatten
 from atzoo.errors import AtzooError, brief
 from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
-from atzoo.files.safe_read import read_json_file, read_text, read_yaml_file
+from atzoo.files.safe_read import MAX_METRICS_BYTES, read_json_file, read_jsonl_file, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")
 
 #: The largest metrics.jsonl compare reads (a long run with run.log_every=1 logs ~20 MB).
-METRICS_MAX_BYTES = 256 << 20
+METRICS_MAX_BYTES = MAX_METRICS_BYTES
 
 #: Keys of a metrics.jsonl row that hold the wall-clock seconds of one training epoch,
 #: in the order they are looked up. The engine writes ``{"kind": "epoch", ...}`` rows
@@ -158,25 +157,16 @@ def read_epoch_rows(path: Path) -> list[dict[str, Any]]:
     An epoch row is a ``kind: epoch`` row with one of :data:`EPOCH_ROW_KEYS`, or a row
     without ``kind`` that has one of :data:`EPOCH_SECONDS_KEYS`; rows marked
     ``partial`` (an epoch cut short by ``run.max_steps`` or an interruption) do not
-    count. Where a
-    resumed run logged an epoch twice, the last row of that epoch wins. A truncated
-    last line (a run killed while writing) is ignored; any other bad line is an error.
+    count. Where a resumed run logged an epoch twice, the last row of that epoch wins.
+    The rows are read by :func:`atzoo.files.safe_read.read_jsonl_file`, as ``reproduce --collect``
+    reads them: a torn last line is ignored; any other bad line is an error naming it.
     """
     if not path.is_file():
         return []
     by_epoch: dict[Any, dict[str, Any]] = {}
-    lines = read_text(path, "metrics log", error=AtzooError, limit=METRICS_MAX_BYTES).splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise AtzooError(f"{path} line {number} is not valid JSON") from None
+    for number, row in enumerate(read_jsonl_file(path, "metrics log", limit=METRICS_MAX_BYTES)):
         if _epoch_seconds(row) is not None and not row.get("partial"):
-            by_epoch[row.get("epoch", number)] = row
+            by_epoch[row.get("epoch", f"row {number}")] = row
     return list(by_epoch.values())
 
 

@@ -117,19 +117,19 @@ def collect(
     return rep, written
 
 
-def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none") -> int:
+def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none", force: bool = False) -> int:
     """Writes one self-contained shell line per run to ``path`` (atomically); returns the count.
 
     Each line skips a finished run (its ``eval.json`` exists) and otherwise trains or resumes
     it, so a job array can be resubmitted after failures.
 
     Raises:
-        AtzooError: ``path`` is a folder or cannot be written.
+        AtzooError: ``path`` is a folder or cannot be written, or exists and ``force`` is False.
     """
-    from atzoo.files.paths import check_output_path
+    from atzoo.files.paths import check_new_file
 
     target = Path(path)
-    check_output_path(target, "--emit-jobs", directory=False)
+    check_new_file(target, "--emit-jobs", force=force)
     from atzoo.files.common import atomic_write_text
 
     lines = [p.command(launcher) for p in session.planned]

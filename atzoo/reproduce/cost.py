@@ -18,12 +18,12 @@ printed as such.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from atzoo.report.cards import load_cards
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, brief
 from atzoo.reproduce.runner import PlannedRun
 from atzoo.reproduce.scale import train_size
 
@@ -81,11 +81,19 @@ def load_step_cost_ratios(path: str | Path | None = None) -> dict[str, float]:
         if path is not None:
             raise ConfigError(f"--step-cost {file} not found; write one with 'atzoo bench step-cost --json FILE'")
         return {}
+    from atzoo.files.safe_read import read_json_file
+
+    payload = read_json_file(file, "--step-cost", error=ConfigError)
     try:
-        payload = json.loads(file.read_text(encoding="utf-8"))
-        return {m["method"]: float(m["ratio_to_at"]) for m in payload["methods"]}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        ratios = {str(m["method"]): m["ratio_to_at"] for m in payload["methods"]}
+    except (KeyError, TypeError, IndexError):
         raise ConfigError(f"--step-cost {file} is not the JSON of 'atzoo bench step-cost --json'") from None
+    for method, ratio in ratios.items():
+        # A negative, zero or NaN time would print negative or NaN GPU-hours as an estimate.
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+            raise ConfigError(f"--step-cost {file}: 'ratio_to_at' of {brief(method)} must be a positive finite "
+                              f"number, got {brief(ratio)}")
+    return {method: float(ratio) for method, ratio in ratios.items()}
 
 
 def flop_factor(model: str, dataset: str) -> float | None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.errors import ConfigError
+from atzoo.errors import ConfigError, brief
 
 #: The folder of the packaged manifests (shipped in the wheel as package data).
 TABLES_DIR = Path(__file__).resolve().parent / "tables"
@@ -227,8 +227,10 @@ def parse_row(values: Any, table: dict[str, Any], where: str) -> Row:
         raise ConfigError(f"{where}: unknown row key '{unknown[0]}'; valid: {', '.join(sorted(known))}")
     row_id = _require(values, "id", str, where)
     where = f"{where} row {row_id}"
-    if row_id.count("/") != 1:
-        raise ConfigError(f"{where}: 'id' must be <setting>/<key>, e.g. cifar10-resnet18/arat")
+    if row_id.count("/") != 1 or any(part in ("", ".", "..") or "\\" in part for part in row_id.split("/")):
+        # The id names the run directories <out>/<setting>/<key>: '..' would leave --out.
+        raise ConfigError(f"{where}: row id {brief(row_id)} must be <setting>/<key> of plain names "
+                          "(no '..'), e.g. cifar10-resnet18/arat")
     overrides = values.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise ConfigError(f"{where}: 'overrides' must be a list of section.key=value strings")

@@ -162,6 +162,7 @@ def plan_runs(
         ConfigError: a recipe is missing or a row's settings do not build a valid config.
     """
     from atzoo.engine.plan import plan_run
+    from atzoo.files.paths import check_inside
 
     planned = []
     recipes = {row.id: find_recipe(row.recipe) for row in rows}
@@ -173,7 +174,8 @@ def plan_runs(
             if seed not in (seeds if seeds is not None else row.seeds):
                 continue
             overrides = row_overrides(row, recipes[row.id], seed, scale, data or {})
-            run_dir = out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}"
+            run_dir = check_inside(out, out / _path_part(row.setting) / _path_part(row.key) / f"s{seed}",
+                                   f"row {row.id}: run directory")
             # The table names its run directories itself: no settings hash in run.name.
             plan = plan_run(row.method, recipe=recipes[row.id], overrides=overrides, out=run_dir, hash_name=False)
             planned.append(PlannedRun(row, seed, plan.run_dir, recipes[row.id], tuple(overrides), plan.config))
