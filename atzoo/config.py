@@ -154,6 +154,7 @@ class RunSection:
     keep_checkpoints: int = 2  # keep the last K
     max_steps: Optional[int] = None  # stop early (smoke tests, benchmarks)
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: Optional[str] = None  # tracker project (wandb project, MLflow experiment); default $WANDB_PROJECT, else the run name without -s<seed>
     evaluate: bool = True  # run the evaluator at the end and write eval.json
 
 

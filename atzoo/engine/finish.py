@@ -20,6 +20,7 @@ from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
 from atzoo.engine.identity import run_identity
 from atzoo.engine.resume import RunState
+from atzoo.engine.trackers import log_final
 
 
 class Finishing(RunState):
@@ -40,6 +41,7 @@ class Finishing(RunState):
         if self.cfg.run.evaluate:
             final["eval"] = self.evaluate(deploy, weights)
         self.metrics.write(final)
+        log_final(self.acc, self.cfg, final.get("eval", {}), self.position.global_step)
         for tracker in self.acc.trackers:
             tracker.finish()
         if self.is_main:
