@@ -156,8 +156,9 @@ def test_cli_train_standard_writes_run_dir_then_refuses_and_forces(tmp_path: Pat
     rows = read_metrics(out)
     steps = [r for r in rows if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 128 / 32 batches, log_every=1
-    # --epochs 1 rescales the 100-epoch schedule: a 0.01-epoch warm-up rounds to no warm-up step
-    assert set(steps[0]["parts"]) == {"ce_clean"} and steps[0]["lr"] == pytest.approx(0.1)
+    # --epochs 1 rescales the 100-epoch schedule: its 0.01-epoch warm-up is raised to the floor,
+    # min(100 steps, 1 epoch), here the whole 4-step run at warmup_lr (issue 26)
+    assert set(steps[0]["parts"]) == {"ce_clean"} and [r["lr"] for r in steps] == pytest.approx([0.02] * 4)
     assert all(0 <= r["train_acc"] <= 1 and r["images_per_s"] > 0 for r in steps)
     epoch = [r for r in rows if r["kind"] == "epoch"]
     assert len(epoch) == 1 and epoch[0]["seconds"] > 0 and epoch[0]["images_per_s"] > 0
@@ -429,6 +430,22 @@ def test_progress_bar_shows_loss_accuracy_lr_and_throughput() -> None:
     with Reporter(enabled=True, total_steps=4, console=Console(file=silent, force_terminal=False)) as reporter:
         reporter.advance_to(1, epoch=0, loss=1.0, acc=0.1, lr=0.1, ips=1.0)
     assert "img/s" not in silent.getvalue()  # no bar when not a terminal
+
+
+def test_progress_bar_numbers_the_epoch_as_the_epoch_lines_do() -> None:
+    """0-based epoch 6 of 60 is the line's ``epoch 7/60``; the bar must say the same (it said 6)."""
+    import io
+
+    from rich.console import Console
+
+    from atzoo.engine.progress import Reporter
+
+    buffer = io.StringIO()
+    with Reporter(enabled=True, total_steps=660, epochs=60,
+                  console=Console(file=buffer, force_terminal=True, width=200)) as reporter:
+        reporter.advance_to(77, epoch=6, loss=1.0, acc=0.5, lr=0.1, ips=10.0)
+    text = buffer.getvalue()
+    assert "epoch 7/60" in text and "epoch 6" not in text and "step" in text and "77/660" in text
 
 
 # --------------------------------------------------------------------------- issue 26: trackers

@@ -155,7 +155,8 @@ class RunState(Logging):
             from atzoo.engine.trackers import start_trackers
 
             project = start_trackers(self.acc, self.cfg, self.run_dir, fresh=point is None)
-            self._event("trackers", f"logging to {', '.join(trackers)} (project '{project}')")
+            named = f" (project '{project}')" if set(trackers) - {"tensorboard"} else ""
+            self._event("trackers", f"logging to {', '.join(trackers)}{named}")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_data(self, rng_states: list[dict[str, Any]]) -> CheckpointData:
