@@ -260,3 +260,31 @@ def test_two_processes_equal_one(trained, reference, tmp_path: Path) -> None:
                       attack_cfg=AttackConfig(eps=EPS), progress=False)
     assert records[0]["n_examples"] == single["n_examples"] == N_EX  # every attack on the same first N_EX
     assert records[0]["clean_acc"] == records[1]["clean_acc"] == pytest.approx(single["clean_acc"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- issue 26: progress inside
+
+
+def test_progress_inside_the_ensemble_names_each_attack_and_counts_the_robust(trained) -> None:
+    """``on_attack`` follows the ensemble attack by attack (the reference reports nothing
+    between attacks); the count after the last attack is the chunk's robust count, and
+    watching changes no flag."""
+    model, x, y = trained
+    args = dict(eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], chunk_size=8, seed=3)
+    events: list[tuple[int, str, int, int]] = []
+    watched = run_autoattack(model, x[:16], y[:16], on_attack=lambda *e: events.append(e), **args)
+    plain = run_autoattack(model, x[:16], y[:16], **args)
+    assert torch.equal(watched.robust_flags, plain.robust_flags)
+    for chunk in (0, 1):
+        mine = [e for e in events if e[0] == chunk]
+        robust = int(watched.robust_flags[chunk * 8:(chunk + 1) * 8].sum())
+        assert [e[1] for e in mine] == ["apgd-ce", "apgd-t"][:len(mine)] and mine, events
+        assert all(e[3] == 8 for e in mine) and [e[2] for e in mine] == sorted((e[2] for e in mine), reverse=True)
+        assert mine[-1][2] == robust
+    from atzoo.attacks.autoattack import build_adversary, watch_attacks
+
+    adversary = build_adversary(model, norm="linf", eps=EPS, version="standard", attacks=None, seed=0,
+                                device=torch.device("cpu"), num_classes=10)
+    with watch_attacks(adversary, model, lambda attack, fooled: None):
+        assert all("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
+    assert not any("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
