@@ -63,7 +63,7 @@ from atzoo.attacks.autoattack import (
 )
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
-from atzoo.common import compare_state_dicts
+from atzoo.files.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
@@ -77,7 +77,7 @@ from atzoo.eval.results import (
 )
 from atzoo.precision import autocast
 from atzoo.provenance import evaluation_provenance
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
 STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)

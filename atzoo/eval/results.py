@@ -32,7 +32,7 @@ from typing import Any
 
 from atzoo.attacks.sharding import write_json_atomic
 from atzoo.errors import AtzooError, brief
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 EVAL_FILE = "eval.json"
 #: AutoAttack this many points below PGD-20 raises ``aa_below_pgd20`` (calibration: module docstring).
