@@ -156,7 +156,7 @@ def test_warmup_scales_to_a_fraction_of_an_epoch_with_a_floor_in_steps() -> None
 ])
 def test_scaled_milestones_stay_distinct_and_ordered_and_say_what_falls_outside(
         milestones: list[int], old: int, new: int, expected: list[int], remark: str) -> None:
-    from atzoo.config import _scaling_remark, scale_milestones
+    from atzoo.config.schema import _scaling_remark, scale_milestones
 
     scaled = scale_milestones(milestones, new / old, new, old)
     assert scaled == expected and scaled == sorted(set(scaled)) and min(scaled) >= 1

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from atzoo.config import WARMUP_MIN_STEPS, OptimConfig
+from atzoo.config import OptimConfig
+from atzoo.config.schema import WARMUP_MIN_STEPS
 from atzoo.errors import ConfigError
 
 #: one-cycle constants, the defaults of :class:`torch.optim.lr_scheduler.OneCycleLR`.
