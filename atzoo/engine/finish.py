@@ -49,9 +49,10 @@ class Finishing(RunState):
 
     def write_curves(self) -> None:
         """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
-        from atzoo.report.curves import plot_curves, run_curves
+        from atzoo.report.curves import plot_curves, run_curves, run_title
 
-        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
+        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)},
+                                                                    title=run_title(self.run_dir.name, self.cfg)))
 
     def deployable_model(self) -> tuple[nn.Module, str]:
         """The exported network and which weights it holds (``swa``, ``ema``, ``best`` or ``last``)."""
