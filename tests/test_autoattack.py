@@ -288,3 +288,37 @@ def test_progress_inside_the_ensemble_names_each_attack_and_counts_the_robust(tr
     with watch_attacks(adversary, model, lambda attack, fooled: None):
         assert all("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
     assert not any("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
+
+
+def test_autoattack_bar_names_the_attack_done_the_robust_so_far_and_the_attack_running() -> None:
+    from atzoo.eval.evaluator import AutoAttackWatch
+
+    class Bars:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def set_total(self, task, total):  # noqa: ANN001
+            self.calls.append(("total", total))
+
+        def advance(self, task, amount=1):  # noqa: ANN001
+            self.calls.append(("advance",))
+
+        def set_completed(self, task, completed):  # noqa: ANN001
+            self.calls.append(("completed", completed))
+
+        def describe(self, task, text):  # noqa: ANN001
+            self.calls.append(("describe", text))
+
+    bars = Bars()
+    watch = AutoAttackWatch("AutoAttack (standard)", ["apgd-ce", "apgd-t", "fab-t", "square"], bars, task=0)
+    watch.plan([0, 1])
+    watch.attack_done(0, "apgd-ce", 20, 32)
+    watch.attack_done(0, "apgd-t", 0, 32)  # nothing left: the package skips the rest
+    watch.chunk_done(0, {"clean": [True] * 32, "robust": [False] * 32})
+    watch.attack_done(1, "apgd-ce", 5, 8)
+    assert bars.calls == [
+        ("total", 8), ("advance",), ("describe", "AutoAttack (standard) apgd-ce: 20/32 robust, running apgd-t"),
+        ("advance",), ("describe", "AutoAttack (standard) apgd-t: 0/32 robust"),
+        ("completed", 4), ("describe", "AutoAttack (standard) 0/32 robust"),
+        ("advance",), ("describe", "AutoAttack (standard) apgd-ce: 5/40 robust, running apgd-t"),
+    ]

@@ -402,8 +402,8 @@ def _autoattack(
 ) -> Any:
     title = f"AutoAttack ({cfg.aa_version})"
     task = progress.task(title, 0)
-    watch = AutoAttackWatch(title, len(aa_attacks or []) if cfg.aa_version == "custom"
-                            else len(VERSION_ATTACKS.get(cfg.aa_version, ())) or 1, progress, task)
+    order = list(aa_attacks or []) if cfg.aa_version == "custom" else list(VERSION_ATTACKS.get(cfg.aa_version, ()))
+    watch = AutoAttackWatch(title, order, progress, task)
     return run_autoattack(
         net, x, y, eps=threat.eps, norm=threat.norm, version=cfg.aa_version, attacks=aa_attacks, seed=seed,
         chunk_size=chunk_size, state_path=(out / AA_STATE_FILE) if out is not None else None, group=group,
@@ -412,13 +412,15 @@ def _autoattack(
 
 
 class AutoAttackWatch:
-    """AutoAttack's progress inside the ensemble: one bar unit per attack per chunk, and the
-    attack just finished, the images attacked and those still robust in the description
-    (``AutoAttack (standard) apgd-t: 87/125 robust of 125 images``). An attack the package
-    skips (no robust example left) is counted when its chunk finishes."""
+    """AutoAttack's progress inside the ensemble: one bar unit per attack per chunk, and in
+    the description the attack just finished, how many of the images attacked so far are
+    still robust, and the attack now running (``AutoAttack (standard) apgd-ce: 20/32 robust,
+    running apgd-t``). An attack the package skips (no robust example left) is counted when
+    its chunk finishes."""
 
-    def __init__(self, title: str, attacks: int, progress: _Progress, task: Any) -> None:
-        self.title, self.attacks, self.progress, self.task = title, attacks, progress, task
+    def __init__(self, title: str, order: list[str], progress: _Progress, task: Any) -> None:
+        self.title, self.order, self.progress, self.task = title, order, progress, task
+        self.attacks = max(len(order), 1)
         self.chunks_done = self.images_done = self.robust_done = 0
 
     def plan(self, mine: list[int]) -> None:
@@ -426,7 +428,9 @@ class AutoAttackWatch:
 
     def attack_done(self, index: int, attack: str, robust: int, examples: int) -> None:
         self.progress.advance(self.task)
-        self._describe(f"{attack}: {self.robust_done + robust}/{self.images_done + examples} robust")
+        position = self.order.index(attack) if attack in self.order else len(self.order)
+        running = f", running {self.order[position + 1]}" if position + 1 < len(self.order) and robust else ""
+        self._describe(f"{attack}: {self.robust_done + robust}/{self.images_done + examples} robust{running}")
 
     def chunk_done(self, index: int, flags: ChunkResult) -> None:
         self.chunks_done += 1
