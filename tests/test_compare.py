@@ -279,3 +279,72 @@ def test_cli_bad_path_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_format_eps() -> None:
     assert format_eps(8 / 255) == "8/255" and format_eps(0.031) == "0.031" and format_eps(0.5) == "0.5"
+
+
+# --------------------------------------------------------------------------- issue 26: pictures
+
+
+def _with_losses(run: Path, start: float, end: float) -> Path:
+    """Adds 40 step rows whose loss falls from ``start`` to ``end``."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] != "step"]
+    rows += [{"kind": "step", "epoch": 0, "step": s, "loss": end + (start - end) * (40 - s) / 39} for s in range(1, 41)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_tradeoff_axes_stay_within_0_and_100_and_point_keys_do_not_overlap(tmp_path: Path) -> None:
+    """Points at 100 % clean and 0 % robust, with seed error bars, must not stretch the axes
+    past 0-100 (seen: 94-106, and -5); keys of close points must not cover each other."""
+    root = tmp_path / "runs"
+    runs = [make_run(root, "std-s0", "standard", seed=0, clean=100.0, pgd20=0.0, autoattack=0.0, dataset="digits"),
+            make_run(root, "std-s1", "standard", seed=1, clean=98.0, pgd20=4.0, autoattack=3.0, dataset="digits"),
+            make_run(root, "at", "at", clean=99.0, pgd20=92.0, autoattack=90.5, dataset="digits"),
+            make_run(root, "trades", "trades", clean=99.05, pgd20=92.1, autoattack=90.6, dataset="digits"),
+            make_run(root, "mart", "mart", clean=99.1, pgd20=92.0, autoattack=90.5, dataset="digits")]
+    board = build_leaderboard(load_runs(runs))
+    from atzoo.report.plot import tradeoff_figure
+
+    fig = tradeoff_figure(board)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert 0 <= ax.get_xlim()[0] < ax.get_xlim()[1] <= 100 and 0 <= ax.get_ylim()[0] < ax.get_ylim()[1] <= 100
+    boxes = [t.get_window_extent() for t in ax.texts]
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [b.bounds for b in boxes]
+    title = fig.get_suptitle()
+    assert max(len(line) for line in title.splitlines()) * 0.085 <= fig.get_figwidth()  # not cut at the sides
+
+
+def test_loss_curves_are_small_multiples_each_on_its_own_scale(tmp_path: Path) -> None:
+    """AR-AT's loss (~12) and AT's (~2) on one axis flattened AT's curve: one panel each."""
+    from atzoo.report.plot import curves_figure
+
+    root = tmp_path / "runs"
+    runs = [_with_losses(make_run(root, "arat", "arat", clean=87.0, autoattack=49.0), 14.0, 11.5),
+            _with_losses(make_run(root, "at", "at", clean=82.0, autoattack=47.0), 2.3, 1.2),
+            _with_losses(make_run(root, "trades", "trades", clean=81.0, autoattack=48.0), 2.0, 1.0)]
+    fig = curves_figure(build_leaderboard(load_runs(runs)))
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert len(panels) == 3
+    by_title = {ax.get_title(loc="left").split()[-1]: ax for ax in panels}
+    assert set(by_title) == {"arat", "at", "trades"}
+    assert by_title["arat"].get_ylim()[0] > 10 and by_title["at"].get_ylim()[1] < 3  # each its own scale
+
+
+def test_run_curves_name_the_run_use_whole_epochs_and_draw_the_lr_as_steps(tmp_path: Path) -> None:
+    from atzoo.config import build_config
+    from atzoo.engine.curves import curves_plot, run_title
+
+    cfg = build_config(None, [], method={"name": "at"}, model={"name": "resnet18"}, data={"name": "cifar10"})
+    title = run_title("at-resnet18-cifar10-s0", cfg)
+    assert title == "at-resnet18-cifar10-s0 · at · resnet18 on cifar10 · L-inf eps=8/255 (PGD-7 in training)"
+    curves = {"loss": [(1, 2.0), (2, 1.5), (3, 1.2)], "lr": [(1, 0.1), (2, 0.1), (3, 0.01)],
+              "train_acc": [(1, 40.0), (2, 50.0), (3, 55.0)]}
+    fig = curves_plot({"run": curves}, title=title)
+    fig.canvas.draw()
+    assert fig.get_suptitle() == title
+    loss_ax, _, lr_ax = fig.axes
+    assert all(float(t).is_integer() for t in loss_ax.get_xticks())
+    (lr_line,) = lr_ax.lines
+    assert lr_line.get_drawstyle() == "steps-pre" and list(lr_line.get_xdata()) == [0, 1, 2, 3]

@@ -248,16 +248,23 @@ def attack_rows(payload: dict[str, Any]) -> list[str]:
     return [name for name in measured if name not in ("clean", "aa") and f"{name}_acc" in payload]
 
 
+def summary_title(payload: dict[str, Any]) -> str:
+    """``method / model / dataset`` of an atzoo run; an outside model (no training method
+    recorded) is ``model / dataset`` (never ``? / timm:resnet18``)."""
+    parts = [payload.get("method"), payload.get("model"), payload.get("dataset")]
+    return " / ".join(str(p) for p in parts if p not in (None, ""))
+
+
 def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     console = Console()
-    console.print(f"[bold]{payload.get('method') or '?'} / {payload.get('model') or '?'} / {payload['dataset']}[/] "
-                  f"({payload['norm']}, eps {payload['eps']:.4g})")
+    console.print(f"[bold]{summary_title(payload)}[/] ({payload['norm']}, eps {payload['eps']:.4g})")
     table = Table()
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")
     rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
     rows += [(f"{name.upper()} %", payload[f"{name}_acc"]) for name in attack_rows(payload)]
-    rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
+    aa_n = payload.get("aa_n_examples")
+    rows += [("AutoAttack %" + (f" (first {aa_n})" if isinstance(aa_n, int) else ""), payload.get("autoattack_acc")),
              ("invariance cos", payload.get("invariance_cos"))]
     for name, value in rows:
         table.add_row(name, _fmt(value))

@@ -42,14 +42,20 @@ def interrupted(exc: InterruptedRun, args: list[str]) -> InterruptedRun:
     """The line of a run stopped by Ctrl-C (SIGINT), with the command that continues it:
 
     ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
-    (from its newest checkpoint, or from the start when it has none yet). A run stopped
+    (from its newest checkpoint, or from the start when it has none yet). SIGTERM (a
+    scheduler's preemption) stops at a step boundary with a checkpoint and exit code 143:
+    ``atzoo: stopped by SIGTERM after step K (checkpoint written); continue the run in DIR with: ...``. A run stopped
     before its first step left nothing (``--force``: the old run is back in place):
     ``atzoo: interrupted before the run started; nothing was changed in DIR``.
     """
+    keep = {"signal_name": exc.signal_name, "exit_code": exc.exit_code, "checkpoint_step": exc.checkpoint_step}
+    what = "interrupted" if exc.signal_name == "SIGINT" else f"stopped by {exc.signal_name}"
     if not exc.resumable:
-        return InterruptedRun(f"interrupted before the run started; nothing was changed in {exc.run_dir}")
+        return InterruptedRun(f"{what} before the run started; nothing was changed in {exc.run_dir}", **keep)
+    if exc.checkpoint_step is not None:  # SIGTERM: a checkpoint of the step it stopped at
+        what += f" after step {exc.checkpoint_step} (checkpoint written)"
     command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(exc.run_dir)])
-    return InterruptedRun(f"interrupted; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True)
+    return InterruptedRun(f"{what}; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True, **keep)
 
 
 def register(app: typer.Typer) -> None:

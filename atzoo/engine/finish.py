@@ -20,6 +20,7 @@ from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
 from atzoo.engine.identity import run_identity
 from atzoo.engine.resume import RunState
+from atzoo.engine.trackers import log_final
 
 
 class Finishing(RunState):
@@ -40,6 +41,7 @@ class Finishing(RunState):
         if self.cfg.run.evaluate:
             final["eval"] = self.evaluate(deploy, weights)
         self.metrics.write(final)
+        log_final(self.acc, self.cfg, final.get("eval", {}), self.position.global_step)
         for tracker in self.acc.trackers:
             tracker.finish()
         if self.is_main:
@@ -47,9 +49,10 @@ class Finishing(RunState):
 
     def write_curves(self) -> None:
         """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
-        from atzoo.engine.curves import plot_curves, run_curves
+        from atzoo.engine.curves import plot_curves, run_curves, run_title
 
-        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
+        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)},
+                                                                    title=run_title(self.run_dir.name, self.cfg)))
 
     def deployable_model(self) -> tuple[nn.Module, str]:
         """The exported network and which weights it holds (``swa``, ``ema``, ``best`` or ``last``)."""

@@ -33,7 +33,7 @@ from atzoo.engine.checkpoint import (
     save_checkpoint,
     split_tensors,
 )
-from atzoo.engine.logs import Logging, Meter, tracker_config
+from atzoo.engine.logs import Logging, Meter
 from atzoo.engine.rng import capture_rng, restore_rng
 from atzoo.engine.rundir import RunDirClaim
 from atzoo.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -156,7 +156,11 @@ class RunState(Logging):
         if missing:
             self._event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if trackers:
-            self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
+            from atzoo.engine.trackers import start_trackers
+
+            project = start_trackers(self.acc, self.cfg, self.run_dir, fresh=point is None)
+            named = f" (project '{project}')" if set(trackers) - {"tensorboard"} else ""
+            self._event("trackers", f"logging to {', '.join(trackers)}{named}")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_data(self, rng_states: list[dict[str, Any]]) -> CheckpointData:

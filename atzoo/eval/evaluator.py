@@ -55,7 +55,12 @@ from torch import Tensor, nn
 
 from atzoo import __version__
 from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap_model
-from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
+from atzoo.attacks.autoattack import (
+    DEFAULT_CHUNK_SIZE,
+    VERSION_ATTACKS,
+    check_autoattack_args,
+    check_autoattack_classes,
+)
 from atzoo.attacks.mode import attack_mode
 from atzoo.config.threat import DEFAULT_EPS, ThreatModel  # noqa: F401  (the one threat-model type; re-exported)
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
@@ -202,6 +207,14 @@ class _Progress:
         if self._progress is not None and task is not None:
             self._progress.update(task, total=total)
 
+    def set_completed(self, task: Any, completed: int) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, completed=completed)
+
+    def describe(self, task: Any, description: str) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, description=description)
+
 
 # --------------------------------------------------------------------------- the passes
 
@@ -342,12 +355,47 @@ def _autoattack(
     net: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, threat: ThreatModel, *, group: ProcessGroup,
     progress: _Progress, seed: int, out: Path | None, aa_attacks: Sequence[str] | None, chunk_size: int,
 ) -> Any:
-    task = progress.task(f"AutoAttack ({cfg.aa_version})", 0)
+    title = f"AutoAttack ({cfg.aa_version})"
+    task = progress.task(title, 0)
+    order = list(aa_attacks or []) if cfg.aa_version == "custom" else list(VERSION_ATTACKS.get(cfg.aa_version, ()))
+    watch = AutoAttackWatch(title, order, progress, task)
     return run_autoattack(
         net, x, y, eps=threat.eps, norm=threat.norm, version=cfg.aa_version, attacks=aa_attacks, seed=seed,
         chunk_size=chunk_size, state_path=(out / AA_STATE_FILE) if out is not None else None, group=group,
-        on_plan=lambda mine: progress.set_total(task, len(mine)), on_chunk_done=lambda i, r: progress.advance(task),
+        on_plan=watch.plan, on_chunk_done=watch.chunk_done, on_attack=watch.attack_done,
     )
+
+
+class AutoAttackWatch:
+    """AutoAttack's progress inside the ensemble: one bar unit per attack per chunk, and in
+    the description the attack just finished, how many of the images attacked so far are
+    still robust, and the attack now running (``AutoAttack (standard) apgd-ce: 20/32 robust,
+    running apgd-t``). An attack the package skips (no robust example left) is counted when
+    its chunk finishes."""
+
+    def __init__(self, title: str, order: list[str], progress: _Progress, task: Any) -> None:
+        self.title, self.order, self.progress, self.task = title, order, progress, task
+        self.attacks = max(len(order), 1)
+        self.chunks_done = self.images_done = self.robust_done = 0
+
+    def plan(self, mine: list[int]) -> None:
+        self.progress.set_total(self.task, len(mine) * self.attacks)
+
+    def attack_done(self, index: int, attack: str, robust: int, examples: int) -> None:
+        self.progress.advance(self.task)
+        position = self.order.index(attack) if attack in self.order else len(self.order)
+        running = f", running {self.order[position + 1]}" if position + 1 < len(self.order) and robust else ""
+        self._describe(f"{attack}: {self.robust_done + robust}/{self.images_done + examples} robust{running}")
+
+    def chunk_done(self, index: int, flags: ChunkResult) -> None:
+        self.chunks_done += 1
+        self.images_done += len(flags["robust"])
+        self.robust_done += sum(bool(r) for r in flags["robust"])
+        self.progress.set_completed(self.task, self.chunks_done * self.attacks)
+        self._describe(f"{self.robust_done}/{self.images_done} robust")
+
+    def _describe(self, text: str) -> None:
+        self.progress.describe(self.task, f"{self.title} {text}")
 
 
 # --------------------------------------------------------------------------- evaluate

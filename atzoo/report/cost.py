@@ -37,10 +37,20 @@ def profile_key(profile: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def describe(profile: dict[str, Any]) -> str:
-    """``cpu (AMD EPYC 7B13), 1 process, 2 threads, precision no``."""
+    """``cpu (AMD EPYC 7B13), 1 process, 2 threads, precision fp32``."""
     processes = profile.get("processes")
     return (f"{profile.get('device')} ({profile.get('device_name')}), {processes} process"
-            f"{'es' if processes != 1 else ''}, {profile.get('threads')} threads, precision {profile.get('precision')}")
+            f"{'es' if processes != 1 else ''}, {profile.get('threads')} threads, precision {precision_label(profile.get('precision'))}")
+
+
+def precision_label(recorded: Any) -> str:
+    """A profile's precision as a reader names it: Accelerate's ``no`` is ``fp32``
+    (``no+attack-bf16`` -> ``fp32, attack bf16``); the recorded value itself is unchanged,
+    since profiles are compared by it."""
+    text = str(recorded) if recorded not in (None, "") else "unknown precision"
+    head, _, attack = text.partition("+attack-")
+    head = "fp32" if head == "no" else head
+    return f"{head}, attack {attack}" if attack else head
 
 
 def basis(profile: dict[str, Any]) -> tuple[str, str]:

@@ -28,8 +28,15 @@ _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;
        padding: 0 1rem; color: #1d232a; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.table-scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
 th, td { padding: .35rem .6rem; border-bottom: 1px solid #d8dee4; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; min-width: 3.5rem; }
+td.label { white-space: normal; min-width: 11rem; }
+@media (max-width: 900px) {
+  body { font-size: 13px; margin: 1rem auto; padding: 0 .5rem; }
+  th, td { padding: .3rem .35rem; }
+}
 th { background: #f3f5f7; cursor: pointer; user-select: none; position: relative; }
 th:focus { outline: 2px solid #4a90d9; }
 th[data-type="text"], td[data-type="text"] { text-align: left; }
@@ -97,6 +104,15 @@ _JS = """
   if (window.location.hash === "#selftest" && tables.length > 0) {
     var table = tables[0];
     var result = { tables: tables.length, rows: table.tBodies[0].rows.length, initial: labels(table) };
+    // Layout: the page never runs past the window; each table's box reaches its last column.
+    result.layout = { viewport: document.documentElement.clientWidth,
+      page: document.documentElement.scrollWidth,
+      tables: Array.prototype.map.call(tables, function (t) {
+        var box = t.parentNode, last = t.tHead.rows[0].cells[t.tHead.rows[0].cells.length - 1];
+        return { box_right: box.getBoundingClientRect().right, box_scroll: box.scrollWidth,
+                 table_width: t.getBoundingClientRect().width, scrolls: box.scrollWidth > box.clientWidth,
+                 overflow_x: window.getComputedStyle(box).overflowX,
+                 last_right: last.getBoundingClientRect().right - box.getBoundingClientRect().left }; }) };
     headerFor(table, "clean").click();
     result.clean_first_click = labels(table);
     result.clean_first_sort = headerFor(table, "clean").getAttribute("aria-sort");
@@ -161,8 +177,10 @@ def _table(group: Group, out_dir: Path | None = None) -> str:
     )
     rows = "\n".join(_row(e, out_dir) for e in group.entries)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in group.notes)
-    return (f"<h2>{html.escape(group.title)}</h2>\n<table class=\"leaderboard\">"
-            f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>\n{notes}")
+    # The scroll box: a table wider than the window scrolls sideways inside the page
+    # instead of running past its right edge, where the last columns were cut off.
+    return (f"<h2>{html.escape(group.title)}</h2>\n<div class=\"table-scroll\"><table class=\"leaderboard\">"
+            f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table></div>\n{notes}")
 
 
 def _figures(figures: dict[str, bytes]) -> str:
