@@ -97,3 +97,11 @@ class ThreatModel:
     def pgd_settings(self, steps: int) -> dict[str, Any]:
         return {"steps": steps, "step_size": self.step_size, "loss": "ce", "random_start": "uniform",
                 "restarts": 1, "norm": self.norm, "eps": self.eps}
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` when eps is a whole number of 255ths, else the decimal (``0.031``, ``0.5``)."""
+    scaled = eps * 255
+    if abs(scaled - round(scaled)) < 1e-4 and round(scaled) >= 1:
+        return f"{round(scaled)}/255"
+    return f"{eps:g}"

@@ -12,6 +12,7 @@ with the Agg canvas never touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def _pct(value: Any) -> Any:
 def run_title(name: str, cfg: Any) -> str:
     """``NAME · METHOD · MODEL on DATASET · L-inf eps=8/255 (PGD-10 in training)``: what
     the curves are of, on the figure itself (a shared PNG loses its folder name)."""
-    from atzoo.report.leaderboard import format_eps
+    from atzoo.config.threat import format_eps
 
     attack = cfg.attack
     norm = "L-inf" if attack.norm == "linf" else "L2"
@@ -112,7 +113,6 @@ def curves_plot(runs: dict[str, dict[str, list[tuple[int, float]]]], title: str 
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
-        from atzoo.report.plot import fit_title
 
         fig.suptitle(fit_title(title, 15, 11), fontsize=11)
     for ax in (acc_ax, loss_ax) if len(runs) > 1 else (acc_ax,):
@@ -150,3 +150,10 @@ def write_compare_curves(run_dirs: list[Path], out: str | Path) -> Path:
     target = Path(out) / "curves.png"
     atomic_write_bytes(target, plot_curves(labels))
     return target
+
+
+def fit_title(text: str, width_inches: float, fontsize: float = 10) -> str:
+    """``text`` wrapped to a figure ``width_inches`` wide (a 10 pt character is ~0.085 in),
+    so that a one-panel figure's heading is not cut at both sides."""
+    chars = max(int(width_inches / (0.0085 * fontsize)), 20)
+    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())

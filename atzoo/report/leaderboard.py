@@ -41,6 +41,7 @@ from atzoo.config.threat import EPS_TOLERANCE as THREAT_EPS_TOLERANCE, ThreatMod
 from atzoo.report.cards import Card, PaperResult, load_cards, setting_key
 from atzoo.report import cost as cost_rules
 from atzoo.report.runs import PROVENANCE_KEYS, RunRecord
+from atzoo.config.threat import format_eps  # noqa: F401  (re-exported: report.format_eps)
 
 #: Two eps values closer than this are the same threat model (floats from YAML/JSON).
 EPS_TOLERANCE = THREAT_EPS_TOLERANCE
@@ -226,14 +227,6 @@ class Leaderboard:
             return None
         return (f"Assembled from runs made on {len(self.hosts)} machines ({', '.join(self.hosts)}); "
                 "each row's provenance names its host, atzoo version and commit.")
-
-
-def format_eps(eps: float) -> str:
-    """``8/255`` when eps is a whole number of 255ths, else the decimal (``0.031``, ``0.5``)."""
-    scaled = eps * 255
-    if abs(scaled - round(scaled)) < 1e-4 and round(scaled) >= 1:
-        return f"{round(scaled)}/255"
-    return f"{eps:g}"
 
 
 # --------------------------------------------------------------------------- grouping

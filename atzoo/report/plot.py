@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from atzoo.report.leaderboard import Entry, Group, Leaderboard
+from atzoo.engine.curves import fit_title
 
 
 def pareto_front(entries: list[Entry]) -> list[Entry]:
@@ -182,13 +183,6 @@ def tradeoff_figure(board: Leaderboard, *, title: str | None = None) -> Figure:
                         "star = paper)")
     fig.suptitle(fit_title(heading, 5.8 * cols), fontsize=10)
     return fig
-
-
-def fit_title(text: str, width_inches: float, fontsize: float = 10) -> str:
-    """``text`` wrapped to a figure ``width_inches`` wide (a 10 pt character is ~0.085 in),
-    so that a one-panel figure's heading is not cut at both sides."""
-    chars = max(int(width_inches / (0.0085 * fontsize)), 20)
-    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())
 
 
 def loss_curve(run_dir: Path) -> tuple[list[float], list[float]]:
