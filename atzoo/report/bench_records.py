@@ -31,7 +31,7 @@ from typing import Any
 from atzoo.files.common import atomic_write_json
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
-from atzoo.report.cost import precision_label
+from atzoo.precision import precision_label
 from atzoo.files.safe_read import read_json_file
 
 REFERENCE = "at"

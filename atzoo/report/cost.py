@@ -25,6 +25,7 @@ from typing import Any
 
 from atzoo.provenance import PROFILE_KEYS
 from atzoo.report.runs import RunRecord
+from atzoo.precision import precision_label  # noqa: F401  (re-exported)
 
 #: ``cost_source`` of ratios between older runs that recorded wall-clock seconds only.
 LEGACY_SOURCE = ("wall-clock seconds per epoch of runs that recorded no hardware profile "
@@ -41,16 +42,6 @@ def describe(profile: dict[str, Any]) -> str:
     processes = profile.get("processes")
     return (f"{profile.get('device')} ({profile.get('device_name')}), {processes} process"
             f"{'es' if processes != 1 else ''}, {profile.get('threads')} threads, precision {precision_label(profile.get('precision'))}")
-
-
-def precision_label(recorded: Any) -> str:
-    """A profile's precision as a reader names it: Accelerate's ``no`` is ``fp32``
-    (``no+attack-bf16`` -> ``fp32, attack bf16``); the recorded value itself is unchanged,
-    since profiles are compared by it."""
-    text = str(recorded) if recorded not in (None, "") else "unknown precision"
-    head, _, attack = text.partition("+attack-")
-    head = "fp32" if head == "no" else head
-    return f"{head}, attack {attack}" if attack else head
 
 
 def basis(profile: dict[str, Any]) -> tuple[str, str]:
