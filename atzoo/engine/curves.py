@@ -12,11 +12,11 @@ with the Agg canvas never touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 import io
-import textwrap
 from pathlib import Path
 from typing import Any
 
 from atzoo.files.rundir import read_metrics
+from atzoo.files.text import fit_title
 
 #: Accuracy series (percent) drawn in the middle panel: row key -> (label, line style).
 ACCURACY_SERIES: dict[str, tuple[str, str]] = {
@@ -150,10 +150,3 @@ def write_compare_curves(run_dirs: list[Path], out: str | Path) -> Path:
     target = Path(out) / "curves.png"
     atomic_write_bytes(target, plot_curves(labels))
     return target
-
-
-def fit_title(text: str, width_inches: float, fontsize: float = 10) -> str:
-    """``text`` wrapped to a figure ``width_inches`` wide (a 10 pt character is ~0.085 in),
-    so that a one-panel figure's heading is not cut at both sides."""
-    chars = max(int(width_inches / (0.0085 * fontsize)), 20)
-    return "\n".join(textwrap.fill(line, chars) for line in text.splitlines())

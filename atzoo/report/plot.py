@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from atzoo.report.leaderboard import Entry, Group, Leaderboard
-from atzoo.engine.curves import fit_title
+from atzoo.files.text import fit_title
 
 
 def pareto_front(entries: list[Entry]) -> list[Entry]:
