@@ -85,6 +85,10 @@ class DatasetBundle:
     eval_transform: Callable[[Any], torch.Tensor] | None = field(default=None, repr=False)
     #: Files the splits were read from (registered sets): keys the fingerprint cache.
     source_files: tuple[str, ...] = field(default=(), repr=False)
+    #: The dataset's benchmark threat model: radius per norm that every method is evaluated
+    #: at by default (declared with :func:`benchmark_threat` where the dataset is
+    #: registered, or stored in an ``.npz`` file); empty when the data states none.
+    benchmark_eps: dict[str, float] = field(default_factory=dict)
 
     @property
     def in_memory(self) -> bool:
@@ -100,6 +104,27 @@ class DatasetBundle:
     def subset(self, train: int | None = None, test: int | None = None) -> "DatasetBundle":
         """A copy keeping the first ``train`` training and ``test`` test examples."""
         return replace(self, train=head(self.train, train, "train_subset"), test=head(self.test, test, "test_subset"))
+
+
+BENCHMARK_ATTR = "benchmark_eps"
+
+
+def benchmark_threat(**eps_by_norm: float) -> Callable[[Any], Any]:
+    """Declares, on a dataset builder, the threat model every method is evaluated at by
+    default on that data (``linf=8/255, l2=0.5``), whatever eps a method trained with.
+
+    Stack it under ``@DATASETS.register(...)``; :func:`atzoo.data.create_dataset` copies it
+    into the bundle and :func:`declared_benchmark` reads it by dataset name.
+    """
+    for norm, eps in eps_by_norm.items():
+        if norm not in ("linf", "l2") or not 0 < eps <= 1:
+            raise ValueError(f"benchmark threat model needs linf/l2 radii in (0, 1], got {norm}={eps}")
+
+    def mark(builder: Any) -> Any:
+        setattr(builder, BENCHMARK_ATTR, dict(eps_by_norm))
+        return builder
+
+    return mark
 
 
 def head(split: Split, n: int | None, what: str = "subset") -> Split:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from atzoo.data.bundle import DatasetBundle
+from dataclasses import replace
+from typing import Any
+
+from atzoo.data.bundle import BENCHMARK_ATTR, DatasetBundle
 from atzoo.registry import DATASETS
 
 
@@ -30,4 +33,19 @@ def create_dataset(
     """
     builder = DATASETS.get(name)
     bundle = builder(root=root, download=download)
+    if not bundle.benchmark_eps and getattr(builder, BENCHMARK_ATTR, None):
+        bundle = replace(bundle, benchmark_eps=dict(getattr(builder, BENCHMARK_ATTR)))
     return bundle.subset(train=train_subset, test=test_subset)
+
+
+def declared_benchmark(name: str | None) -> dict[str, float]:
+    """The benchmark radii (norm -> eps) the dataset ``name`` declares where it is
+    registered; {} for an unknown name, ``npz:`` data (its file states them, read when it
+    is loaded) or a dataset that declares none."""
+    if not name:
+        return {}
+    try:
+        builder: Any = DATASETS.get(name)
+    except Exception:  # noqa: BLE001 -- unknown names are reported where the data is loaded
+        return {}
+    return dict(getattr(builder, BENCHMARK_ATTR, None) or {})

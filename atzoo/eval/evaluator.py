@@ -8,12 +8,18 @@ numbers always describe the same images. (The first N, not a class-balanced samp
 CIFAR test files are not sorted by class, so their first 1000 images hold ~100 per
 class; the per-class accuracies show any imbalance.)
 
-Headline accuracies are per-example worst cases over what was run on the set: an
-example counts under PGD-N only if it is also classified correctly clean, and under
-AutoAttack only if it also survives every PGD run on it (as RobustBench reports the worst
-case over an ensemble). Hence ``autoattack_acc <= pgd20_acc <= clean_acc`` always holds;
-the accuracy of each attack alone is kept in ``accuracy_alone`` and the per-example outcomes in
-``examples`` (packed bits), from which later evaluations of the same set are merged.
+Headline accuracies (see :mod:`atzoo.eval.results`): ``clean_acc``; ``pgd20_acc`` (each
+attack alone, an example counting only if it is also classified correctly clean);
+``autoattack_acc``, standard AutoAttack alone, the number RobustBench's ``benchmark()``
+and the papers report; and ``worst_case_acc``, correct under every attack run on the set.
+The per-example outcomes are kept in ``examples`` (packed bits), from which later
+evaluations of the same weights on the same set are merged. Every payload names the
+weights it measured (``weights_fingerprint``).
+
+Threat model: the dataset's **benchmark** threat model by default (declared where the
+dataset is registered, :func:`atzoo.data.bundle.benchmark_threat`: CIFAR L-inf 8/255 and
+L2 0.5, digits 32/255), whatever eps the method trained with, so that every method on one
+dataset is measured alike; ``eval.eps`` overrides it and ``eval.threat_models`` adds more.
 
 * ``clean``: accuracy on the set (and per class).
 * ``pgd20`` (any ``pgd<N>``): PGD-N on the cross-entropy from a uniform random start,
@@ -66,6 +72,7 @@ from atzoo.eval.results import (
     EVAL_FILE,
     encode_flags,
     headline_accuracies,
+    weights_fingerprint,
     masking_flags,
     read_eval_json,
     write_eval_json,
@@ -82,8 +89,9 @@ STEP_CHECK_CHUNK = 100
 AA_STATE_FILE = "autoattack_state.json"
 _PGD_NAME = re.compile(r"^pgd(\d+)$")
 _ALIASES = {"autoattack": "aa", "pgd": "pgd20"}
-#: Default radius per norm (CIFAR): L-inf 8/255, L2 0.5 (the L2 recipes evaluate at 128/255,
-#: as the official AR-AT evaluation does, by setting ``eval.eps``).
+#: Radius per norm for data that declares no benchmark threat model (the CIFAR benchmark:
+#: L-inf 8/255, L2 0.5; the L2 recipes evaluate at 128/255, as the official AR-AT evaluation
+#: does, by setting ``eval.eps``).
 DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 _VALID = "clean, pgd<N> (e.g. pgd20), aa"
 
@@ -141,33 +149,42 @@ def pgd_steps_of(attacks: Sequence[str]) -> list[int]:
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """Norm, radius and PGD step size of an evaluation."""
+    """Norm, radius and PGD step size of an evaluation; ``source`` says where eps came from."""
 
     norm: str
     eps: float
     step_size: float
+    source: str = ""
 
     @classmethod
-    def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig) -> "ThreatModel":
-        """``cfg.norm``/``cfg.eps`` or the training attack's; step 2/255 (L-inf), eps/4 (L2).
+    def resolve(cls, cfg: EvalConfig, attack_cfg: AttackConfig, dataset: Any = None) -> "ThreatModel":
+        """``cfg.norm`` (else the training attack's) at ``cfg.eps`` (else the dataset's
+        benchmark radius for that norm); step 2/255 (L-inf), eps/4 (L2).
 
-        An evaluation norm other than the training attack's, given without ``eps``, takes
-        that norm's default radius (:data:`DEFAULT_EPS`: 8/255 L-inf, 0.5 L2), never the
-        other norm's number.
+        The training eps is never the default: a method trained at 0.031 is measured at
+        the dataset's benchmark radius like every other (TRADES at 8/255 on CIFAR).
+
+        Args:
+            dataset: the :class:`~atzoo.data.DatasetBundle` (its ``benchmark_eps``) or a
+                dataset name (what its registration declares); ``None``: no declaration.
         """
         norm = cfg.norm or attack_cfg.norm
-        if cfg.eps is not None:
-            eps = cfg.eps
-        else:
-            eps = attack_cfg.eps if norm == attack_cfg.norm else DEFAULT_EPS.get(norm, attack_cfg.eps)
         if norm not in ("linf", "l2"):
             raise ConfigError(f"eval norm must be one of linf, l2, got {norm!r}")
+        eps, source = (cfg.eps, "eval.eps") if cfg.eps is not None else benchmark_eps(dataset, norm)
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and 0 < eps <= 1):
             raise ConfigError(f"eval eps must be in (0, 1], got {eps!r}")
         step = cfg.pgd_step_size or (2 / 255 if norm == "linf" else eps / 4)
         if step <= 0:
             raise ConfigError(f"eval pgd_step_size must be > 0, got {step!r}")
-        return cls(norm, float(eps), float(step))
+        return cls(norm, float(eps), float(step), source)
+
+    @property
+    def label(self) -> str:
+        """``linf 8/255`` or ``l2 0.5``."""
+        scaled = self.eps * 255
+        eps = f"{round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-4 and round(scaled) >= 1 else f"{self.eps:g}"
+        return f"{self.norm} {eps}"
 
     def pgd_settings(self, steps: int) -> dict[str, Any]:
         return {"steps": steps, "step_size": self.step_size, "loss": "ce", "random_start": "uniform",
@@ -177,6 +194,43 @@ class ThreatModel:
         """The registered attack ``name`` with this threat model (eval mode, 20 steps where it has steps)."""
         return build_attack(name, {"eps": self.eps, "norm": self.norm, "step_size": self.step_size, "steps": 20,
                                    "random_start": "uniform", "start_std": 0.001})
+
+
+def benchmark_eps(dataset: Any, norm: str) -> tuple[float, str]:
+    """(radius, where it comes from) of the benchmark threat model of ``dataset`` for ``norm``."""
+    from atzoo.data.factory import declared_benchmark
+
+    if isinstance(dataset, str) or dataset is None:
+        name, declared = dataset, declared_benchmark(dataset)
+    else:
+        name, declared = getattr(dataset, "name", "?"), dict(getattr(dataset, "benchmark_eps", None) or {})
+    if norm in declared:
+        return float(declared[norm]), f"benchmark threat model of {name}"
+    where = f"{name} declares no {norm} benchmark" if name else "no dataset given"
+    return DEFAULT_EPS[norm], f"atzoo's default ({where}; set eval.eps)"
+
+
+def parse_threat_models(items: Sequence[str], base: ThreatModel) -> list[ThreatModel]:
+    """``eval.threat_models`` entries (``linf:0.031``, ``l2:0.5``, ``linf:8/255``) as threat
+    models other than ``base`` (PGD step as :meth:`ThreatModel.resolve` sets it)."""
+    from atzoo.config import coerce
+
+    extra: list[ThreatModel] = []
+    for item in items:
+        norm, sep, value = str(item).partition(":")
+        if not sep or norm.strip() not in ("linf", "l2"):
+            raise ConfigError(f"eval.threat_models entries are NORM:EPS with NORM linf or l2 (e.g. linf:0.031), "
+                              f"got {item!r}")
+        try:
+            eps = coerce(value.strip(), float, "eval.threat_models")
+        except ConfigError:
+            raise ConfigError(f"eval.threat_models: {value!r} is not a radius (e.g. 0.031 or 8/255)") from None
+        threat = ThreatModel.resolve(EvalConfig(norm=norm.strip(), eps=eps), AttackConfig())
+        threat = ThreatModel(threat.norm, threat.eps, threat.step_size, "eval.threat_models")
+        same = threat.norm == base.norm and math.isclose(threat.eps, base.eps, abs_tol=1e-9)
+        if not same and all(t.label != threat.label for t in extra):
+            extra.append(threat)
+    return extra
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -437,7 +491,8 @@ def evaluate(
         The payload (merged with the existing ``eval.json`` when ``out`` is given).
     """
     attacks = parse_attacks(cfg.attacks)
-    threat = ThreatModel.resolve(cfg, attack_cfg)
+    threat = ThreatModel.resolve(cfg, attack_cfg, bundle)
+    extra_threats = parse_threat_models(cfg.threat_models, threat)
     if "aa" in attacks:
         check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
         check_autoattack_classes(cfg.aa_version, aa_attacks, bundle.num_classes, bundle.name)
@@ -478,12 +533,34 @@ def evaluate(
             flags["aa"] = aa.robust_flags
     results["examples"] = {"n": n_sub, "flags": {k: encode_flags(v) for k, v in flags.items()}}
     results.update(headline_accuracies(results["examples"]))
+    results["weights_fingerprint"] = weights_fingerprint(unwrap_model(model))
     payload = _payload(results, bundle, threat, meta or {}, n_sub, cfg.precision)
+    if extra_threats:
+        payload["other_threat_models"] = {
+            t.label: _other_threat_model(model, bundle, cfg, t, attack_cfg=attack_cfg, accelerator=accelerator,
+                                         progress=progress, meta=meta, seed=seed, aa_attacks=aa_attacks,
+                                         aa_chunk_size=aa_chunk_size)
+            for t in extra_threats}
     if out_path is not None:
         if group.is_main:
             payload = write_eval_json(out_path, payload, attacks)
         payload = group.broadcast(payload)  # every process returns the merged payload
     return payload
+
+
+#: Keys of an evaluation under an extra threat model kept in ``other_threat_models``.
+_OTHER_KEYS = ("norm", "eps", "threat_model_source", "n_examples", "clean_acc", "pgd20_acc", "autoattack_acc",
+               "worst_case_acc", "aa_n_examples", "eval_set", "attacks", "flags")
+
+
+def _other_threat_model(model: nn.Module, bundle: Any, cfg: EvalConfig, threat: ThreatModel, **kwargs: Any
+                        ) -> dict[str, Any]:
+    """The headline numbers under one of ``eval.threat_models`` (same attacks, same images)."""
+    import dataclasses
+
+    other = dataclasses.replace(cfg, norm=threat.norm, eps=threat.eps, threat_models=[])
+    payload = evaluate(model, bundle, other, out=None, **kwargs)
+    return {k: payload.get(k) for k in _OTHER_KEYS} | {"threat_model_source": threat.source}
 
 
 def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
@@ -525,10 +602,12 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         "dataset": bundle.name,
         "norm": threat.norm,
         "eps": threat.eps,
+        "threat_model_source": threat.source,
         "n_examples": n_examples,
         "clean_acc": None,
         "pgd20_acc": None,
         "autoattack_acc": None,
+        "worst_case_acc": None,
         "per_class": None,
         "invariance_cos": None,
         "precision": precision,
