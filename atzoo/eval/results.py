@@ -24,7 +24,7 @@ it is also classified correctly clean, as RobustBench counts it):
 * ``worst_case_acc``: correct under every attack run on the set (the per-example minimum),
   present when more than one attack ran; at most the smallest of the above.
 
-``attack_output_acc`` keeps, per attack, the accuracy on that attack's outputs without the
+``accuracy_on_attack_outputs`` keeps, per attack, the accuracy on that attack's outputs without the
 clean condition; only the ``robust_above_clean`` flag reads it.
 
 Gradient-masking flags (Athalye et al., ICML 2018; Carlini et al., "On Evaluating
@@ -239,7 +239,7 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
     ``clean_acc``: correct clean. ``<name>_acc`` for every attack (``pgd<N>``, ``fgsm``,
     a registered attack) and ``autoattack_acc`` for AutoAttack: correct clean and under
     that attack, the attack *alone*. ``worst_case_acc`` (with two or more attacks): correct
-    clean and under every attack run on the set. ``attack_output_acc``: each attack's
+    clean and under every attack run on the set. ``accuracy_on_attack_outputs``: each attack's
     accuracy on its outputs without the clean condition (read by the masking flags).
 
     Args:
@@ -252,7 +252,7 @@ def headline_accuracies(examples: dict[str, Any]) -> dict[str, Any]:
     clean = flags["clean"]
     pct = lambda mask: 100.0 * float(mask.mean())  # noqa: E731
     attacks = sorted(k for k in flags if k != "clean")
-    out: dict[str, Any] = {"clean_acc": pct(clean), "attack_output_acc": {k: pct(flags[k]) for k in attacks}}
+    out: dict[str, Any] = {"clean_acc": pct(clean), "accuracy_on_attack_outputs": {k: pct(flags[k]) for k in attacks}}
     worst = clean.copy()
     for name in attacks:
         out["autoattack_acc" if name == "aa" else f"{name}_acc"] = pct(clean & flags[name])
@@ -335,8 +335,8 @@ def _pgd_values(p: dict[str, Any]) -> dict[str, float]:
 
 
 def _pgd_outputs(p: dict[str, Any]) -> dict[str, float]:
-    """Each PGD's accuracy on its outputs, without the clean condition (``attack_output_acc``)."""
-    raw = p.get("attack_output_acc") or p.get("accuracy_alone") or {}  # accuracy_alone: older files
+    """Each PGD's accuracy on its outputs, without the clean condition (``accuracy_on_attack_outputs``)."""
+    raw = p.get("accuracy_on_attack_outputs") or p.get("accuracy_alone") or {}  # accuracy_alone: older files
     return {f"{k}_acc": float(v) for k, v in raw.items() if _PGD_KEY.match(f"{k}_acc") and v is not None}
 
 
