@@ -11,7 +11,9 @@ every pass cost its FLOPs and nothing else.
 The count is made once per configuration: the run's own ``config.yaml`` (its method,
 attack steps, model) is built on the CPU and one training step is run on a batch of two
 random images of the run's shape (``model_meta.json``), with hooks counting the passes.
-It is deterministic (no timing is involved) and cached in ``$ATZOO_CACHE/pass_counts.json``
+The images are at most :data:`COUNT_SIZE` pixels wide (passes do not depend on the
+image size; a model that needs its own size is counted at it). The count is
+deterministic (no timing is involved) and cached in ``$ATZOO_CACHE/pass_counts.json``
 by the configuration's hash. A method that reads pretrained weights (ARREST's ``phi``)
 gets freshly initialised ones of the same architecture: the weights do not change the count.
 """
@@ -33,6 +35,8 @@ from atzoo.safe_read import read_json_file
 
 #: Images in the counting batch (BatchNorm in train mode needs two).
 COUNT_BATCH = 2
+#: Largest image side of the counting batch (a pass is a pass at any resolution).
+COUNT_SIZE = 16
 _MEMO: dict[str, float] = {}
 
 
@@ -77,10 +81,16 @@ def run_units(run: RunRecord) -> tuple[float | None, str]:
     if isinstance(cached, (int, float)) and not isinstance(cached, bool) and cached > 0:
         _MEMO[key] = float(cached)
         return float(cached), ""
+    classes, channels, size = _shape(run.path)
     try:
-        units = count_units(read_config_file(config_file), _shape(run.path))
-    except (AtzooError, ValueError, RuntimeError, TypeError) as exc:
-        return None, f"its passes could not be counted ({exc})"
+        try:
+            units = count_units(read_config_file(config_file), (classes, channels, min(size, COUNT_SIZE)))
+        except (RuntimeError, ValueError, AssertionError):
+            if size <= COUNT_SIZE:
+                raise
+            units = count_units(read_config_file(config_file), (classes, channels, size))  # a fixed-size model
+    except (AtzooError, ValueError, RuntimeError, TypeError, AssertionError) as exc:
+        return None, f"its passes could not be counted ({str(exc).splitlines()[0][:200]})"
     _MEMO[key] = units
     _write_cache(key, units)
     return units, ""
