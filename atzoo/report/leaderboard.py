@@ -100,6 +100,7 @@ class Entry:
     cost_kind: str | None = None  # "passes" | "paper" | None
     measured_vs_at: float | None = None  # a load-robust measured time ratio, same device kind
     measured_source: str | None = None  # what was timed, on which machine
+    measured_note: str | None = None  # why there is no measured ratio
     source: str = ""
     rank: int | None = None
     pareto: bool = False
@@ -155,6 +156,7 @@ class Entry:
             "step_seconds_basis": self.step_basis, "cost_vs_at": self.cost_vs_at,
             "cost_kind": self.cost_kind, "cost_source": self.cost_source, "cost_note": self.cost_note,
             "measured_vs_at": self.measured_vs_at, "measured_source": self.measured_source,
+            "measured_note": self.measured_note,
             "runs": [str(r.path) for r in self.runs], "source": self.source,
             "provenance": [{"run": str(r.path), **r.provenance} for r in self.runs],
         }
@@ -446,9 +448,11 @@ def attach_cost_ratio(entries: Sequence[Entry], *, records: Path | None = None) 
             entry.cost_vs_at, entry.cost_kind, entry.cost_source = ratio, "passes", source
         elif entry is not reference:
             entry.cost_note = f"No pass-count ratio for {entry.label}: {source}"
-        timed, timed_source, _ = cost_rules.measured_ratio(entry.runs, reference.runs)
+        timed, timed_source, reason = cost_rules.measured_ratio(entry.runs, reference.runs)
         if timed is not None:
             entry.measured_vs_at, entry.measured_source = timed, timed_source
+        elif reason:
+            entry.measured_note = f"No measured cost ratio for {entry.label}: {reason}"
 
 
 def mark_pareto(entries: Sequence[Entry]) -> None:
@@ -603,4 +607,9 @@ def cost_notes(group: Group) -> list[str]:
     for entry in group.measured:
         if entry.cost_note:
             notes.append(entry.cost_note.rstrip(".") + ".")
+    if timed:  # a measured column is shown: say why some entries have no figure in it
+        for entry in group.measured:
+            if entry.measured_vs_at is None and entry.measured_note:
+                notes.append(f"{entry.measured_note}; times from different hardware or settings, or a measure load "
+                             "can move, are not comparable, so only the pass-count ratio is shown.")
     return notes
