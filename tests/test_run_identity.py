@@ -153,7 +153,7 @@ def test_measured_ratio_on_cpu_divides_thread_time_of_one_thread_runs(tmp_path: 
     assert by["at"].step_seconds.mean == pytest.approx(8.0) and by["at"].step_basis == "thread CPU time"
     assert by["at"].seconds_per_epoch.mean == pytest.approx(10.0)  # the wall clock of the epoch, as before
     assert by["at"].measured_vs_at == pytest.approx(1.0)
-    assert by["trades"].measured_source.startswith("measured, thread CPU time")
+    assert by["trades"].measured_source.startswith("thread CPU time")
     assert any("thread CPU time per epoch" in n and "Test CPU 9000" in n for n in group.notes)
 
 
@@ -169,7 +169,7 @@ def test_measured_ratio_on_gpu_divides_wall_time(tmp_path: Path) -> None:
     gpu = {"device": "cuda", "device_name": "NVIDIA H200", "precision": "bf16"}
     _, by = _cost_board(tmp_path, [cost_row(cpu_s=9.0, wall_s=2.0, **gpu)], [cost_row(cpu_s=9.0, wall_s=3.0, **gpu)])
     assert by["trades"].measured_vs_at == pytest.approx(1.5)
-    assert by["trades"].measured_source.startswith("measured, wall time per epoch")
+    assert by["trades"].measured_source.startswith("wall time per epoch")
 
 
 def test_two_device_or_precision_settings_give_no_measured_ratio_and_say_why(tmp_path: Path, cli, capsys) -> None:

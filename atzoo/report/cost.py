@@ -127,7 +127,7 @@ def measured_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[Run
     ratio = _mean(step_seconds(entry_runs)[0]) / _mean(step_seconds(reference_runs)[0])
     machine = next((r.provenance.get("machine") for r in [*entry_runs, *reference_runs] if r.provenance.get("machine")),
                    None) or mine.get("device_name")
-    return ratio, f"measured, {basis(mine)[1]} per epoch of training steps on {machine} ({describe(mine)})", None
+    return ratio, f"{basis(mine)[1]} per epoch of training steps on {machine} ({describe(mine)})", None
 
 
 def _mean(values: Sequence[float]) -> float:

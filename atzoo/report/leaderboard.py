@@ -603,7 +603,7 @@ def cost_notes(group: Group) -> list[str]:
         if entry.measured_vs_at is not None and entry.measured_source:
             timed.setdefault(entry.measured_source, []).append(entry.label)
     for source, labels in timed.items():
-        notes.append(f"measured x AT of {', '.join(labels)}: {source}.")
+        notes.append(f"x AT (measured) of {', '.join(labels)}: {source}.")
     for entry in group.measured:
         if entry.cost_note:
             notes.append(entry.cost_note.rstrip(".") + ".")
