@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m atzoo.demo
+	$(PY) -m atzoo.commands.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -2,7 +2,7 @@
 
 Metadata lives in ``pyproject.toml``; this file only extends ``build_py`` so that the
 folders (the source of truth, kept at the top of the repository) are copied into the
-built package as ``atzoo/zoo_cards`` and ``atzoo/recipes``. ``atzoo.resources`` finds
+built package as ``atzoo/zoo_cards`` and ``atzoo/recipes``. ``atzoo.config.resources`` finds
 them there in an installed wheel and at the top level in a checkout.
 """
 

@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "list_models": "atzoo.registry",
     "list_datasets": "atzoo.registry",
     "list_attacks": "atzoo.registry",
-    "list_recipes": "atzoo.resources",
+    "list_recipes": "atzoo.config.resources",
     "build_config": "atzoo.config",
     "RunConfig": "atzoo.config",
     "pgd": "atzoo.attacks",

@@ -84,7 +84,7 @@ def list_entries(kind: str = typer.Argument(..., help="methods | models | datase
 def recipes_table() -> Table:
     """The bundled recipes: name (for ``--recipe``), method, dataset, model, threat model."""
     from atzoo.config import load_recipe
-    from atzoo.resources import list_recipes
+    from atzoo.config.resources import list_recipes
 
     table = Table(title="atzoo recipes (atzoo train METHOD --recipe NAME)")
     table.add_column("name", style="bold cyan", no_wrap=True)

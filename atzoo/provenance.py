@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import flatten
+from atzoo.files.common import flatten
 
 #: Flattened config keys that do not change what a run learns; runs that differ only in
 #: these (and in the seed) are seeds of one configuration, and share a config hash.
@@ -111,7 +111,7 @@ def config_hash(flat_config: dict[str, Any], dataset_fingerprint: str | None = N
     the same data mounted elsewhere gives the same hash.
 
     Args:
-        flat_config: ``section.key`` -> value (:func:`atzoo.common.flatten`).
+        flat_config: ``section.key`` -> value (:func:`atzoo.files.common.flatten`).
         dataset_fingerprint: :func:`atzoo.data.fingerprint.dataset_identity`'s fingerprint.
     """
     items = {k: v for k, v in flat_config.items() if k not in NON_SEMANTIC_KEYS}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atzoo.cards import card_names, load_card, load_cards, parse_card
+from atzoo.report.cards import card_names, load_card, load_cards, parse_card
 from atzoo.cli import run
 from atzoo.errors import AtzooError
 from atzoo.registry import METHODS, list_methods

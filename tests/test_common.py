@@ -1,4 +1,4 @@
-"""The ground floor (``atzoo.common``): atomic writes honour the umask; small helpers."""
+"""The ground floor (``atzoo.files.common``): atomic writes honour the umask; small helpers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from leaderboard_fixtures import standard_set
 
 from atzoo.attacks.sharding import ProcessGroup, ShardedRun
-from atzoo.common import atomic_write_bytes, compare_state_dicts, flatten, load_yaml
+from atzoo.files.common import atomic_write_bytes, compare_state_dicts, flatten, load_yaml
 from atzoo.errors import AtzooError, ConfigError
 from atzoo.report import OUTPUT_FILES, compare
 

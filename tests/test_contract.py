@@ -61,8 +61,10 @@ def test_the_import_walk_finds_an_upward_import(tmp_path: Path) -> None:
 
 
 def test_ground_floor_imports_nothing_of_atzoo_but_errors() -> None:
-    modules = {m for _, m in imported_modules(PACKAGE / "common.py") if m.startswith("atzoo")}
-    assert modules <= {"atzoo.errors", "atzoo.errors.AtzooError"}
+    """``atzoo/files/`` (atomic writes, bounded readers, path checks) imports only errors and itself."""
+    for path in sorted((PACKAGE / "files").glob("*.py")):
+        modules = {m for _, m in imported_modules(path) if m.startswith("atzoo")}
+        assert all(m.startswith(("atzoo.errors", "atzoo.files")) for m in modules), (path, modules)
 
 
 def test_engine_has_no_accelerate_state_reset_and_no_route_name() -> None:

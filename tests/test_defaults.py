@@ -11,7 +11,7 @@ from atzoo.cli import run
 from atzoo.commands.train import announce, resolve_train_config
 from atzoo.config import OptimConfig, annotated_yaml, build_config, from_yaml, resolve_config
 from atzoo.engine.schedules import lr_factor
-from atzoo.recipes import default_recipe, recipe_setting
+from atzoo.config.recipes import default_recipe, recipe_setting
 from atzoo.registry import METHODS, list_methods, load_builtins
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_swa_recipes_start_where_the_official_code_does() -> None:
 def test_recipe_lookup_reads_recipes_through_the_bounded_yaml_reader(tmp_path, monkeypatch) -> None:
     """The default-recipe lookup reads YAML as ``--recipe`` does: a file with anchors/aliases
     (which ``--recipe`` refuses) is never picked, and a billion-laughs file is skipped."""
-    from atzoo.recipes import default_recipe
+    from atzoo.config.recipes import default_recipe
 
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]

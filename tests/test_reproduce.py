@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atzoo.cards import load_cards
+from atzoo.report.cards import load_cards
 from atzoo.errors import ConfigError
 from atzoo.reproduce import load_tables, prepare, run_missing
 from atzoo.reproduce.manifest import METRICS, load_table, parse_claim, parse_table

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from atzoo.errors import ConfigError
-from atzoo.resources import find_recipe, list_recipes, resource_dir
+from atzoo.config.resources import find_recipe, list_recipes, resource_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,3 +43,24 @@ def test_cli_trains_from_a_recipe_name(capsys: pytest.CaptureFixture[str]) -> No
 
     cfg, run_dir = plan_run("arat", recipe=Path("arat_cifar10_resnet18"))
     assert (cfg.data.name, cfg.model.name, run_dir) == ("cifar10", "resnet18", Path("runs/arat-resnet18-cifar10-s0"))
+
+
+def test_atzoo_recipes_is_the_one_recipes_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$ATZOO_RECIPES`` is seen by every lookup: ``atzoo list recipes``, ``--recipe NAME`` and
+    the default recipe of ``atzoo train METHOD`` (once, the last honoured it and the others not)."""
+    from typer.testing import CliRunner
+
+    from atzoo.cli import app
+    from atzoo.commands.train import plan_run
+    from atzoo.config.recipes import default_recipe
+
+    (tmp_path / "my_digits_at.yaml").write_text(
+        "method: {name: at}\ndata: {name: digits}\nmodel: {name: small_cnn}\noptim: {lr: 0.0123}\n")
+    monkeypatch.setenv("ATZOO_RECIPES", str(tmp_path))
+    assert list_recipes() == ["my_digits_at"]
+    assert find_recipe("my_digits_at") == tmp_path / "my_digits_at.yaml"
+    assert default_recipe("at", "digits", "small_cnn") == tmp_path / "my_digits_at.yaml"
+    listed = CliRunner().invoke(app, ["list", "recipes"])
+    assert listed.exit_code == 0 and "my_digits_at" in listed.output
+    cfg, _ = plan_run("at", recipe=Path("my_digits_at"))
+    assert cfg.optim.lr == 0.0123 and cfg.data.name == "digits"

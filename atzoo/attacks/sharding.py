@@ -24,9 +24,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from atzoo.common import atomic_write_json
+from atzoo.files.common import atomic_write_json
 from atzoo.errors import AtzooError
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 STATE_FORMAT = "atzoo-chunk-state/1"
 
@@ -91,7 +91,7 @@ def assign_chunks(pending: list[int], rank: int, world_size: int) -> list[int]:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Writes JSON to ``path`` atomically (:func:`atzoo.common.atomic_write_json`), creating its folder."""
+    """Writes JSON to ``path`` atomically (:func:`atzoo.files.common.atomic_write_json`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, payload, indent=1)
 

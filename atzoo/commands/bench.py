@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from atzoo.errors import AtzooError
-from atzoo.paths import check_output_path
+from atzoo.files.paths import check_output_path
 
 bench_app = typer.Typer(
     help="Benchmarks: training step cost of every method relative to AT, PGD throughput, data loading.",

@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from atzoo.cards import Card, card_names, load_card
+from atzoo.report.cards import Card, card_names, load_card
 from atzoo.errors import AtzooError
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from atzoo.common import MAX_SEED
+from atzoo.files.common import MAX_SEED
 from atzoo.config import AttackConfig, EvalConfig, RunConfig, coerce, read_config_file
 from atzoo.errors import AtzooError, ConfigError, DataError
 from atzoo.precision import check_supported

@@ -16,7 +16,7 @@ def export_command(
     name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the run directory's name)."),
 ) -> None:
     """Export a trained model: checkpoint + model definition (inputs in [0, 1])."""
-    from atzoo.export import check_format, export_robustbench
+    from atzoo.report.export import check_format, export_robustbench
 
     check_format(fmt)
     files = export_robustbench(run, out, name)

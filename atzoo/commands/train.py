@@ -79,7 +79,7 @@ def resolve_train_config(method: str, *, recipe: Path | None = None, overrides: 
 
     Args:
         auto_recipe: without ``recipe``, start from the shipped recipe of (method,
-            dataset, model) when there is one (:func:`atzoo.recipes.default_recipe`);
+            dataset, model) when there is one (:func:`atzoo.config.recipes.default_recipe`);
             otherwise the method's paper defaults are the base.
         flags: ``model``, ``dataset``, ``epochs``, ``batch_size``, ``seed`` (``None``: not given).
     """
@@ -98,7 +98,7 @@ def shipped_recipe(method: str, model: str | None, dataset: str | None, override
     """The shipped recipe for the command's (method, dataset, model), the names taken from
     the flags or from ``data.name=``/``model.name=`` overrides (the last one wins)."""
     from atzoo.config import DataConfig, ModelConfig
-    from atzoo.recipes import default_recipe
+    from atzoo.config.recipes import default_recipe
 
     names = {"data": dataset, "model": model}
     for text in overrides:

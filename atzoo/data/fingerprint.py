@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from atzoo.common import atomic_write_json
+from atzoo.files.common import atomic_write_json
 from atzoo.data.bundle import DatasetBundle, ImageArrays, Split
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 #: Length of the hex digests kept (64 bits of SHA-256: collisions are not a concern here).
 DIGEST_CHARS = 16

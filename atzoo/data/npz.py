@@ -16,7 +16,7 @@ otherwise it is the largest label + 1. The augmentation is the CIFAR one scaled 
 image size (padding H/8, so 4 at 32 px) with flips for colour images only (grayscale
 sets are mostly characters and digits, which a mirror changes). Mean and std are
 measured on the training images. Anything else is a one-line DataError. Files are read
-with :class:`atzoo.safe_npz.NpzReader`: shapes and dtypes are checked from the headers
+with :class:`atzoo.data.safe_npz.NpzReader`: shapes and dtypes are checked from the headers
 before anything is allocated, labels above :data:`MAX_CLASSES` are refused.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 from atzoo.data.bundle import DatasetBundle, ImageArrays, channel_stats
 from atzoo.errors import DataError
 from atzoo.registry import DATASETS
-from atzoo.safe_npz import ArrayInfo, NpzReader, check_fits_in_memory
+from atzoo.data.safe_npz import ArrayInfo, NpzReader, check_fits_in_memory
 
 FULL_KEYS = ("x_train", "y_train", "x_test", "y_test")
 TRAIN_ONLY_KEYS = ("image", "label")
@@ -43,7 +43,7 @@ def npz_dataset(path: str, root: str | None = None, download: bool = True) -> Da
     """Loads ``path`` (``root`` and ``download`` are accepted for a uniform builder signature).
 
     Every dtype and shape is checked from the arrays' headers (and the memory they need
-    against the machine's) before any array is read: see :mod:`atzoo.safe_npz`.
+    against the machine's) before any array is read: see :mod:`atzoo.data.safe_npz`.
     """
     reader = NpzReader(Path(path).expanduser())
     try:

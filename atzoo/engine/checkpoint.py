@@ -37,10 +37,10 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
-from atzoo.common import TMP_PREFIX as _TMP_PREFIX
-from atzoo.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
+from atzoo.files.common import TMP_PREFIX as _TMP_PREFIX
+from atzoo.files.common import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir  # noqa: F401 (re-exported)
 from atzoo.errors import CheckpointError
-from atzoo.safe_read import read_json_file, safe_torch_load
+from atzoo.files.safe_read import read_json_file, safe_torch_load
 
 FORMAT = "atzoo-checkpoint-1"
 MANIFEST = "MANIFEST.json"

@@ -15,7 +15,7 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from atzoo import __version__, precision
-from atzoo.common import atomic_write_bytes, atomic_write_json
+from atzoo.files.common import atomic_write_bytes, atomic_write_json
 from atzoo.engine.averaging import recompute_bn_stats
 from atzoo.engine.checkpoint import plain_state_dict
 from atzoo.engine.identity import run_identity

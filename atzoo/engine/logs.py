@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from atzoo.common import flatten
+from atzoo.files.common import flatten
 from atzoo.config import RunConfig, config_to_dict
 
 

@@ -19,7 +19,7 @@ from accelerate.utils import gather_object, set_seed
 from torch import Tensor, nn
 
 from atzoo import __version__, precision
-from atzoo.common import atomic_write_text
+from atzoo.files.common import atomic_write_text
 from atzoo.config import RunConfig, config_to_dict, read_config_file, to_yaml
 from atzoo.engine.checkpoint import (
     CheckpointData,

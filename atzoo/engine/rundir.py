@@ -30,7 +30,7 @@ from typing import Any
 from atzoo.config import RunConfig
 from atzoo.engine.lock import LOCK_FILE, RunLock
 from atzoo.errors import AtzooError, ConfigError, RunDirError, brief
-from atzoo.paths import check_output_path
+from atzoo.files.paths import check_output_path
 
 #: ``config.yaml`` plus one of these marks a directory as an atzoo run: ``--force`` only
 #: deletes such directories, never an arbitrary folder given by mistake.

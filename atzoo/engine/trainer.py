@@ -39,7 +39,7 @@ from accelerate.utils import set_seed
 from torch import Tensor, nn
 
 from atzoo import precision
-from atzoo.common import MAX_SEED
+from atzoo.files.common import MAX_SEED
 from atzoo.config import RunConfig
 from atzoo.engine.accelerator import make_accelerator, per_process_batch, select_trackers
 from atzoo.engine.averaging import WeightAverage, averaging_kind

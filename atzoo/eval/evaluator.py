@@ -64,7 +64,7 @@ from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap
 from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
 from atzoo.attacks.mode import attack_mode
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
-from atzoo.common import compare_state_dicts
+from atzoo.files.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
 from atzoo.data.fingerprint import dataset_identity
 from atzoo.errors import AtzooError, CheckpointError, ConfigError, brief
@@ -79,7 +79,7 @@ from atzoo.eval.results import (
 )
 from atzoo.precision import autocast
 from atzoo.provenance import evaluation_provenance
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 #: PGD steps compared by the ``pgd_not_decreasing`` flag, and the examples it uses.
 STEP_CHECK_STEPS: tuple[int, ...] = (5, 20, 50)

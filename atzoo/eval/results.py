@@ -59,7 +59,7 @@ from typing import Any
 
 from atzoo.attacks.sharding import write_json_atomic
 from atzoo.errors import AtzooError, brief
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 EVAL_FILE = "eval.json"
 #: AutoAttack this far below PGD-20 is healthy (calibration: module docstring); the flag

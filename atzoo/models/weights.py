@@ -12,9 +12,9 @@ from pathlib import Path
 from safetensors import SafetensorError
 from torch import Tensor, nn
 
-from atzoo.common import compare_state_dicts
+from atzoo.files.common import compare_state_dicts
 from atzoo.errors import AtzooError, CheckpointError, brief
-from atzoo.safe_read import read_json_file, safe_torch_load
+from atzoo.files.safe_read import read_json_file, safe_torch_load
 
 
 def read_state_dict(path: str | Path, *, what: str) -> tuple[dict[str, Tensor], Path]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from atzoo.common import atomic_write_bytes, atomic_write_text
+from atzoo.files.common import atomic_write_bytes, atomic_write_text
 from atzoo.errors import AtzooError
-from atzoo.paths import check_output_path
+from atzoo.files.paths import check_output_path
 from atzoo.report.html import to_html
 from atzoo.report.leaderboard import Entry, Group, Leaderboard, Stat, build_leaderboard, format_eps
 from atzoo.report.render import rich_leaderboard, to_csv, to_json, to_markdown

@@ -26,10 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import atomic_write_json
+from atzoo.files.common import atomic_write_json
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 REFERENCE = "at"
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.cards import Card, PaperResult, load_cards, setting_key
+from atzoo.report.cards import Card, PaperResult, load_cards, setting_key
 from atzoo.report import cost as cost_rules
 from atzoo.report.runs import PROVENANCE_KEYS, RunRecord
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import flatten
+from atzoo.files.common import flatten
 from atzoo.errors import AtzooError, brief
 from atzoo.provenance import NON_SEMANTIC_KEYS, config_hash
-from atzoo.safe_read import read_json_file, read_text, read_yaml_file
+from atzoo.files.safe_read import read_json_file, read_text, read_yaml_file
 
 #: eval.json keys compare needs (the rest of the evaluator's keys are optional here).
 REQUIRED_EVAL_KEYS: tuple[str, ...] = ("method", "model", "dataset", "norm", "eps", "clean_acc")

@@ -50,7 +50,7 @@ def prepare(
     Raises:
         ConfigError: unknown table, row pattern or scale; a recipe that does not build.
     """
-    from atzoo.paths import check_output_path
+    from atzoo.files.paths import check_output_path
 
     loaded = load_table(table)
     preset = get_scale(scale)
@@ -126,11 +126,11 @@ def emit_jobs(session: Session, path: str | Path, *, launcher: str = "none") -> 
     Raises:
         AtzooError: ``path`` is a folder or cannot be written.
     """
-    from atzoo.paths import check_output_path
+    from atzoo.files.paths import check_output_path
 
     target = Path(path)
     check_output_path(target, "--emit-jobs", directory=False)
-    from atzoo.common import atomic_write_text
+    from atzoo.files.common import atomic_write_text
 
     lines = [p.command(launcher) for p in session.planned]
     target.parent.mkdir(parents=True, exist_ok=True)

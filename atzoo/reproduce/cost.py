@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from atzoo.cards import load_cards
+from atzoo.report.cards import load_cards
 from atzoo.errors import ConfigError
 from atzoo.reproduce.runner import PlannedRun
 from atzoo.reproduce.scale import TRAIN_SIZES

@@ -21,7 +21,7 @@ paper number, with which seeds, how far the measurement may fall from the paper
         card: {name: arat}           # the zoo card holding the same number (tested)
 
 Manifests are read with atzoo's one YAML parser (PyYAML's safe loader, bounded:
-:func:`atzoo.safe_read.read_yaml_file`) and validated here; anything malformed is a
+:func:`atzoo.files.safe_read.read_yaml_file`) and validated here; anything malformed is a
 one-line :class:`~atzoo.errors.ConfigError`.
 """
 
@@ -292,7 +292,7 @@ def _claim(values: Any, source: str) -> Claim:
 
 def load_table_file(path: str | Path) -> Table:
     """Reads and validates one manifest file."""
-    from atzoo.safe_read import read_yaml_file  # bounded read, PyYAML's safe loader
+    from atzoo.files.safe_read import read_yaml_file  # bounded read, PyYAML's safe loader
 
     path = Path(path)
     table = parse_table(read_yaml_file(path, "table manifest"), str(path))

@@ -196,7 +196,7 @@ def to_html(rep: Reproduction) -> str:
 
 def write_report(rep: Reproduction, out: str | Path) -> dict[str, Path]:
     """Writes :data:`REPORT_FILES` into ``out`` atomically; returns name -> path."""
-    from atzoo.common import atomic_write_bytes, atomic_write_text
+    from atzoo.files.common import atomic_write_bytes, atomic_write_text
 
     folder = prepare_out_dir(out)
     written: dict[str, Path] = {}

@@ -81,7 +81,7 @@ def recipe_argument(recipe: Path) -> str:
     """How a command line names ``recipe``: a bundled recipe by its name, so that the line
     runs on any machine where atzoo is installed (a wheel, another checkout path); any
     other file by its path."""
-    from atzoo.resources import recipes_dir
+    from atzoo.config.resources import recipes_dir
 
     try:
         return recipe.resolve().relative_to(recipes_dir().resolve()).with_suffix("").as_posix()
@@ -92,14 +92,14 @@ def recipe_argument(recipe: Path) -> str:
 def find_recipe(name: str) -> Path:
     """The bundled recipe ``name`` (``arat_cifar10_resnet18.yaml``, ``ablation/01_none.yaml``), absolute.
 
-    The bundled folder (:func:`atzoo.resources.recipes_dir`: the checkout's ``recipes/`` or the
+    The bundled folder (:func:`atzoo.config.resources.recipes_dir`: the checkout's ``recipes/`` or the
     installed package's copy) is looked at first, so a file of the same name in the working
     directory cannot stand in for a table's recipe.
 
     Raises:
         ConfigError: no such recipe (naming the closest one).
     """
-    from atzoo.resources import find_recipe as find_any, recipes_dir
+    from atzoo.config.resources import find_recipe as find_any, recipes_dir
 
     bundled = recipes_dir() / name
     return (bundled if bundled.is_file() else find_any(name)).resolve()
@@ -185,7 +185,7 @@ _BOOKKEEPING_PREFIXES = ("run.out", "run.name", "run.trackers", "data.root", "da
 
 
 def _flat(values: dict[str, Any]) -> dict[str, Any]:
-    from atzoo.common import flatten
+    from atzoo.files.common import flatten
 
     return flatten(values)
 
@@ -193,7 +193,7 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
 def stored_config(path: Path) -> dict[str, Any]:
     """The flattened ``config.yaml`` of a run, with keys newer than the run at their defaults."""
     from atzoo.config import config_from_dict
-    from atzoo.safe_read import read_yaml_file
+    from atzoo.files.safe_read import read_yaml_file
 
     values = read_yaml_file(path, "config") or {}
     try:

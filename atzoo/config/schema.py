@@ -28,9 +28,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from atzoo.common import load_yaml
+from atzoo.files.common import load_yaml
 from atzoo.errors import ConfigError, brief
-from atzoo.safe_read import read_yaml_file
+from atzoo.files.safe_read import read_yaml_file
 
 # --------------------------------------------------------------------------- sections
 
@@ -405,7 +405,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
     The dict is validated later by config_from_dict.
     """
-    from atzoo.resources import find_recipe
+    from atzoo.config.resources import find_recipe
 
     path = find_recipe(path)
     values = read_yaml_file(path, "recipe")

@@ -121,7 +121,7 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
             with this name (nothing is overwritten).
     """
     from atzoo import __version__
-    from atzoo.common import atomic_write_bytes, atomic_write_text
+    from atzoo.files.common import atomic_write_bytes, atomic_write_text
     from atzoo.eval.evaluator import load_run_model
     from atzoo.models.timm_models import portable_module
 

@@ -7,6 +7,8 @@ installed atzoo carries them. At run time a source checkout (or an editable inst
 whose package folder is the checkout's) reads the top-level folders, and an installed
 wheel reads its own copies.
 
+``$ATZOO_RECIPES`` names a folder that replaces the bundled recipes (:func:`recipes_dir`).
+
 Recipes are addressed by name: ``arat_cifar10_resnet18`` is ``recipes/arat_cifar10_resnet18.yaml``,
 ``ablation/05_split_bn`` is ``recipes/ablation/05_split_bn.yaml``.
 """
@@ -14,11 +16,12 @@ Recipes are addressed by name: ``arat_cifar10_resnet18`` is ``recipes/arat_cifar
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from atzoo.errors import ConfigError
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # atzoo/ (this file is atzoo/config/resources.py)
 
 
 def resource_dir(name: str) -> Path:
@@ -33,13 +36,23 @@ def resource_dir(name: str) -> Path:
     return _PACKAGE_DIR / name
 
 
+#: Environment variable naming a folder that replaces the bundled recipes everywhere.
+RECIPES_ENV = "ATZOO_RECIPES"
+
+
 def recipes_dir() -> Path:
-    """The folder of the bundled recipes."""
-    return resource_dir("recipes")
+    """The one folder of recipes: ``$ATZOO_RECIPES`` if set, else the bundled ``recipes/``.
+
+    Every recipe lookup goes through here (``atzoo list recipes``, ``--recipe NAME``, the
+    default recipe of ``atzoo train METHOD``), so a folder named by the variable is seen by
+    all of them or by none.
+    """
+    env = os.environ.get(RECIPES_ENV)
+    return Path(env) if env else resource_dir("recipes")
 
 
 def list_recipes() -> list[str]:
-    """Every bundled recipe by name (``arat_cifar10_resnet18``, ``ablation/05_split_bn``), sorted."""
+    """Every recipe of :func:`recipes_dir` by name (``arat_cifar10_resnet18``, ``ablation/05_split_bn``), sorted."""
     folder = recipes_dir()
     if not folder.is_dir():
         return []

@@ -10,7 +10,7 @@ half of one of the digits' 17 grey levels, too small to separate robust from non
 training on these images; 32/255 is about two grey levels, comparable in difficulty to
 the 0.1-0.3 used on MNIST.
 
-Run ``python -m atzoo.demo --help`` for the options.
+Run ``python -m atzoo.commands.demo --help`` for the options.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def prepare_demo_dir(out: Path) -> None:
             )
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("made by `python -m atzoo.demo`; re-running the demo replaces this folder\n")
+    (out / MARKER).write_text("made by `python -m atzoo.commands.demo`; re-running the demo replaces this folder\n")
 
 
 def run_demo(out: Path, *, epochs: int, n_ex: int, methods: tuple[str, ...] = DEMO_METHODS) -> Path:
@@ -91,7 +91,7 @@ def run_demo(out: Path, *, epochs: int, n_ex: int, methods: tuple[str, ...] = DE
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m atzoo.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m atzoo.commands.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_runs"), help="output folder (default demo_runs)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per method (default 8)")
     parser.add_argument("--n-ex", type=int, default=200, help="AutoAttack test subset (default 200)")
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m atzoo.demo``; returns the exit code."""
+    """Entry point of ``python -m atzoo.commands.demo``; returns the exit code."""
     args = parse_args(argv)
     try:
         run_demo(args.out, epochs=args.epochs, n_ex=args.n_ex)

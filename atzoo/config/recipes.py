@@ -1,6 +1,6 @@
 """The shipped recipes: which one ``atzoo train METHOD --model M --dataset D`` starts from.
 
-Recipes are the bundled ones (:func:`atzoo.resources.recipes_dir`: a checkout's
+Recipes are those of :func:`atzoo.config.resources.recipes_dir` (a checkout's
 ``recipes/``, or the copy inside an installed wheel; ``$ATZOO_RECIPES`` overrides the
 folder). The recipe of a setting is a top-level ``recipes/*.yaml`` whose ``method.name``,
 ``data.name`` and ``model.name`` are the command's; sub-folders (``ablation/``, ``l2/``)
@@ -12,22 +12,15 @@ method's default ``beta = 0``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def recipes_dir() -> Path:
-    """Where the shipped recipes live (``$ATZOO_RECIPES`` overrides the bundled folder)."""
-    from atzoo.resources import recipes_dir as bundled
-
-    env = os.environ.get("ATZOO_RECIPES")
-    return Path(env) if env else bundled()
+from atzoo.config.resources import recipes_dir
 
 
 def recipe_setting(path: Path) -> tuple[str, str, str] | None:
     """``(method, dataset, model)`` named by a recipe file, or None if it names no such triple."""
     from atzoo.errors import AtzooError
-    from atzoo.safe_read import read_yaml_file  # the one bounded YAML reader (no aliases)
+    from atzoo.files.safe_read import read_yaml_file  # the one bounded YAML reader (no aliases)
 
     try:
         values = read_yaml_file(path, "recipe") or {}

@@ -4,9 +4,9 @@ state (JSON), and torch pickles (``method.pretrained``, ``method.teacher_checkpo
 the optimizer state of a checkpoint).
 
 A file is read only up to :data:`MAX_FILE_BYTES`; YAML is parsed by
-:func:`atzoo.common.load_yaml` (no anchors or aliases, depth limit); pickles only with
+:func:`atzoo.files.common.load_yaml` (no anchors or aliases, depth limit); pickles only with
 ``torch.load(weights_only=True)``. Problems are one line naming the file, raised as the
-caller's error class. Ground floor: imports only ``atzoo.errors`` and ``atzoo.common``.
+caller's error class. Ground floor: imports only ``atzoo.errors`` and ``atzoo.files.common``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import MAX_YAML_CHARS, load_yaml
+from atzoo.files.common import MAX_YAML_CHARS, load_yaml
 from atzoo.errors import AtzooError, CheckpointError, ConfigError
 
 #: The largest YAML or JSON file atzoo reads (a recipe is ~1 KB, an eval.json a few KB).

@@ -7,7 +7,7 @@
   are meant to be read by others.
 * :func:`flatten` -- nested dicts to ``a.b`` (or ``a/b``) keys.
 * :func:`load_yaml` -- the one YAML parser: safe, no anchors/aliases, depth and size limits;
-  a problem is one ``AtzooError`` line (files are read by :mod:`atzoo.safe_read`).
+  a problem is one ``AtzooError`` line (files are read by :mod:`atzoo.files.safe_read`).
 * :func:`compare_state_dicts` -- the missing, unexpected and mis-shaped tensors of a state dict.
 * :data:`MAX_SEED` -- the largest seed (NumPy takes 32 bits).
 """

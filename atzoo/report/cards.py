@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atzoo.common import load_yaml
+from atzoo.files.common import load_yaml
 from atzoo.errors import AtzooError, brief
-from atzoo.resources import resource_dir
+from atzoo.config.resources import resource_dir
 
 #: Folder holding the cards: ``$ATZOO_CARDS``, else the checkout's ``zoo_cards/``, else the
-#: copy inside the installed package (see :mod:`atzoo.resources`).
+#: copy inside the installed package (see :mod:`atzoo.config.resources`).
 DEFAULT_CARDS_DIR = resource_dir("zoo_cards")
 
 #: Front-matter keys every card must have.
