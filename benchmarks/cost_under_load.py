@@ -2,7 +2,7 @@
 beside three busy loops.
 
 Trains the demo's methods (AT, TRADES, AR-AT on ``digits`` with the small CNN, the demo's
-configuration from :func:`atzoo.demo.demo_config`) twice: once as the machine is, once with
+configuration from :func:`atzoo.commands.demo.demo_config`) twice: once as the machine is, once with
 three ``while True: pass`` processes competing for the cores, and builds the leaderboard of
 each. One intra-op thread (``OMP_NUM_THREADS=1``), so that the runs record the load-robust
 CPU measure (the main thread's CPU time) and the leaderboard may show measured ratios.
@@ -51,7 +51,7 @@ def leaderboard_costs(folder: Path, epochs: int) -> dict[str, dict[str, float | 
     """Trains the demo's methods into ``folder`` and returns each entry's cost figures."""
     import torch
 
-    from atzoo.demo import DEMO_METHODS, demo_config
+    from atzoo.commands.demo import DEMO_METHODS, demo_config
     from atzoo.engine import train
     from atzoo.report import build_leaderboard, load_runs
 

@@ -35,7 +35,7 @@ def digit_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("digits")
 # The demo's threat model: 8/255 is below half of one of the digits' 17 grey levels, too small
-# to separate robust from non-robust training; 32/255 is about two grey levels (atzoo.demo).
+# to separate robust from non-robust training; 32/255 is about two grey levels (atzoo.commands.demo).
 @benchmark_threat(linf=32 / 255, l2=0.5)
 def digits(root: str | None = None, download: bool = True) -> DatasetBundle:
     """Handwritten digits from scikit-learn (embedded, offline): 1,437 / 360 8x8 grayscale images."""

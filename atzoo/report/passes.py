@@ -27,11 +27,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from atzoo.common import atomic_write_json
+from atzoo.files.common import atomic_write_json
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
 from atzoo.report.runs import RunRecord
-from atzoo.safe_read import read_json_file
+from atzoo.files.safe_read import read_json_file
 
 #: Images in the counting batch (BatchNorm in train mode needs two).
 COUNT_BATCH = 2
