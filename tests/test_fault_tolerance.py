@@ -61,7 +61,7 @@ TRAIN = [
 FINAL_STEP = 18
 #: Fields of state.json and metrics rows that measure time, or the log's own length
 #: (a resumed log holds extra "resume" events); everything else must match exactly.
-TIMING_KEYS = {"seconds", "images_per_s", "metrics_bytes", "message", "cpu_s", "wall_s"}
+TIMING_KEYS = {"seconds", "images_per_s", "metrics_bytes", "message", "cpu_s", "wall_s", "thread_s"}
 
 
 def step_dir(step: int) -> str:

@@ -25,13 +25,17 @@ from atzoo.errors import InterruptedRun
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
-    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images)`` (percent)
-    from eval.json's accuracies, which are all measured on one set of images."""
+    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images, linf eps 8/255)``
+    (percent) from eval.json's top level: the current weights' numbers, all measured on one
+    set of images (``previous`` holds other weights' results and is never shown)."""
+    from atzoo.report.leaderboard import format_eps
+
     names = (("clean_acc", "clean"), ("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack"))
     line = "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
                      if isinstance(eval_payload.get(key), (int, float)))
-    n = eval_payload.get("n_examples")
-    return f"{line}  (the same {n} test images)" if isinstance(n, int) and line else line
+    n, eps = eval_payload.get("n_examples"), eval_payload.get("eps")
+    threat = f", {eval_payload.get('norm')} eps {format_eps(eps)}" if isinstance(eps, (int, float)) else ""
+    return f"{line}  (the same {n} test images{threat})" if isinstance(n, int) and line else line
 
 
 def _flag_args(flags: dict[str, Any]) -> list[str]:

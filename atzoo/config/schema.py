@@ -121,7 +121,8 @@ class EvalConfig:
 
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd20", "aa"])
     norm: Optional[Literal["linf", "l2"]] = None  # None: the training attack's
-    eps: Optional[float] = None  # None: the training attack's
+    eps: Optional[float] = None  # None: the dataset's benchmark radius (CIFAR L-inf 8/255), not the training eps
+    threat_models: list[str] = field(default_factory=list)  # more, as NORM:EPS (e.g. linf:0.031), kept apart
     pgd_step_size: Optional[float] = None  # None: 2/255 for L-inf, eps/4 for L2
     n_ex: Optional[int] = 1000  # the first N test images, for every attack; None = the whole test set
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
