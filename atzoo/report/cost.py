@@ -1,6 +1,6 @@
 """The leaderboard's *measured* cost ratio: shown only where load cannot move it.
 
-The default cost column is the pass-count ratio (:mod:`atzoo.report.passes`). A measured
+The default cost column is the pass-count ratio (:mod:`atzoo.bench.run_passes`). A measured
 time ratio is added beside it only when:
 
 1. **Same device kind.** Every run of the entry and of the AT entry recorded one hardware

@@ -26,7 +26,7 @@ Rules (documented for users in ``docs/cli.md``):
   Entries without AutoAttack are listed after them, marked, and never ranked among them.
 * **Cost.** ``x AT`` is the deterministic pass-count ratio to the group's ``at`` entry
   (forward and backward passes of one training step weighted by their FLOPs, the bound
-  ``atzoo bench step-cost`` computes; :mod:`atzoo.report.passes`). A *measured* ratio is
+  ``atzoo bench step-cost`` computes; :mod:`atzoo.bench.run_passes`). A *measured* ratio is
   added only where both sides were timed on the same device kind with a load-robust
   measure (:mod:`atzoo.report.cost`), labelled with the machine.
 * **Provenance.** Every row lists the atzoo version, git commit, seeds, config hash,
@@ -422,12 +422,12 @@ def attach_cost_ratio(entries: Sequence[Entry], *, records: Path | None = None) 
     """Sets the cost columns of every measured entry against the group's plain ``at`` entry
     (one of the same model where the table holds several).
 
-    ``cost_vs_at``: the pass-count ratio (:mod:`atzoo.report.passes`), deterministic;
+    ``cost_vs_at``: the pass-count ratio (:mod:`atzoo.bench.run_passes`), deterministic;
     ``measured_vs_at``: a time ratio only where :func:`atzoo.report.cost.measured_ratio`
     finds a load-robust measure on the same device kind. ``records`` is unused (kept for
     callers of the recorded-benchmark lookup).
     """
-    from atzoo.report import passes
+    from atzoo.bench import run_passes as passes
 
     measured = [e for e in entries if e.kind == "measured"]
     for entry in measured:
