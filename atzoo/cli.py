@@ -69,10 +69,13 @@ def list_entries(kind: str = typer.Argument(..., help="methods | models | datase
     from atzoo.registry import REGISTRIES, get_registry, load_builtins
 
     if kind == "recipes":
-        console.print(recipes_table())
+        print_table(recipes_table())
         return
-    if kind not in REGISTRIES and difflib.get_close_matches(kind, ["recipes"], n=1, cutoff=0.6):
-        raise AtzooError(f"unknown list '{kind}'. Did you mean 'recipes'? Valid choices: {', '.join(REGISTRIES)}, recipes")
+    if kind not in REGISTRIES:
+        choices = [*REGISTRIES, "recipes"]
+        close = difflib.get_close_matches(kind, choices, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise AtzooError(f"unknown registry '{kind}'.{hint} Valid choices: {', '.join(choices)}")
     registry = get_registry(kind)
     load_builtins()
     table = Table(title=f"atzoo {kind}", show_lines=False)
@@ -82,7 +85,16 @@ def list_entries(kind: str = typer.Argument(..., help="methods | models | datase
         table.add_row(name, describe_entry(kind, name, obj))
     for prefix, help_text in registry.prefixes().items():
         table.add_row(f"{prefix}:...", help_text)
-    console.print(table)
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout; into a pipe or a file at its natural width, never cut to 80
+    columns (``atzoo list recipes | grep imagenette`` must see whole names)."""
+    if console.is_terminal:
+        console.print(table)
+    else:  # rich would fold or cut every column to fit 80 characters
+        Console(width=max(console.width, 1000), no_color=True).print(table, crop=False)
 
 
 def recipes_table() -> Table:

@@ -41,20 +41,27 @@ class NonFiniteLossError(AtzooError):
 
 
 class InterruptedRun(AtzooError):
-    """The user stopped a run (SIGINT / Ctrl-C).
+    """A run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption).
 
     Attributes:
         run_dir: the run directory.
         resumable: whether it holds this run (``--resume`` continues it); False when the
             run was stopped before it started and everything was undone (``--force``: the
             old run is back in place).
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        exit_code: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+            reports a process ended by that signal.
+        checkpoint_step: the step of the checkpoint written on the way out (SIGTERM stops
+            at a step boundary and writes one), else None.
     """
 
     exit_code = 130
 
-    def __init__(self, message: str, run_dir: object = None, resumable: bool = False) -> None:
+    def __init__(self, message: str, run_dir: object = None, resumable: bool = False, *,
+                 signal_name: str = "SIGINT", exit_code: int = 130, checkpoint_step: int | None = None) -> None:
         super().__init__(message)
         self.run_dir, self.resumable = run_dir, resumable
+        self.signal_name, self.exit_code, self.checkpoint_step = signal_name, exit_code, checkpoint_step
 
 
 class RunDirError(AtzooError):

@@ -118,3 +118,13 @@ def profile(run: str, attack: str = "same") -> str:
 def describe(run: str, attack: str, evaluation: str) -> str:
     """The run's first-line summary of its precisions, e.g. ``train bf16, attack bf16, eval fp32``."""
     return f"train {canonical(run)}, attack {attack_precision(attack, run)}, eval {canonical(evaluation)}"
+
+
+def precision_label(recorded: Any) -> str:
+    """A profile's precision as a reader names it: Accelerate's ``no`` is ``fp32``
+    (``no+attack-bf16`` -> ``fp32, attack bf16``); the recorded value itself is unchanged,
+    since profiles are compared by it."""
+    text = str(recorded) if recorded not in (None, "") else "unknown precision"
+    head, _, attack = text.partition("+attack-")
+    head = "fp32" if head == "no" else head
+    return f"{head}, attack {attack}" if attack else head

@@ -23,7 +23,7 @@ from atzoo.files.common import flatten
 #: Flattened config keys that do not change what a run learns; runs that differ only in
 #: these (and in the seed) are seeds of one configuration, and share a config hash.
 NON_SEMANTIC_KEYS: frozenset[str] = frozenset({
-    "run.seed", "run.name", "run.out", "run.trackers", "run.log_every", "run.checkpoint_every",
+    "run.seed", "run.name", "run.out", "run.trackers", "run.project", "run.log_every", "run.checkpoint_every",
     "run.checkpoint_every_steps", "run.keep_checkpoints", "run.evaluate", "run.deterministic",
     "data.root", "data.download", "data.num_workers", "data.eval_batch_size",
     "model.compile", "model.channels_last", "eval.batch_size", "diagnostics.every",

@@ -81,8 +81,11 @@ def standard_set(root: Path) -> list[Path]:
 
 
 def cost_row(cpu_s: float, wall_s: float, *, device: str = "cpu", device_name: str = "Test CPU 9000",
-             precision: str = "no", threads: int = 1, processes: int = 1, host: str = "box-a") -> dict[str, Any]:
-    """One epoch's ``cost`` object as ``atzoo.engine.cost.CostMeter.row`` writes it."""
-    return {"cpu_s": cpu_s, "wall_s": wall_s, "steps": 10, "mixed": False, "device": device,
+             precision: str = "no", threads: int = 1, processes: int = 1, host: str = "box-a",
+             thread_s: float | None = None) -> dict[str, Any]:
+    """One epoch's ``cost`` object as ``atzoo.engine.cost.CostMeter.row`` writes it (``thread_s``:
+    the main thread's CPU time, by default equal to ``cpu_s`` as in a one-thread run)."""
+    return {"cpu_s": cpu_s, "wall_s": wall_s, "thread_s": cpu_s if thread_s is None else thread_s, "steps": 10,
+            "mixed": False, "device": device,
             "device_name": device_name, "processes": processes, "threads": threads, "precision": precision,
             "host": host}

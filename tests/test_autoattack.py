@@ -260,3 +260,65 @@ def test_two_processes_equal_one(trained, reference, tmp_path: Path) -> None:
                       attack_cfg=AttackConfig(eps=EPS), progress=False)
     assert records[0]["n_examples"] == single["n_examples"] == N_EX  # every attack on the same first N_EX
     assert records[0]["clean_acc"] == records[1]["clean_acc"] == pytest.approx(single["clean_acc"], abs=1e-9)
+
+
+# --------------------------------------------------------------------------- issue 26: progress inside
+
+
+def test_progress_inside_the_ensemble_names_each_attack_and_counts_the_robust(trained) -> None:
+    """``on_attack`` follows the ensemble attack by attack (the reference reports nothing
+    between attacks); the count after the last attack is the chunk's robust count, and
+    watching changes no flag."""
+    model, x, y = trained
+    args = dict(eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], chunk_size=8, seed=3)
+    events: list[tuple[int, str, int, int]] = []
+    watched = run_autoattack(model, x[:16], y[:16], on_attack=lambda *e: events.append(e), **args)
+    plain = run_autoattack(model, x[:16], y[:16], **args)
+    assert torch.equal(watched.robust_flags, plain.robust_flags)
+    for chunk in (0, 1):
+        mine = [e for e in events if e[0] == chunk]
+        robust = int(watched.robust_flags[chunk * 8:(chunk + 1) * 8].sum())
+        assert [e[1] for e in mine] == ["apgd-ce", "apgd-t"][:len(mine)] and mine, events
+        assert all(e[3] == 8 for e in mine) and [e[2] for e in mine] == sorted((e[2] for e in mine), reverse=True)
+        assert mine[-1][2] == robust
+    from atzoo.attacks.autoattack import build_adversary, watch_attacks
+
+    adversary = build_adversary(model, norm="linf", eps=EPS, version="standard", attacks=None, seed=0,
+                                device=torch.device("cpu"), num_classes=10)
+    with watch_attacks(adversary, model, lambda attack, fooled: None):
+        assert all("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
+    assert not any("perturb" in vars(getattr(adversary, a)) for a in ("apgd", "apgd_targeted", "fab", "square"))
+
+
+def test_autoattack_bar_names_the_attack_done_the_robust_so_far_and_the_attack_running() -> None:
+    from atzoo.eval.evaluator import AutoAttackWatch
+
+    class Bars:
+        def __init__(self) -> None:
+            self.calls: list[tuple] = []
+
+        def set_total(self, task, total):  # noqa: ANN001
+            self.calls.append(("total", total))
+
+        def advance(self, task, amount=1):  # noqa: ANN001
+            self.calls.append(("advance",))
+
+        def set_completed(self, task, completed):  # noqa: ANN001
+            self.calls.append(("completed", completed))
+
+        def describe(self, task, text):  # noqa: ANN001
+            self.calls.append(("describe", text))
+
+    bars = Bars()
+    watch = AutoAttackWatch("AutoAttack (standard)", ["apgd-ce", "apgd-t", "fab-t", "square"], bars, task=0)
+    watch.plan([0, 1])
+    watch.attack_done(0, "apgd-ce", 20, 32)
+    watch.attack_done(0, "apgd-t", 0, 32)  # nothing left: the package skips the rest
+    watch.chunk_done(0, {"clean": [True] * 32, "robust": [False] * 32})
+    watch.attack_done(1, "apgd-ce", 5, 8)
+    assert bars.calls == [
+        ("total", 8), ("advance",), ("describe", "AutoAttack (standard) apgd-ce: 20/32 robust, running apgd-t"),
+        ("advance",), ("describe", "AutoAttack (standard) apgd-t: 0/32 robust"),
+        ("completed", 4), ("describe", "AutoAttack (standard) 0/32 robust"),
+        ("advance",), ("describe", "AutoAttack (standard) apgd-ce: 5/40 robust, running apgd-t"),
+    ]

@@ -1,4 +1,5 @@
-"""``atzoo compare``: grouping by threat model, seeds as mean ± std, ranking, cost, outputs."""
+"""``atzoo compare``: grouping by test set and threat model, seeds by run identity, ranking on
+AutoAttack alone, the pass-count cost, outputs."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_different_eps_lands_in_a_separate_table_with_the_reason(tmp_path: Path)
     assert "threat models" in board.separation_note
 
 
-def test_norm_dataset_and_model_also_separate(tmp_path: Path) -> None:
+def test_norm_and_test_set_separate_but_the_model_does_not(tmp_path: Path) -> None:
     runs = [
         make_run(tmp_path, "a", "at"),
         make_run(tmp_path, "b", "at", norm="l2", eps=0.5),
@@ -55,40 +56,53 @@ def test_norm_dataset_and_model_also_separate(tmp_path: Path) -> None:
         make_run(tmp_path, "d", "at", model="wrn34_10"),
     ]
     board = build_leaderboard(load_runs(runs))
-    assert len(board.groups) == 4
+    assert len(board.groups) == 3
     note = board.separation_note
-    assert "dataset (cifar10, cifar100)" in note and "model (resnet18, wrn34_10)" in note and "norm (l2, linf)" in note
+    assert "test set (cifar10, cifar100)" in note and "norm (l2, linf)" in note and "model (" not in note
+    shared = board.groups[0]
+    assert [e.label for e in shared.entries] == ["at (resnet18)", "at (wrn34_10)"] and shared.model == ""
+    assert len({g.title for g in board.groups}) == len(board.groups)
 
 
-def test_ranking_by_clean_plus_autoattack_with_pgd_fallback_labelled(tmp_path: Path) -> None:
+def test_ranking_on_autoattack_and_entries_without_it_listed_after_marked(tmp_path: Path) -> None:
     board, _ = compare(standard_set(tmp_path / "runs"), out=None)
     group = _group(board, "8/255")
-    # arat: 87 + PGD 53 = 140 (fallback); trades: 81 + 48.5 = 129.5; at: 83.5 + 42.5 = 126
-    assert [(e.rank, e.label) for e in group.entries] == [(1, "arat"), (2, "trades"), (3, "at")]
+    # trades: 81 + 48.5 = 129.5; at: 83.5 + 42.5 = 126; arat has PGD-20 only (87 + 53 = 140 would
+    # have ranked first on PGD-20): listed after the ranked entries, without a rank
+    assert [(e.rank, e.label) for e in group.entries] == [(1, "trades"), (2, "at"), (None, "arat")]
     arat = _entry(group, "arat")
-    assert arat.robust_metric == "pgd20" and arat.score == pytest.approx(140.0)
+    assert arat.robust_metric is None and arat.score is None and not arat.ranked
+    assert arat.unranked_reason == "no AutoAttack"
     assert _entry(group, "trades").robust_metric == "autoattack"
-    assert any("PGD-20" in n and "arat" in n for n in group.notes)
+    assert any("Not ranked" in n and "arat (no AutoAttack)" in n for n in group.notes)
     md = (compare(standard_set(tmp_path / "again"), out=tmp_path / "lb")[1]["leaderboard.md"]).read_text()
-    assert "| 1 | arat | 1 | 87.00 | 53.00 | - | PGD-20* |" in md
+    assert "| † | arat † | 1 | 87.00 | 53.00 | - | - |" in md
 
 
 def test_autoattack_missing_for_one_seed_falls_back_to_pgd(tmp_path: Path) -> None:
     runs = [make_run(tmp_path, "s0", "at", seed=0, autoattack=40.0), make_run(tmp_path, "s1", "at", seed=1, autoattack=None)]
     entry = build_leaderboard(load_runs(runs)).groups[0].entries[0]
     assert entry.seeds == 2 and entry.autoattack.n == 1
-    assert entry.robust_metric == "pgd20"
+    assert entry.robust_metric is None and entry.rank is None
+    assert entry.unranked_reason == "AutoAttack for 1 of 2 seeds"
 
 
 def test_cost_per_epoch_and_relative_to_at(tmp_path: Path) -> None:
     board, _ = compare(standard_set(tmp_path / "runs"), out=None)
     group = _group(board, "8/255")
+    # the pass-count ratio, in forward-pass units F (attack backward F, training backward 2F):
+    # AT with its paper's PGD-7: 7 x (F + F) + (F + 2F) = 17F; TRADES: a clean forward for the
+    # KL target, PGD-10 (20F), then clean and adversarial forwards (2F) and their backward (4F) = 27F;
+    # AR-AT: PGD-10 (20F) + one forward of cat(x', x) (2F) + its backward (4F) = 26F
     assert _entry(group, "at").cost_vs_at == pytest.approx(1.0)
-    assert _entry(group, "trades").cost_vs_at == pytest.approx(16.5 / 11.0)
-    assert _entry(group, "arat").cost_vs_at == pytest.approx(12.5 / 11.0)
-    # no AT in the eps=0.031 group: seconds shown, ratio absent
+    assert _entry(group, "trades").cost_vs_at == pytest.approx(27 / 17)
+    assert _entry(group, "arat").cost_vs_at == pytest.approx(26 / 17)
+    assert _entry(group, "trades").cost_kind == "passes" and _entry(group, "trades").measured_vs_at is None
+    assert any("pass-count ratio" in n for n in group.notes)
+    # no AT in the eps=0.031 group: seconds shown, ratio absent, and why
     mart = _entry(_group(board, "0.031"), "mart")
     assert mart.seconds_per_epoch.mean == pytest.approx(10.0) and mart.cost_vs_at is None
+    assert "no plain AT run" in mart.cost_note
 
 
 def test_missing_metrics_log_means_missing_cost_not_an_error(tmp_path: Path) -> None:
@@ -139,8 +153,50 @@ def test_same_method_different_configs_are_separate_labelled_entries(tmp_path: P
 def test_run_without_config_is_not_mixed_with_configured_seeds(tmp_path: Path) -> None:
     runs = [make_run(tmp_path, "a", "at", seed=0), make_run(tmp_path, "b", "at", seed=1)]
     (runs[1] / "config.yaml").unlink()
-    labels = sorted(e.label for e in build_leaderboard(load_runs(runs)).groups[0].entries)
-    assert labels == ["at", "at [no config.yaml]"]
+    group = build_leaderboard(load_runs(runs)).groups[0]
+    assert sorted(e.label for e in group.entries) == ["at", "at [weights unrecorded]"]
+    assert any(n.startswith("Could not place") and str(runs[1]) in n for n in group.notes)
+
+
+def _weights(run: Path, fingerprint: str) -> Path:
+    payload = json.loads((run / "eval.json").read_text())
+    (run / "eval.json").write_text(json.dumps({**payload, "weights_fingerprint": fingerprint}))
+    return run
+
+
+def test_seeds_are_counted_by_run_identity(tmp_path: Path) -> None:
+    """Same weights twice count once; one configuration and seed with two weights are not seeds."""
+    copies = [_weights(make_run(tmp_path, n, "at", seed=0, clean=c), "w-same") for n, c in (("a", 80.0), ("b", 80.0))]
+    entry = build_leaderboard(load_runs(copies)).groups[0].entries[0]
+    assert entry.seeds == 1
+    clash = [_weights(make_run(tmp_path, n, "at", seed=0, clean=c), w) for n, c, w in
+             (("c", 80.0, "w1"), ("d", 30.0, "w2"))]
+    group = build_leaderboard(load_runs(clash)).groups[0]
+    assert sorted(e.label for e in group.entries) == ["at [seed 0, weights w1]", "at [seed 0, weights w2]"]
+    assert all(e.seeds == 1 for e in group.entries)
+    assert any("share configuration and seed 0 but hold different weights" in n for n in group.notes)
+
+
+def test_a_validation_split_changes_the_training_data_not_the_table(tmp_path: Path) -> None:
+    test = {"n": 360, "digest": "t" * 16}
+    runs = [make_run(tmp_path, "plain", "at", identity={"name": "digits", "fingerprint": "f1", "test": test,
+                                                         "train": {"n": 1437, "digest": "a" * 16}}),
+            make_run(tmp_path, "val", "at", overrides=["eval.val_every=1"],
+                     identity={"name": "digits", "fingerprint": "f2", "test": test,
+                               "train": {"n": 1293, "digest": "b" * 16}})]
+    board = build_leaderboard(load_runs(runs))
+    assert len(board.groups) == 1 and [e.rank for e in board.groups[0].entries] == [1, 2]
+    assert any("2 different training sets" in n for n in board.groups[0].notes)
+    assert {r["provenance"][0]["train_data"] for r in board.to_dict()["groups"][0]["rows"]} == {"a" * 16, "b" * 16}
+
+
+def test_two_test_sets_with_one_name_get_headings_that_say_what_differs(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, n, "at", identity={"name": "npz:c.npz", "fingerprint": n * 8,
+                                                   "test": {"n": 10, "digest": n * 16}, "train": {"n": 9, "digest": "x"}})
+            for n in ("a", "b")]
+    board = build_leaderboard(load_runs(runs))
+    titles = [g.title for g in board.groups]
+    assert len(titles) == 2 and len(set(titles)) == 2 and all("test set" in t for t in titles)
 
 
 def test_pareto_front(tmp_path: Path) -> None:
@@ -160,7 +216,7 @@ def test_paper_rows_only_for_matching_setting_and_threat_model(tmp_path: Path) -
         make_run(tmp_path / "runs", "at-small", "at", model="small_cnn", clean=55.0),
     ]
     board, _ = compare(runs, out=None, paper=True)
-    main = next(g for g in board.groups if (g.dataset, g.model, g.eps_label) == ("cifar10", "resnet18", "8/255"))
+    main = next(g for g in board.groups if (g.dataset, g.eps_label) == ("cifar10", "8/255"))
     paper = {e.label: e for e in main.paper}
     assert set(paper) == {"AT (paper)", "TRADES (paper)", "AR-AT (paper)"}  # only methods that were run
     assert (paper["AT (paper)"].clean.mean, paper["AT (paper)"].autoattack.mean) == (83.77, 42.42)
@@ -168,7 +224,8 @@ def test_paper_rows_only_for_matching_setting_and_threat_model(tmp_path: Path) -
     assert all(e.rank is None for e in main.paper) and main.entries[-1].kind == "paper"
     c100 = next(g for g in board.groups if g.dataset == "cifar100")
     assert [e.label for e in c100.paper] == ["AT (paper)"] and c100.paper[0].clean.mean == 55.82
-    assert not next(g for g in board.groups if g.model == "small_cnn").paper  # no paper setting
+    # small_cnn shares the table (same test set and threat model) but has no paper setting
+    assert "at (small_cnn)" in [e.label for e in main.measured] and len(main.paper) == 3
     assert not _group(board, "0.031").paper  # MART at eps 0.031: not the paper's threat model
 
 
@@ -186,7 +243,7 @@ def test_paper_variant_rows_need_their_condition(tmp_path: Path) -> None:
     row = next(e for e in rows if "ablation" in e.label)
     assert row.label == "ablation: stop-grad (paper)"
     assert (row.clean.mean, row.pgd20.mean, row.autoattack) == (82.47, 48.57, None)
-    assert row.robust_metric == "pgd20"
+    assert row.robust_metric is None and row.rank is None
 
 
 def test_writes_all_outputs_and_they_agree(tmp_path: Path) -> None:
@@ -279,3 +336,72 @@ def test_cli_bad_path_exit_2_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_format_eps() -> None:
     assert format_eps(8 / 255) == "8/255" and format_eps(0.031) == "0.031" and format_eps(0.5) == "0.5"
+
+
+# --------------------------------------------------------------------------- issue 26: pictures
+
+
+def _with_losses(run: Path, start: float, end: float) -> Path:
+    """Adds 40 step rows whose loss falls from ``start`` to ``end``."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] != "step"]
+    rows += [{"kind": "step", "epoch": 0, "step": s, "loss": end + (start - end) * (40 - s) / 39} for s in range(1, 41)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+def test_tradeoff_axes_stay_within_0_and_100_and_point_keys_do_not_overlap(tmp_path: Path) -> None:
+    """Points at 100 % clean and 0 % robust, with seed error bars, must not stretch the axes
+    past 0-100 (seen: 94-106, and -5); keys of close points must not cover each other."""
+    root = tmp_path / "runs"
+    runs = [make_run(root, "std-s0", "standard", seed=0, clean=100.0, pgd20=0.0, autoattack=0.0, dataset="digits"),
+            make_run(root, "std-s1", "standard", seed=1, clean=98.0, pgd20=4.0, autoattack=3.0, dataset="digits"),
+            make_run(root, "at", "at", clean=99.0, pgd20=92.0, autoattack=90.5, dataset="digits"),
+            make_run(root, "trades", "trades", clean=99.05, pgd20=92.1, autoattack=90.6, dataset="digits"),
+            make_run(root, "mart", "mart", clean=99.1, pgd20=92.0, autoattack=90.5, dataset="digits")]
+    board = build_leaderboard(load_runs(runs))
+    from atzoo.report.plot import tradeoff_figure
+
+    fig = tradeoff_figure(board)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert 0 <= ax.get_xlim()[0] < ax.get_xlim()[1] <= 100 and 0 <= ax.get_ylim()[0] < ax.get_ylim()[1] <= 100
+    boxes = [t.get_window_extent() for t in ax.texts]
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [b.bounds for b in boxes]
+    title = fig.get_suptitle()
+    assert max(len(line) for line in title.splitlines()) * 0.085 <= fig.get_figwidth()  # not cut at the sides
+
+
+def test_loss_curves_are_small_multiples_each_on_its_own_scale(tmp_path: Path) -> None:
+    """AR-AT's loss (~12) and AT's (~2) on one axis flattened AT's curve: one panel each."""
+    from atzoo.report.plot import curves_figure
+
+    root = tmp_path / "runs"
+    runs = [_with_losses(make_run(root, "arat", "arat", clean=87.0, autoattack=49.0), 14.0, 11.5),
+            _with_losses(make_run(root, "at", "at", clean=82.0, autoattack=47.0), 2.3, 1.2),
+            _with_losses(make_run(root, "trades", "trades", clean=81.0, autoattack=48.0), 2.0, 1.0)]
+    fig = curves_figure(build_leaderboard(load_runs(runs)))
+    panels = [ax for ax in fig.axes if ax.lines]
+    assert len(panels) == 3
+    by_title = {ax.get_title(loc="left").split()[-1]: ax for ax in panels}
+    assert set(by_title) == {"arat", "at", "trades"}
+    assert by_title["arat"].get_ylim()[0] > 10 and by_title["at"].get_ylim()[1] < 3  # each its own scale
+
+
+def test_run_curves_name_the_run_use_whole_epochs_and_draw_the_lr_as_steps(tmp_path: Path) -> None:
+    from atzoo.config import build_config
+    from atzoo.engine.curves import curves_plot, run_title
+
+    cfg = build_config(None, [], method={"name": "at"}, model={"name": "resnet18"}, data={"name": "cifar10"})
+    title = run_title("at-resnet18-cifar10-s0", cfg)
+    assert title == "at-resnet18-cifar10-s0 · at · resnet18 on cifar10 · L-inf eps=8/255 (PGD-7 in training)"
+    curves = {"loss": [(1, 2.0), (2, 1.5), (3, 1.2)], "lr": [(1, 0.1), (2, 0.1), (3, 0.01)],
+              "train_acc": [(1, 40.0), (2, 50.0), (3, 55.0)]}
+    fig = curves_plot({"run": curves}, title=title)
+    fig.canvas.draw()
+    assert fig.get_suptitle() == title
+    loss_ax, _, lr_ax = fig.axes
+    assert all(float(t).is_integer() for t in loss_ax.get_xticks())
+    (lr_line,) = lr_ax.lines
+    assert lr_line.get_drawstyle() == "steps-pre" and list(lr_line.get_xdata()) == [0, 1, 2, 3]

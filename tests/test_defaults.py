@@ -3,6 +3,8 @@ model), else the method's own paper defaults; ``--print-config``; schedules that
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,8 @@ def test_announce_names_the_recipe_or_the_paper_defaults() -> None:
                     explicit=False)
     assert err[0].startswith("using the shipped recipe ") and "trades_cifar10_resnet18.yaml" in err[0]
     assert err[1] == "no shipped recipe for mart on digits with small_cnn; using mart's paper defaults"
-    assert err[2].startswith("optim.epochs 90 -> 30: scaled in proportion optim.milestones [74, 89] -> [25, 30]")
+    # 89 of 90 epochs is the last epoch: 29 of 30, not rounded past the end (30, never reached)
+    assert err[2].startswith("optim.epochs 90 -> 30: scaled in proportion optim.milestones [74, 89] -> [25, 29]")
 
 
 # --------------------------------------------------------------------------- schedules that scale
@@ -108,7 +111,8 @@ def test_step_schedule_milestones_scale_and_the_lr_decays() -> None:
     assert factor(22 * 10) == pytest.approx(1.0) and factor(23 * 10) == pytest.approx(0.1)
     assert factor(29 * 10) == pytest.approx(0.01)
     assert resolution.notes == ["optim.epochs 100 -> 30: scaled in proportion optim.milestones [76, 91] -> [23, 27], "
-                                "optim.warmup_epochs 1 -> 0.3 (give them explicitly to keep other values)"]
+                                "optim.warmup_epochs 1 -> 0.3 (at least min(100 steps, 1 epoch)) "
+                                "(give them explicitly to keep other values)"]
 
 
 def test_explicit_milestones_and_warmup_win() -> None:
@@ -117,9 +121,13 @@ def test_explicit_milestones_and_warmup_win() -> None:
     assert resolution.notes == []
 
 
-def test_one_epoch_never_decays_from_the_start() -> None:
-    optim = _optim(1, "arat_cifar10_resnet18.yaml").config.optim
-    assert optim.milestones == [1, 1] and lr_factor(optim, steps_per_epoch=4)(3) == pytest.approx(1.0)
+def test_one_epoch_never_decays_from_the_start_and_still_warms_up() -> None:
+    resolution = _optim(1, "arat_cifar10_resnet18.yaml")
+    optim = resolution.config.optim
+    assert optim.milestones == [1, 2]  # distinct, both past the end of the 1-epoch run
+    assert "-> [1, 2] (none of its decays falls inside a 1-epoch run)" in resolution.notes[0]
+    # the 0.01-epoch warm-up still lasts min(100 steps, 1 epoch): the whole 4-step run at warmup_lr
+    assert [lr_factor(optim, steps_per_epoch=4)(s) for s in range(4)] == pytest.approx([0.2] * 4)
 
 
 def test_unchanged_epochs_keep_the_paper_schedule() -> None:
@@ -127,11 +135,32 @@ def test_unchanged_epochs_keep_the_paper_schedule() -> None:
     assert optim.milestones == [76, 91] and optim.warmup_epochs == 1
 
 
-def test_warmup_scales_to_a_fraction_of_an_epoch() -> None:
+def test_warmup_scales_to_a_fraction_of_an_epoch_with_a_floor_in_steps() -> None:
     optim = _optim(3, "arat_cifar10_resnet18.yaml").config.optim
     assert optim.warmup_epochs == pytest.approx(0.03) and optim.milestones == [2, 3]
-    factor = lr_factor(optim, steps_per_epoch=100)  # 3 warm-up steps of 300
-    assert [factor(s) for s in (0, 2, 3)] == pytest.approx([0.2, 0.2, 1.0])
+    factor = lr_factor(optim, steps_per_epoch=1000)  # 0.03 epoch = 30 steps: raised to the 100-step floor
+    assert [factor(s) for s in (0, 29, 99, 100)] == pytest.approx([0.2, 0.2, 0.2, 1.0])
+    long = lr_factor(replace(optim, warmup_epochs=0.5), steps_per_epoch=1000)  # above the floor: as given
+    assert [long(s) for s in (499, 500)] == pytest.approx([0.2, 1.0])
+    assert lr_factor(replace(optim, warmup_epochs=0.0), steps_per_epoch=1000)(0) == pytest.approx(1.0)  # off is off
+
+
+@pytest.mark.parametrize(("milestones", "old", "new", "expected", "remark"), [
+    ([100, 150], 200, 3, [2, 3], "(only 1 of its 2 decays falls inside a 3-epoch run)"),  # was [2, 2]: x0.01 at once
+    ([100, 150], 200, 4, [2, 3], ""),
+    ([75, 90], 100, 30, [22, 27], ""),
+    ([74, 89], 90, 30, [25, 29], ""),  # the last epoch stays the last epoch
+    ([75, 90], 100, 1, [1, 2], "(none of its decays falls inside a 1-epoch run)"),
+    ([30, 10, 20], 40, 2, [1, 2, 3], "(only 1 of its 3 decays falls inside a 2-epoch run)"),  # sorted first
+    ([50, 120], 100, 10, [5, 12], ""),  # past the old end: past the new one
+])
+def test_scaled_milestones_stay_distinct_and_ordered_and_say_what_falls_outside(
+        milestones: list[int], old: int, new: int, expected: list[int], remark: str) -> None:
+    from atzoo.config.schema import _scaling_remark, scale_milestones
+
+    scaled = scale_milestones(milestones, new / old, new, old)
+    assert scaled == expected and scaled == sorted(set(scaled)) and min(scaled) >= 1
+    assert _scaling_remark("milestones", milestones, scaled, new, old).strip() == remark
 
 
 def test_cosine_schedule_follows_the_new_length() -> None:

@@ -156,8 +156,9 @@ def test_cli_train_standard_writes_run_dir_then_refuses_and_forces(tmp_path: Pat
     rows = read_metrics(out)
     steps = [r for r in rows if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 128 / 32 batches, log_every=1
-    # --epochs 1 rescales the 100-epoch schedule: a 0.01-epoch warm-up rounds to no warm-up step
-    assert set(steps[0]["parts"]) == {"ce_clean"} and steps[0]["lr"] == pytest.approx(0.1)
+    # --epochs 1 rescales the 100-epoch schedule: its 0.01-epoch warm-up is raised to the floor,
+    # min(100 steps, 1 epoch), here the whole 4-step run at warmup_lr (issue 26)
+    assert set(steps[0]["parts"]) == {"ce_clean"} and [r["lr"] for r in steps] == pytest.approx([0.02] * 4)
     assert all(0 <= r["train_acc"] <= 1 and r["images_per_s"] > 0 for r in steps)
     epoch = [r for r in rows if r["kind"] == "epoch"]
     assert len(epoch) == 1 and epoch[0]["seconds"] > 0 and epoch[0]["images_per_s"] > 0
@@ -429,3 +430,120 @@ def test_progress_bar_shows_loss_accuracy_lr_and_throughput() -> None:
     with Reporter(enabled=True, total_steps=4, console=Console(file=silent, force_terminal=False)) as reporter:
         reporter.advance_to(1, epoch=0, loss=1.0, acc=0.1, lr=0.1, ips=1.0)
     assert "img/s" not in silent.getvalue()  # no bar when not a terminal
+
+
+def test_progress_bar_numbers_the_epoch_as_the_epoch_lines_do() -> None:
+    """0-based epoch 6 of 60 is the line's ``epoch 7/60``; the bar must say the same (it said 6)."""
+    import io
+
+    from rich.console import Console
+
+    from atzoo.engine.progress import Reporter
+
+    buffer = io.StringIO()
+    with Reporter(enabled=True, total_steps=660, epochs=60,
+                  console=Console(file=buffer, force_terminal=True, width=200)) as reporter:
+        reporter.advance_to(77, epoch=6, loss=1.0, acc=0.5, lr=0.1, ips=10.0)
+    text = buffer.getvalue()
+    assert "epoch 7/60" in text and "epoch 6" not in text and "step" in text and "77/660" in text
+
+
+# --------------------------------------------------------------------------- issue 26: trackers
+
+FAKE_WANDB = '''
+"""A stand-in for wandb with the calls Accelerate's WandBTracker makes; records them."""
+import json, os
+_LOG = os.environ["FAKE_WANDB_LOG"]
+def _record(**row):
+    with open(_LOG, "a") as f:
+        f.write(json.dumps(row) + "\\n")
+class _Config:
+    def update(self, values, allow_val_change=False):
+        _record(call="config", values=values)
+config = _Config()
+class _Run:
+    def log(self, values, step=None, **kwargs):
+        _record(call="log", values=values, step=step)
+    def finish(self):
+        _record(call="finish")
+def init(project=None, **kwargs):
+    _record(call="init", project=project, **kwargs)
+    return _Run()
+'''
+
+
+@pytest.fixture
+def fake_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An importable ``wandb`` (module + dist-info, as Accelerate checks both) that records
+    every call to a JSON-lines file; the real one need not be installed."""
+    site = tmp_path / "site"
+    (site / "wandb").mkdir(parents=True)
+    (site / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    (site / "wandb-0.0.0.dist-info").mkdir()
+    (site / "wandb-0.0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: wandb\nVersion: 0.0.0\n")
+    log = tmp_path / "wandb_calls.jsonl"
+    monkeypatch.setenv("FAKE_WANDB_LOG", str(log))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(__import__("sys").modules, "wandb", raising=False)
+    import accelerate.tracking as tracking  # its list of installed trackers is made at import
+
+    monkeypatch.setattr(tracking, "_available_trackers", [*tracking._available_trackers, tracking.LoggerType.WANDB])
+    return log
+
+
+def test_wandb_gets_the_project_the_run_name_the_config_and_the_final_numbers(
+        tmp_path: Path, cli, fake_wandb: Path) -> None:
+    """``run.trackers=[wandb] run.project=P``: the wandb run is in project P, named after the
+    run directory, with the config at the start and eval.json's final numbers at the end."""
+    out = tmp_path / "tracked"
+    assert cli("train", "standard", *CLI_FAST, "run.trackers=[wandb]", "run.project=P", "--out", str(out)) == 0
+    calls = [json.loads(line) for line in fake_wandb.read_text().splitlines()]
+    init = [c for c in calls if c["call"] == "init"]
+    assert len(init) == 1 and init[0]["project"] == "P" and init[0]["name"] == "tracked"
+    config = [c["values"] for c in calls if c["call"] == "config"]
+    assert len(config) == 1 and config[0]["method.name"] == "standard" and config[0]["run.project"] == "P"
+    final = [c for c in calls if c["call"] == "log" and "final/clean_acc" in c["values"]]
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert len(final) == 1 and final[0]["values"] == {"final/clean_acc": evaluation["clean_acc"],
+                                                      "final/pgd20_acc": evaluation["pgd20_acc"]}
+    assert final[0]["step"] == 4 and calls[-1]["call"] == "finish"
+
+
+def test_tracker_project_defaults_to_wandb_project_then_the_run_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atzoo.engine.trackers import tracker_project
+
+    cfg = build_config(None, [], method={"name": "at"})
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    assert tracker_project(cfg, Path("runs/at-small_cnn-digits-s3")) == "at-small_cnn-digits"  # the seeds share it
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    assert tracker_project(cfg, Path("runs/at-small_cnn-digits-s3")) == "from-env"
+    cfg.run.project = "given"
+    assert tracker_project(cfg, Path("runs/x")) == "given"
+
+
+def test_tensorboard_keeps_one_folder_over_start_and_resume_with_config_and_final_numbers(
+        tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorBoard: no timestamped hparams sub-folder at the start or at a resume (TensorBoard
+    would list each as a run); the config as text and the final accuracies in the run's folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from atzoo.engine.checkpoint import CRASH_ENV
+
+    out = tmp_path / "tb"
+    args = ["train", "standard", *CLI_FAST, "run.trackers=[tensorboard]", "--out", str(out)]
+    monkeypatch.setenv(CRASH_ENV, "step:2:SIGTERM")  # a scheduler's SIGTERM during step 2
+    assert cli(*args) == 143
+    monkeypatch.delenv(CRASH_ENV)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000000002"]
+    assert cli(*args, "--resume") == 0  # from step 2 to the end
+    board = out / "tensorboard"
+    assert [p for p in board.iterdir() if p.is_dir()] == [], "a sub-folder TensorBoard shows as another run"
+    events = EventAccumulator(str(board), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    evaluation = json.loads((out / "eval.json").read_text())
+    final = events.Scalars("final/clean_acc")
+    assert len(final) == 1 and final[0].value == pytest.approx(evaluation["clean_acc"]) and final[0].step == 4
+    assert events.Scalars("final/pgd20_acc")[0].value == pytest.approx(evaluation["pgd20_acc"])
+    assert "config/text_summary" in events.Tags()["tensors"]
+    assert len(events.Tensors("config/text_summary")) == 1  # written at the start only, not again at the resume

@@ -61,7 +61,7 @@ TRAIN = [
 FINAL_STEP = 18
 #: Fields of state.json and metrics rows that measure time, or the log's own length
 #: (a resumed log holds extra "resume" events); everything else must match exactly.
-TIMING_KEYS = {"seconds", "images_per_s", "metrics_bytes", "message", "cpu_s", "wall_s"}
+TIMING_KEYS = {"seconds", "images_per_s", "metrics_bytes", "message", "cpu_s", "wall_s", "thread_s"}
 
 
 def step_dir(step: int) -> str:
@@ -103,6 +103,9 @@ def _env(crash_at: str | None) -> dict[str, str]:
 
 #: A run stopped by SIGINT (what Ctrl-C sends) after step 10: it must say how to resume.
 INTERRUPTED, INTERRUPT_AT = "sigint-mid-epoch", "step:10:SIGINT"
+#: A run sent SIGTERM (a scheduler's preemption) during step 10: it checkpoints step 10 and
+#: stops with 143, so that a requeued job continues with --resume.
+TERMINATED, TERMINATE_AT = "sigterm-mid-epoch", "step:10:SIGTERM"
 
 #: The kill run as a plain ``python -m atzoo`` process (the others go through the helper).
 PLAIN_PROCESS = "mid-epoch-between-checkpoints"
@@ -116,7 +119,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Finished]:
     jobs = [{"name": name, "argv": [*TRAIN, "--out", str(root / name)], "crash_at": crash_at,
              "log": str(root / f"{name}.log")}
             for name, crash_at in [("reference", None), *((n, k.crash_at) for n, k in KILLS.items()),
-                                   (INTERRUPTED, INTERRUPT_AT)]
+                                   (INTERRUPTED, INTERRUPT_AT), (TERMINATED, TERMINATE_AT)]
             if name != PLAIN_PROCESS]
     (root / "jobs.json").write_text(json.dumps(jobs))
     with open(root / f"{PLAIN_PROCESS}.log", "w") as log:
@@ -195,9 +198,13 @@ def training_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def assert_matches_reference(run_dir: Path, reference: Path) -> None:
-    for name in ("model.safetensors", "model_last.safetensors", "model_best.safetensors", "model_meta.json",
-                 "curves.png"):
+    for name in ("model.safetensors", "model_last.safetensors", "model_best.safetensors", "model_meta.json"):
         assert digest(run_dir / name) == digest(reference / name), f"{name} differs from the uninterrupted run"
+    # curves.png is titled with the run's own name; what it draws must be the same
+    from atzoo.engine.curves import run_curves
+
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run_curves(run_dir) == run_curves(reference)
     names = [p.name for p in list_checkpoints(run_dir / "checkpoints")]
     assert names == [p.name for p in list_checkpoints(reference / "checkpoints")]
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")], "temporaries left"
@@ -338,6 +345,49 @@ def test_sigint_prints_how_to_resume_and_that_command_finishes_bit_identically(
     assert run(shlex.split(line.split(" with: ", 1)[1])[1:]) == 0, capsys.readouterr().err
     assert f"resuming from {stopped.run_dir / 'checkpoints' / step_dir(8)}" in capsys.readouterr().err
     assert_matches_reference(stopped.run_dir, runs["reference"].run_dir)
+
+
+def test_sigterm_checkpoints_the_step_exits_143_and_its_resume_command_is_bit_identical(
+    runs: dict[str, Finished], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM during step 10 (between the checkpoints of steps 8 and 12): the step ends, a
+    checkpoint of step 10 is written, exit 143 (128 + 15) with the resume line; that command
+    resumes from step 10 and finishes with the uninterrupted run's weights, bit for bit."""
+    stopped = runs[TERMINATED]
+    assert stopped.returncode == 128 + signal.SIGTERM == 143, stopped.log
+    line = last_line(stopped.log)
+    expected = shlex.join(["atzoo", *TRAIN, "--resume", "--out", str(stopped.run_dir)])
+    assert line == (f"atzoo: stopped by SIGTERM after step 10 (checkpoint written); "
+                    f"continue the run in {stopped.run_dir} with: {expected}")
+    assert "Traceback" not in stopped.log
+    assert [p.name for p in list_checkpoints(stopped.run_dir / "checkpoints")][-1] == step_dir(10)
+    assert not list((stopped.run_dir / "checkpoints").glob(".tmp-*"))
+    assert not (stopped.run_dir / LOCK_FILE).exists(), "the lock is released on SIGTERM"
+    assert not (stopped.run_dir / "model.safetensors").exists()
+    capsys.readouterr()
+    assert run(shlex.split(line.split(" with: ", 1)[1])[1:]) == 0, capsys.readouterr().err
+    assert f"resuming from {stopped.run_dir / 'checkpoints' / step_dir(10)}" in capsys.readouterr().err
+    assert_matches_reference(stopped.run_dir, runs["reference"].run_dir)
+
+
+def test_sigterm_outside_the_training_loop_stops_at_once_and_restores_the_handler() -> None:
+    """Before the loop (set-up) there is no step boundary to wait for: SIGTERM raises at
+    once; a second SIGTERM while armed does too; the previous handler comes back."""
+    from atzoo.engine.stop import GracefulStop, StopSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulStop() as stop:
+        with pytest.raises(StopSignal) as raised:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert raised.value.exit_code == 143 and not raised.value.checkpointed
+        stop.received, stop.armed = None, True
+        assert stop.requested() is None and stop.requested(lambda v: v) is None
+        assert stop.requested(lambda v: v + 1.0) == signal.SIGTERM  # another process received it
+        os.kill(os.getpid(), signal.SIGTERM)  # armed: only recorded
+        assert stop.requested() == signal.SIGTERM
+        with pytest.raises(StopSignal):
+            os.kill(os.getpid(), signal.SIGTERM)  # the second one: at once
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_resume_finishes_the_run(

@@ -28,11 +28,12 @@ def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def dump_dom(browser: str, page: Path, profile: Path) -> str:
+def dump_dom(browser: str, page: Path, profile: Path, width: int | None = None) -> str:
     """The DOM of ``page#selftest`` after its scripts ran, from headless Chromium."""
+    size = [f"--window-size={width},1000"] if width else []
     command = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
+        "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}", *size,
         "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri() + "#selftest",
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=90)
@@ -91,3 +92,20 @@ def test_missing_values_sort_last(tmp_path: Path, browser: str) -> None:
     result = json.loads(html.unescape(re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', dom, re.S).group(1)))
     assert result["clean_first_click"] == ["mart", "trades", "at"]
     assert result["clean_second_click"] == ["trades", "mart", "at"]
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_no_column_is_cut_off_at_1400_or_800_pixels(tmp_path: Path, browser: str, width: int) -> None:
+    """The page never runs past the window's right edge (where the last column used to be
+    cut off); a table wider than the window scrolls inside its own box, which holds every
+    column."""
+    root = tmp_path / "runs"
+    runs = [make_run(root, f"{m}-resnet18-cifar10-with-a-long-run-name-s{s}", m, seed=s, clean=80.0 + s, autoattack=45.0)
+            for m in ("at", "trades", "mart", "arat", "asym_trades") for s in (0, 1)]
+    _, written = compare(runs, out=tmp_path / "lb", paper=True)
+    dom = dump_dom(browser, written["leaderboard.html"], tmp_path / "profile", width=width)
+    layout = json.loads(html.unescape(re.search(r'<pre id="selftest-result"[^>]*>(.*?)</pre>', dom, re.S).group(1)))["layout"]
+    assert layout["page"] <= layout["viewport"], layout  # nothing past the right edge of the window
+    for table in layout["tables"]:
+        assert table["box_right"] <= layout["viewport"] and table["overflow_x"] == "auto", table
+        assert table["last_right"] <= table["box_scroll"] + 1, table  # the last column is inside the box

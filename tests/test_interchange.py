@@ -178,8 +178,18 @@ def test_robustbench_export_rebuilds_the_model(which: str, request: pytest.Fixtu
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(model.eval()(x), atzoo.load(run_dir)(x), atol=1e-6)
-    assert "benchmark(model" in (out / "mymodel.md").read_text()
+    readme = (out / "mymodel.md").read_text()  # RobustBench cannot benchmark the digits: no call it would refuse
+    assert "benchmark(model" not in readme and f"atzoo eval {run_dir.as_posix()} --attacks clean,pgd20,aa" in readme
+    assert "CIFAR-10, CIFAR-100 and ImageNet only, not `digits`" in readme
     before = checkpoint.read_bytes()
     assert cli(["export", str(run_dir), "--out", str(out), "--name", "mymodel"]) == 2  # never overwrites
     assert checkpoint.read_bytes() == before
     assert cli(["export", str(run_dir), "--format", "onnx", "--out", str(out)]) == 2
+
+
+def test_robustbench_readme_calls_benchmark_only_for_its_datasets() -> None:
+    from atzoo.report.export import readme_evaluation
+
+    assert 'benchmark(model, dataset="cifar10", threat_model="Linf", eps=0.0313725)' in readme_evaluation(
+        "cifar10", "Linf", "0.0313725", "runs/x")
+    assert "benchmark(" not in readme_evaluation("imagenette", "Linf", "0.03", "runs/x")

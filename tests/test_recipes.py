@@ -46,8 +46,10 @@ def test_recipe_builds_and_first_line_runs_it(path: Path) -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=_id)
 def test_recipe_evaluates_under_its_stated_threat_model(path: Path) -> None:
     cfg = build_config(path)
-    norm = cfg.eval.norm or cfg.attack.norm
-    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.attack.eps
+    from atzoo.eval.evaluator import ThreatModel
+
+    threat = ThreatModel.resolve(cfg.eval, cfg.attack, cfg.data.name)
+    norm, eps = threat.norm, threat.eps
     if "l2" in path.parts or norm == "l2":
         assert (norm, eps) == ("l2", pytest.approx(128 / 255)) and cfg.attack.step_size == pytest.approx(0.1)
     else:  # every L-inf recipe is compared at 8/255, whatever its training attack

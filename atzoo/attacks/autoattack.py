@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -177,19 +178,83 @@ def run_adversary(adversary: Any, x: Tensor, y: Tensor) -> Tensor:
         return adversary.model(out).argmax(dim=1).eq(y).cpu()
 
 
-def autoattack_chunk(adversary: Any, model: nn.Module, x: Tensor, y: Tensor, seed: int) -> ChunkResult:
+#: ``on_attack(chunk_index, attack, robust, examples)``: after each attack of a chunk, the
+#: attack's name (``apgd-ce``, ``apgd-t``, ...), the chunk's examples still robust and its size.
+AttackObserver = Callable[[int, str, int, int], None]
+
+#: The package's attack objects, each run by ``run_standard_evaluation`` through ``perturb``.
+_ATTACK_OBJECTS = ("apgd", "apgd_targeted", "fab", "square")
+
+
+def _attack_name(attr: str, attack: Any) -> str:
+    """The ensemble's name of the attack an object is about to run (the package switches
+    ``apgd.loss`` between ce/dlr and ``fab.targeted`` on one object)."""
+    if attr == "apgd":
+        return f"apgd-{getattr(attack, 'loss', 'ce')}"
+    if attr == "fab":
+        return "fab-t" if getattr(attack, "targeted", False) else "fab"
+    return {"apgd_targeted": "apgd-t"}.get(attr, attr)
+
+
+@contextmanager
+def watch_attacks(adversary: Any, model: nn.Module, report: Callable[[str, int], None]) -> Iterator[None]:
+    """Calls ``report(attack, fooled)`` after each attack the package runs, where ``fooled``
+    counts the examples it was given that its output misclassifies.
+
+    The reference code reports nothing between attacks (its ``verbose`` output is a log);
+    each attack object's ``perturb`` is wrapped for the duration (one extra forward pass
+    per attack, no randomness, so the flags are those of an unwatched run).
+    """
+    wrapped = []
+    for attr in _ATTACK_OBJECTS:
+        attack = getattr(adversary, attr, None)
+        original = getattr(attack, "perturb", None)
+        if original is None:
+            continue
+
+        def perturb(x: Tensor, y: Tensor, *args: Any, _original: Any = original, _attr: str = attr,
+                    _attack: Any = attack, **kwargs: Any) -> Tensor:
+            name = _attack_name(_attr, _attack)
+            adv = _original(x, y, *args, **kwargs)
+            with torch.no_grad():
+                fooled = int(model(adv).argmax(dim=1).ne(y).sum())
+            report(name, fooled)
+            return adv
+
+        attack.perturb = perturb  # an instance attribute shadows the method
+        wrapped.append(attack)
+    try:
+        yield
+    finally:
+        for attack in wrapped:
+            del attack.perturb
+
+
+def autoattack_chunk(adversary: Any, model: nn.Module, x: Tensor, y: Tensor, seed: int,
+                     on_attack: Callable[[str, int, int], None] | None = None) -> ChunkResult:
     """Clean and robust flags of one chunk, with the package seeded by ``seed``.
 
     The global RNG state is saved and restored around the call (the reference code calls
     ``torch.manual_seed``), and parameters are frozen so that FAB's ``backward()``
-    leaves no parameter gradient.
+    leaves no parameter gradient. ``on_attack(attack, robust, examples)`` follows the
+    ensemble attack by attack (:func:`watch_attacks`).
     """
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), frozen_parameters(model):
         adversary.seed = seed
         with torch.no_grad():
             clean = model(x).argmax(dim=1).eq(y).cpu()
-        robust = run_adversary(adversary, x, y) & clean
+        if on_attack is None:
+            robust = run_adversary(adversary, x, y) & clean
+        else:
+            left = [int(clean.sum())]
+
+            def report(attack: str, fooled: int) -> None:
+                left[0] -= fooled
+                on_attack(attack, left[0], int(x.shape[0]))
+
+            with watch_attacks(adversary, model, report):
+                robust = run_adversary(adversary, x, y) & clean
     return {"clean": clean.tolist(), "robust": robust.tolist()}
 
 
@@ -221,6 +286,7 @@ def run_autoattack(
     group: ProcessGroup | None = None,
     on_chunk_done: Callable[[int, ChunkResult], None] | None = None,
     on_plan: Callable[[list[int]], None] | None = None,
+    on_attack: AttackObserver | None = None,
 ) -> AutoAttackResult:
     """AutoAttack on the first ``n_ex`` examples, sharded over processes and resumable.
 
@@ -244,6 +310,8 @@ def run_autoattack(
         group: process group (default: the initialised torch.distributed group, if any).
         on_chunk_done: called with ``(chunk_index, flags)`` after each finished chunk.
         on_plan: called with the chunk indices this process will compute.
+        on_attack: called after each attack of each chunk this process computes, with
+            ``(chunk_index, attack, robust, examples)`` (progress inside AutoAttack).
 
     Returns:
         An :class:`AutoAttackResult` for the ``n_ex`` examples, identical on every process.
@@ -264,8 +332,10 @@ def run_autoattack(
                              chunk_size=chunk_size)
 
         def work(index: int, start: int, stop: int) -> ChunkResult:
+            observe = None if on_attack is None else (
+                lambda attack, robust, examples: on_attack(index, attack, robust, examples))
             return autoattack_chunk(adversary, net, x[start:stop].to(device), y[start:stop].to(device),
-                                    seed + index)
+                                    seed + index, on_attack=observe)
 
         runner = ShardedRun(n=n, chunk_size=chunk_size, group=group,
                             state_path=Path(state_path) if state_path is not None else None,

@@ -44,9 +44,9 @@ def eval_command(
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size per process."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset name (default: the run's)."),
-    eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Radius, e.g. 8/255 (default: the run's eval.eps, else the dataset's benchmark radius: CIFAR 8/255)."),
     norm: Optional[str] = typer.Option(
-        None, "--norm", help="linf | l2 (default: the run's). Another norm without --eps: 8/255 (linf), 0.5 (l2)."
+        None, "--norm", help="linf | l2 (default: the run's). Another norm without --eps: the dataset's benchmark radius for it."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the PGD random starts and of AutoAttack."),
     precision: Optional[str] = typer.Option(
@@ -76,7 +76,7 @@ def eval_command(
     eval_cfg = _eval_config(cfg, attacks=attacks, n_ex=n_ex, aa_version=aa_version, batch_size=batch_size,
                             eps=eps, norm=norm, precision=precision)
     custom = [a.strip() for a in aa_attacks.split(",") if a.strip()] if aa_attacks else None
-    _check_inputs(eval_cfg, cfg.attack, custom)
+    _check_inputs(eval_cfg, cfg.attack, custom, dataset or (cfg.data.name if has_config else None))
     if external:
         model, meta, bundle = _external_model(str(path), dataset, weights, mean, std, cfg)
     else:
@@ -98,8 +98,8 @@ def eval_command(
     if accelerator.is_main_process:
         _print_summary(payload, run_dir)
         if len(payload.get("previous") or []) > earlier:
-            Console().print("note: the earlier results in eval.json were on another threat model or set of images; "
-                            "they are kept under 'previous'", highlight=False)
+            Console().print("note: the earlier results in eval.json measured other weights, data, threat model or "
+                            "images; they are kept under 'previous' and not shown", highlight=False)
     # Leave together and close the process group: a rank that exits while another still
     # talks to it can be aborted by the gloo backend.
     accelerator.wait_for_everyone()
@@ -199,13 +199,15 @@ def _number(text: str) -> float | str:
         return text
 
 
-def _check_inputs(eval_cfg: EvalConfig, attack_cfg: AttackConfig, custom: list[str] | None) -> None:
+def _check_inputs(eval_cfg: EvalConfig, attack_cfg: AttackConfig, custom: list[str] | None,
+                  dataset: str | None = None) -> None:
     """Validates everything that can be checked before loading the model."""
     from atzoo.attacks.autoattack import check_autoattack_args
-    from atzoo.eval.evaluator import ThreatModel, parse_attacks
+    from atzoo.eval.evaluator import ThreatModel, parse_attacks, parse_threat_models
 
     attacks = parse_attacks(eval_cfg.attacks)
-    threat = ThreatModel.resolve(eval_cfg, attack_cfg)
+    threat = ThreatModel.resolve(eval_cfg, attack_cfg, dataset)
+    parse_threat_models(eval_cfg.threat_models, threat)
     if eval_cfg.n_ex is not None and eval_cfg.n_ex < 1:
         raise ConfigError(f"--n-ex must be >= 1, got {eval_cfg.n_ex}")
     if eval_cfg.batch_size < 1:
@@ -248,22 +250,38 @@ def attack_rows(payload: dict[str, Any]) -> list[str]:
     return [name for name in measured if name not in ("clean", "aa") and f"{name}_acc" in payload]
 
 
+def summary_title(payload: dict[str, Any]) -> str:
+    """``method / model / dataset`` of an atzoo run; an outside model (no training method
+    recorded) is ``model / dataset`` (never ``? / timm:resnet18``)."""
+    parts = [payload.get("method"), payload.get("model"), payload.get("dataset")]
+    return " / ".join(str(p) for p in parts if p not in (None, ""))
+
+
 def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
+    """The current weights' numbers only (``previous`` holds other weights' and is never shown)."""
     console = Console()
-    console.print(f"[bold]{payload.get('method') or '?'} / {payload.get('model') or '?'} / {payload['dataset']}[/] "
-                  f"({payload['norm']}, eps {payload['eps']:.4g})")
+    console.print(f"[bold]{summary_title(payload)}[/] "
+                  f"({payload['norm']}, eps {payload['eps']:.4g}: {payload.get('threat_model_source') or 'recorded'}; "
+                  f"weights {payload.get('weights_fingerprint') or '?'})", highlight=False)
     table = Table()
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")
     rows = [("examples", payload.get("n_examples")), ("clean %", payload.get("clean_acc"))]
     rows += [(f"{name.upper()} %", payload[f"{name}_acc"]) for name in attack_rows(payload)]
-    rows += [(f"AutoAttack % (first {payload.get('aa_n_examples')})", payload.get("autoattack_acc")),
+    aa_n = payload.get("aa_n_examples")
+    rows += [("AutoAttack %" + (f" (first {aa_n})" if isinstance(aa_n, int) else ""), payload.get("autoattack_acc")),
+             ("worst case over the attacks %", payload.get("worst_case_acc")),
              ("invariance cos", payload.get("invariance_cos"))]
     for name, value in rows:
         table.add_row(name, _fmt(value))
     console.print(table)
+    for label, other in (payload.get("other_threat_models") or {}).items():
+        console.print(f"also under {label}: clean {_fmt(other.get('clean_acc'))}, PGD-20 {_fmt(other.get('pgd20_acc'))}"
+                      f", AutoAttack {_fmt(other.get('autoattack_acc'))}", highlight=False)
     for message in payload.get("flags", {}).get("messages", []):
         console.print(f"[bold yellow]warning:[/] {message}")
+    for message in (payload.get("flags", {}).get("explained") or {}).values():
+        console.print(f"note: {message}", highlight=False)
     console.print(f"wrote {run_dir / 'eval.json'}", highlight=False, soft_wrap=True)
 
 

@@ -25,13 +25,17 @@ from atzoo.errors import InterruptedRun
 
 
 def summary_line(eval_payload: dict[str, Any]) -> str:
-    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images)`` (percent)
-    from eval.json's accuracies, which are all measured on one set of images."""
+    """``clean 81.20  pgd20 43.10  autoattack 40.20  (the same 1000 test images, linf eps 8/255)``
+    (percent) from eval.json's top level: the current weights' numbers, all measured on one
+    set of images (``previous`` holds other weights' results and is never shown)."""
+    from atzoo.report.leaderboard import format_eps
+
     names = (("clean_acc", "clean"), ("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack"))
     line = "  ".join(f"{label} {eval_payload[key]:.2f}" for key, label in names
                      if isinstance(eval_payload.get(key), (int, float)))
-    n = eval_payload.get("n_examples")
-    return f"{line}  (the same {n} test images)" if isinstance(n, int) and line else line
+    n, eps = eval_payload.get("n_examples"), eval_payload.get("eps")
+    threat = f", {eval_payload.get('norm')} eps {format_eps(eps)}" if isinstance(eps, (int, float)) else ""
+    return f"{line}  (the same {n} test images{threat})" if isinstance(n, int) and line else line
 
 
 def _flag_args(flags: dict[str, Any]) -> list[str]:
@@ -42,14 +46,20 @@ def interrupted(exc: InterruptedRun, args: list[str]) -> InterruptedRun:
     """The line of a run stopped by Ctrl-C (SIGINT), with the command that continues it:
 
     ``atzoo: interrupted; continue the run in DIR with: atzoo train ARGS --resume --out DIR``
-    (from its newest checkpoint, or from the start when it has none yet). A run stopped
+    (from its newest checkpoint, or from the start when it has none yet). SIGTERM (a
+    scheduler's preemption) stops at a step boundary with a checkpoint and exit code 143:
+    ``atzoo: stopped by SIGTERM after step K (checkpoint written); continue the run in DIR with: ...``. A run stopped
     before its first step left nothing (``--force``: the old run is back in place):
     ``atzoo: interrupted before the run started; nothing was changed in DIR``.
     """
+    keep = {"signal_name": exc.signal_name, "exit_code": exc.exit_code, "checkpoint_step": exc.checkpoint_step}
+    what = "interrupted" if exc.signal_name == "SIGINT" else f"stopped by {exc.signal_name}"
     if not exc.resumable:
-        return InterruptedRun(f"interrupted before the run started; nothing was changed in {exc.run_dir}")
+        return InterruptedRun(f"{what} before the run started; nothing was changed in {exc.run_dir}", **keep)
+    if exc.checkpoint_step is not None:  # SIGTERM: a checkpoint of the step it stopped at
+        what += f" after step {exc.checkpoint_step} (checkpoint written)"
     command = shlex.join(["atzoo", "train", *args, "--resume", "--out", str(exc.run_dir)])
-    return InterruptedRun(f"interrupted; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True)
+    return InterruptedRun(f"{what}; continue the run in {exc.run_dir} with: {command}", exc.run_dir, True, **keep)
 
 
 def register(app: typer.Typer) -> None:

@@ -121,7 +121,8 @@ class EvalConfig:
 
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd20", "aa"])
     norm: Optional[Literal["linf", "l2"]] = None  # None: the training attack's
-    eps: Optional[float] = None  # None: the training attack's
+    eps: Optional[float] = None  # None: the dataset's benchmark radius (CIFAR L-inf 8/255), not the training eps
+    threat_models: list[str] = field(default_factory=list)  # more, as NORM:EPS (e.g. linf:0.031), kept apart
     pgd_step_size: Optional[float] = None  # None: 2/255 for L-inf, eps/4 for L2
     n_ex: Optional[int] = 1000  # the first N test images, for every attack; None = the whole test set
     aa_version: Literal["standard", "plus", "rand", "custom"] = "standard"
@@ -179,6 +180,7 @@ class RunSection:
     keep_checkpoints: int = 2  # keep the last K
     max_steps: Optional[int] = None  # stop early (smoke tests, benchmarks)
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    project: Optional[str] = None  # tracker project (wandb project, MLflow experiment); default $WANDB_PROJECT, else the run name without -s<seed>
     evaluate: bool = True  # run the evaluator at the end and write eval.json
 
 
@@ -609,8 +611,10 @@ def scale_schedule(values: dict[str, Any], lower: dict[str, Any], sources: dict[
 
     A schedule is designed for a number of epochs (the recipe's, the method's or the
     default one); run for ``E'`` instead of ``E`` epochs, its epoch-valued settings are
-    multiplied by ``E'/E`` (milestones rounded, at least 1; warm-up kept as a fraction of
-    an epoch; SWA start rounded and kept inside the run), so a 30-epoch run still decays its
+    multiplied by ``E'/E`` (milestones rounded, at least 1, distinct and ordered:
+    :func:`scale_milestones`; warm-up kept as a fraction of an epoch, which the schedule runs
+    for at least ``min(WARMUP_MIN_STEPS, 1 epoch)`` steps; SWA start rounded and kept inside
+    the run), so a 30-epoch run still decays its
     learning rate. Values the user gave as flags or overrides are kept as given.
 
     Returns:
@@ -628,11 +632,11 @@ def scale_schedule(values: dict[str, Any], lower: dict[str, Any], sources: dict[
             continue
         section, leaf = key.split(".")
         before = _chosen(values, section, leaf, getattr(_SECTION_CLASSES[section](), leaf))
-        after = _scaled(leaf, before, new / old, new)
+        after = _scaled(leaf, before, new / old, new, old)
         if after != before:
             values.setdefault(section, {})[leaf] = after
             sources[key] = "scaled"
-            changed.append(f"{key} {before} -> {after}")
+            changed.append(f"{key} {before} -> {after}{_scaling_remark(leaf, before, after, new, old)}")
     if not changed:
         return []
     return [f"optim.epochs {old} -> {new}: scaled in proportion {', '.join(changed)} "
@@ -649,17 +653,59 @@ def _schedule_key_used(values: dict[str, Any], key: str) -> bool:
     return bool(_chosen(values, "averaging", "swa", AveragingConfig.swa))
 
 
-def _scaled(leaf: str, value: Any, ratio: float, epochs: int) -> Any:
+def _scaled(leaf: str, value: Any, ratio: float, epochs: int, old_epochs: int) -> Any:
     """One schedule value times ``ratio``, kept inside a run of ``epochs`` epochs."""
-    if leaf == "milestones" and isinstance(value, list):
-        # Never before the first epoch's end (a decay from the start is no schedule); a
-        # milestone that lands at or past the end is not reached, as in the paper's own run.
-        return [max(round(m * ratio), 1) if isinstance(m, int) else m for m in value]
+    if leaf == "milestones" and isinstance(value, list) and all(type(m) is int for m in value):
+        return scale_milestones(value, ratio, epochs, old_epochs)
     if leaf == "warmup_epochs" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return round(value * ratio, 6)
     if leaf == "swa_start_epoch" and isinstance(value, int) and not isinstance(value, bool):
         return min(round(value * ratio), max(epochs - 1, 0))
     return value
+
+
+def scale_milestones(milestones: list[int], ratio: float, epochs: int, old_epochs: int) -> list[int]:
+    """Milestones of an ``old_epochs`` schedule for an ``epochs`` run: distinct and ordered.
+
+    Each is multiplied by ``ratio`` and rounded, never before the first epoch's end (a decay
+    from the start is no schedule) and, for a milestone inside the old run, never rounded
+    past the new run's last epoch. Decays that rounding puts in one epoch (``[100, 150]`` of
+    200 epochs on 3 epochs: ``[2, 2]``, the learning rate x0.01 at once) move to the
+    following epochs (``[2, 3]``), keeping the proportions of the run rather than pulling
+    decays earlier; one moved to or past the end is not reached, and the scaling note says
+    so (:func:`_scaling_remark`). A milestone at or past the old run's end stays past the
+    new one's.
+    """
+    scaled = []
+    for m in sorted(milestones):
+        value = round(m * ratio)
+        if m < old_epochs:
+            value = min(value, epochs - 1)
+        value = max(value, 1, scaled[-1] + 1 if scaled else 1)
+        if m >= old_epochs:
+            value = max(value, epochs)
+        scaled.append(value)
+    return scaled
+
+
+def _scaling_remark(leaf: str, before: Any, after: Any, epochs: int, old_epochs: int) -> str:
+    """What a reader of the scaling note must know beyond ``before -> after``."""
+    if leaf == "milestones" and isinstance(before, list) and isinstance(after, list):
+        planned = sum(1 for m in before if isinstance(m, int) and m < old_epochs)
+        reached = sum(1 for m in after if isinstance(m, int) and m < epochs)
+        if reached < planned:
+            fit = f"only {reached} of its {planned} decays falls" if reached else "none of its decays falls"
+            return f" ({fit} inside a {epochs}-epoch run)"
+    if leaf == "warmup_epochs" and isinstance(after, (int, float)) and 0 < after < 1:
+        return f" (at least min({WARMUP_MIN_STEPS} steps, 1 epoch))"
+    return ""
+
+
+#: The shortest warm-up, in optimizer steps (capped at one epoch), that a piecewise schedule
+#: with ``warmup_lr`` runs: a warm-up exists to steady the first steps, whose number does not
+#: shrink with the run (``--epochs 1`` on a 100-epoch LBGAT schedule would otherwise warm up
+#: for 0.01 of an epoch, i.e. no step, and diverge at step 8 on the digits).
+WARMUP_MIN_STEPS = 100
 
 
 def build_config(

@@ -88,6 +88,10 @@ class DatasetBundle:
     #: Extra training images read from disk (``data.extra``), mixed into every training
     #: batch; an :class:`atzoo.data.extra.ExtraSet` or None. Not part of ``train``.
     extra: Any = field(default=None, repr=False)
+    #: The dataset's benchmark threat model: radius per norm that every method is evaluated
+    #: at by default (declared with :func:`benchmark_threat` where the dataset is
+    #: registered, or stored in an ``.npz`` file); empty when the data states none.
+    benchmark_eps: dict[str, float] = field(default_factory=dict)
 
     @property
     def in_memory(self) -> bool:
@@ -103,6 +107,27 @@ class DatasetBundle:
     def subset(self, train: int | None = None, test: int | None = None) -> "DatasetBundle":
         """A copy keeping the first ``train`` training and ``test`` test examples."""
         return replace(self, train=head(self.train, train, "train_subset"), test=head(self.test, test, "test_subset"))
+
+
+#: The registry fact (:func:`atzoo.registry.declare`) holding a dataset's benchmark radii.
+BENCHMARK_ATTR = "benchmark_eps"
+
+
+def benchmark_threat(**eps_by_norm: float) -> Callable[[Any], Any]:
+    """Declares, on a dataset builder, the threat model every method is evaluated at by
+    default on that data (``linf=8/255, l2=0.5``), whatever eps a method trained with.
+
+    Stack it under ``@DATASETS.register(...)``; :func:`atzoo.data.create_dataset` copies it
+    into the bundle; :meth:`atzoo.config.threat.ThreatModel.resolve` reads it by dataset name
+    (``DATASETS.fact(name, "benchmark_eps")``).
+    """
+    for norm, eps in eps_by_norm.items():
+        if norm not in ("linf", "l2") or not 0 < eps <= 1:
+            raise ValueError(f"benchmark threat model needs linf/l2 radii in (0, 1], got {norm}={eps}")
+
+    from atzoo.registry import declare
+
+    return declare(**{BENCHMARK_ATTR: dict(eps_by_norm)})
 
 
 def head(split: Split, n: int | None, what: str = "subset") -> Split:

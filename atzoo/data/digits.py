@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from atzoo.data.bundle import DatasetBundle, ImageArrays, channel_stats
+from atzoo.data.bundle import DatasetBundle, ImageArrays, benchmark_threat, channel_stats
 from atzoo.registry import DATASETS
 
 NUM_TRAIN = 1437
@@ -34,6 +34,9 @@ def digit_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 @DATASETS.register("digits")
+# The demo's threat model: 8/255 is below half of one of the digits' 17 grey levels, too small
+# to separate robust from non-robust training; 32/255 is about two grey levels (atzoo.commands.demo).
+@benchmark_threat(linf=32 / 255, l2=0.5)
 def digits(root: str | None = None, download: bool = True) -> DatasetBundle:
     """Handwritten digits from scikit-learn (embedded, offline): 1,437 / 360 8x8 grayscale images."""
     images, labels = digit_arrays()

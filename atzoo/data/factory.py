@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from atzoo.data.bundle import DatasetBundle
+from dataclasses import replace
+
+from atzoo.data.bundle import BENCHMARK_ATTR, DatasetBundle
 from atzoo.registry import DATASETS
 
 
@@ -30,4 +32,14 @@ def create_dataset(
     """
     builder = DATASETS.get(name)
     bundle = builder(root=root, download=download)
+    declared = DATASETS.fact(name, BENCHMARK_ATTR)
+    if not bundle.benchmark_eps and declared:
+        bundle = replace(bundle, benchmark_eps=dict(declared))
     return bundle.subset(train=train_subset, test=test_subset)
+
+
+def declared_benchmark(name: str | None) -> dict[str, float]:
+    """The benchmark radii (norm -> eps) the dataset ``name`` declares where it is
+    registered; {} for an unknown name, ``npz:`` data (its file states them, read when it
+    is loaded) or a dataset that declares none."""
+    return dict(DATASETS.fact(name, BENCHMARK_ATTR) or {}) if name else {}

@@ -68,7 +68,29 @@ def _load(reader: NpzReader, path: str) -> DatasetBundle:
     num_classes = _num_classes(path, classes, list(labels.items()))
     x_train, y_train = reader.read(pairs[0][0]), labels[pairs[0][1]]
     x_test, y_test = (reader.read("x_test"), labels["y_test"]) if len(pairs) == 2 else (None, None)
-    return _bundle(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes, classes)
+    bundle = _bundle(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes, classes)
+    bundle.benchmark_eps = _read_benchmark(reader, path)
+    return bundle
+
+
+#: Optional scalar keys of an ``.npz`` file stating its benchmark radius per norm.
+BENCHMARK_KEYS: dict[str, str] = {"benchmark_eps_linf": "linf", "benchmark_eps_l2": "l2"}
+
+
+def _read_benchmark(reader: NpzReader, path: str) -> dict[str, float]:
+    """The benchmark threat model the file states (``benchmark_eps_linf``/``_l2`` scalars)."""
+    stated: dict[str, float] = {}
+    for key, norm in BENCHMARK_KEYS.items():
+        if key not in reader.keys:
+            continue
+        info = reader.info(key)
+        if info.shape not in ((), (1,)) or info.dtype.kind != "f":
+            raise DataError(f"{path}: '{key}' must be one float (the radius in [0, 1]), got {info.dtype} {info.shape}")
+        value = float(reader.read(key).reshape(-1)[0])
+        if not 0 < value <= 1:
+            raise DataError(f"{path}: '{key}' must be in (0, 1], got {value}")
+        stated[norm] = value
+    return stated
 
 
 def _layout(path: str, keys: set[str]) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from atzoo.data.bundle import DatasetBundle, ImageArrays
+from atzoo.data.bundle import DatasetBundle, ImageArrays, benchmark_threat
 from atzoo.errors import DataError
 from atzoo.registry import DATASETS, declare
 
@@ -122,6 +122,8 @@ def _cifar(name: str, cls_name: str, folder_name: str, files: list[str], archive
 
 @DATASETS.register("cifar10")
 @declare(train_size=50_000, image_size=32)
+# RobustBench and the AR-AT paper (Table 3, Table 14 L2) evaluate every method at these radii.
+@benchmark_threat(linf=8 / 255, l2=0.5)
 def cifar10(root: str | None = None, download: bool = True) -> DatasetBundle:
     """CIFAR-10 (torchvision): 50,000 / 10,000 32x32 colour images, 10 classes."""
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
@@ -132,6 +134,8 @@ def cifar10(root: str | None = None, download: bool = True) -> DatasetBundle:
 
 @DATASETS.register("cifar100")
 @declare(train_size=50_000, image_size=32)
+# RobustBench's CIFAR-100 leaderboard and the AR-AT paper (Table 3): L-inf 8/255; L2 as CIFAR-10.
+@benchmark_threat(linf=8 / 255, l2=0.5)
 def cifar100(root: str | None = None, download: bool = True) -> DatasetBundle:
     """CIFAR-100 (torchvision): 50,000 / 10,000 32x32 colour images, 100 fine classes."""
     return _cifar("cifar100", "CIFAR100", "cifar-100-python", ["train", "test", "meta"],
@@ -141,6 +145,8 @@ def cifar100(root: str | None = None, download: bool = True) -> DatasetBundle:
 
 @DATASETS.register("svhn")
 @declare(train_size=73_257, image_size=32)
+# The L-inf radius adversarial-training papers evaluate SVHN at (as CIFAR); L2 as CIFAR.
+@benchmark_threat(linf=8 / 255, l2=0.5)
 def svhn(root: str | None = None, download: bool = True) -> DatasetBundle:
     """SVHN (torchvision): 73,257 / 26,032 32x32 house-number digits, 10 classes; no flip."""
     folder = data_root(root)
@@ -184,6 +190,8 @@ def imagenette_transforms(
 
 @DATASETS.register("imagenette")
 @declare(train_size=9_469, image_size=IMAGENETTE_CROP)
+# The AR-AT paper's Table 4 evaluates every method on Imagenette at L-inf 8/255 (AutoAttack).
+@benchmark_threat(linf=8 / 255)
 def imagenette(root: str | None = None, download: bool = True) -> DatasetBundle:
     """Imagenette 160 px (torchvision): 9,469 / 3,925 ImageNet images of 10 classes, from files,
     cropped to 128 px (:func:`imagenette_transforms`)."""

@@ -7,6 +7,7 @@ engine (:func:`make_accelerator`) and ``atzoo bench`` call it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -19,7 +20,7 @@ from atzoo.methods.base import Method
 
 
 def new_accelerator(precision: str, *, cpu: bool | None = None, grad_accum: int = 1, run_dir: Path | None = None,
-                    trackers: list[str] | None = None, find_unused_parameters: bool = False,
+                    trackers: list[Any] | None = None, find_unused_parameters: bool = False,
                     what: str = "run.precision") -> Accelerator:
     """An Accelerator with ``precision`` (``no``/``fp32``/``bf16``/``fp16``).
 
@@ -54,8 +55,10 @@ def make_accelerator(cfg: RunConfig, run_dir: Path, trackers: list[str], method:
     Raises:
         ConfigError: a phase's precision is not available on the device (before any write).
     """
+    from atzoo.engine.trackers import tracker_objects
+
     accelerator = new_accelerator(cfg.run.precision, grad_accum=cfg.optim.grad_accum, run_dir=run_dir,
-                                  trackers=trackers,
+                                  trackers=tracker_objects(trackers, run_dir),
                                   find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)))
     check_precisions(cfg, accelerator.device)
     return accelerator

@@ -7,6 +7,11 @@ not logging, checkpoints or evaluation) twice:
 
 * **process CPU time** (``time.process_time``: every thread of this process, not the
   time spent waiting for a core), the stable measure on a CPU shared with other work;
+* **thread CPU time** of the main thread (``time.thread_time``): in a one-thread run the
+  whole step's compute, and the one CPU measure load cannot move -- with several
+  intra-op threads OpenMP's spin-waiting at each barrier is counted as process CPU time
+  and grows with the load on the other cores (an 11-step epoch read 1.14 s quiet and
+  17.54 s loaded), so compare divides CPU times only of one-thread runs;
 * **wall time** (``time.perf_counter``), the only meaningful one on a GPU, where the
   work happens off the CPU (each step ends with a device-to-host copy of the loss, so
   the step's kernels are finished when it is read).
@@ -58,25 +63,28 @@ class CostMeter:
     profile: dict[str, Any]
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    thread_s: float = 0.0
     steps: int = 0
     mixed: bool = False
 
     @contextmanager
     def step(self) -> Iterator[None]:
         """Times the enclosed training step (exceptions propagate; the step is not counted)."""
-        cpu, wall = time.process_time(), time.perf_counter()
+        cpu, wall, thread = time.process_time(), time.perf_counter(), time.thread_time()
         yield
         self.cpu_s += time.process_time() - cpu
         self.wall_s += time.perf_counter() - wall
+        self.thread_s += time.thread_time() - thread
         self.steps += 1
 
     def reset(self) -> None:
         """A new epoch."""
-        self.cpu_s, self.wall_s, self.steps, self.mixed = 0.0, 0.0, 0, False
+        self.cpu_s, self.wall_s, self.thread_s, self.steps, self.mixed = 0.0, 0.0, 0.0, 0, False
 
     def row(self) -> dict[str, Any]:
         """The ``cost`` object of an epoch row."""
-        return {"cpu_s": self.cpu_s, "wall_s": self.wall_s, "steps": self.steps, "mixed": self.mixed,
+        return {"cpu_s": self.cpu_s, "wall_s": self.wall_s, "thread_s": self.thread_s, "steps": self.steps,
+                "mixed": self.mixed,
                 **self.profile}
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,6 +97,8 @@ class CostMeter:
             self.mixed = True  # the epoch's first part was not measured
             return
         self.cpu_s, self.wall_s = float(state["cpu_s"]), float(state["wall_s"])
+        self.thread_s = float(state.get("thread_s") or 0.0)
         self.steps = int(state["steps"])
         same = all(state.get(k) == self.profile.get(k) for k in PROFILE_KEYS)
-        self.mixed = bool(state.get("mixed")) or not same
+        # A checkpoint from before thread time was recorded: the epoch's thread time is partial.
+        self.mixed = bool(state.get("mixed")) or not same or "thread_s" not in state

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from atzoo.files.rundir import read_metrics
+from atzoo.files.text import fit_title
 
 #: Accuracy series (percent) drawn in the middle panel: row key -> (label, line style).
 ACCURACY_SERIES: dict[str, tuple[str, str]] = {
@@ -61,12 +62,37 @@ def _pct(value: Any) -> Any:
     return 100.0 * value if isinstance(value, (int, float)) else value
 
 
-def plot_curves(runs: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
-    """PNG bytes of the three panels for ``{label: run_curves(...)}``."""
+def run_title(name: str, cfg: Any) -> str:
+    """``NAME · METHOD · MODEL on DATASET · L-inf eps=8/255 (PGD-10 in training)``: what
+    the curves are of, on the figure itself (a shared PNG loses its folder name)."""
+    from atzoo.config.threat import format_eps
+
+    attack = cfg.attack
+    norm = "L-inf" if attack.norm == "linf" else "L2"
+    steps = f" ({attack.name.upper()}-{attack.steps} in training)" if getattr(attack, "steps", None) else ""
+    if cfg.method.name == "standard":
+        steps = " (no attack in training)"
+    return (f"{name} · {cfg.method.name} · {cfg.model.name} on {cfg.data.name} · "
+            f"{norm} eps={format_eps(attack.eps)}{steps}")
+
+
+def plot_curves(runs: dict[str, dict[str, list[tuple[int, float]]]], title: str | None = None) -> bytes:
+    """PNG bytes of :func:`curves_plot` (100 dpi)."""
+    buffer = io.BytesIO()
+    curves_plot(runs, title).savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def curves_plot(runs: dict[str, dict[str, list[tuple[int, float]]]], title: str | None = None) -> Any:
+    """The three panels for ``{label: run_curves(...)}``, ``title`` above them.
+
+    Epoch ticks are whole numbers; the learning rate is drawn as the step function it is
+    (each epoch's rate held over that epoch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.6 if title else 4.2))
     FigureCanvasAgg(fig)
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     for colour, (label, curves) in enumerate(runs.items()):
@@ -77,21 +103,23 @@ def plot_curves(runs: dict[str, dict[str, list[tuple[int, float]]]]) -> bytes:
             series_tint = tint if len(runs) > 1 else f"C{index % 10}"
             _line(acc_ax, curves.get(key), series_tint, style, f"{label}: {name}" if len(runs) > 1 else name,
                   bold=key == "val_robust_acc")
-        _line(lr_ax, curves.get("lr"), tint, "-", label)
+        _lr_steps(lr_ax, curves.get("lr"), tint, label)
         for index, (epoch, _) in enumerate(curves.get("co_flagged") or []):
             acc_ax.axvline(epoch, color="red", alpha=0.6, linewidth=1.5,
                            label="catastrophic overfitting" if index == 0 else None)
-    for ax, title in ((loss_ax, "training loss"), (acc_ax, "accuracy (%)"), (lr_ax, "learning rate")):
-        ax.set_title(title)
+    for ax, heading in ((loss_ax, "training loss"), (acc_ax, "accuracy (%)"), (lr_ax, "learning rate")):
+        ax.set_title(heading)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+
+        fig.suptitle(fit_title(title, 15, 11), fontsize=11)
     for ax in (acc_ax, loss_ax) if len(runs) > 1 else (acc_ax,):
         if ax.get_legend_handles_labels()[0]:  # nothing drawn yet (no finished epoch): no legend
             ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return fig
 
 
 def _line(ax: Any, points: list[tuple[int, float]] | None, colour: str, style: str, label: str,
@@ -99,6 +127,14 @@ def _line(ax: Any, points: list[tuple[int, float]] | None, colour: str, style: s
     if points:
         xs, ys = zip(*points)
         ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, linewidth=2.2 if bold else 1.2, label=label)
+
+
+def _lr_steps(ax: Any, points: list[tuple[int, float]] | None, colour: str, label: str) -> None:
+    """The learning rate per epoch as steps: epoch k's rate over (k-1, k]."""
+    if points:
+        xs, ys = zip(*points)
+        ax.plot([xs[0] - 1, *xs], [ys[0], *ys], drawstyle="steps-pre", color=colour, linewidth=1.4, label=label)
+        ax.set_ylim(bottom=0)
 
 
 def write_compare_curves(run_dirs: list[Path], out: str | Path) -> Path:

@@ -93,15 +93,16 @@ class Finisher:
         if self.cfg.run.evaluate:
             final["eval"] = self.evaluate(deploy, weights, stopped=stopped)
         self.metrics.write(final)
-        self.log.finish_trackers()
+        self.log.finish_trackers(final.get("eval", {}))  # the final numbers go to the trackers first
         if self.is_main:
             self.write_curves()
 
     def write_curves(self) -> None:
         """``curves.png``: loss, train/validation accuracies and lr per epoch (matplotlib)."""
-        from atzoo.engine.curves import plot_curves, run_curves
+        from atzoo.engine.curves import plot_curves, run_curves, run_title
 
-        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)}))
+        atomic_write_bytes(self.run_dir / "curves.png", plot_curves({self.run_dir.name: run_curves(self.run_dir)},
+                                                                    title=run_title(self.run_dir.name, self.cfg)))
 
     def deployable_model(self) -> tuple[nn.Module, str]:
         """The exported network and which weights it holds (``swa``, ``ema``, ``best`` or ``last``)."""

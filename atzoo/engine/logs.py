@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -258,16 +259,24 @@ class RunLog:
             self.acc.log({f"{prefix}/{k}": v for k, v in flatten_numbers(row).items()},
                          step=self.position.global_step)
 
-    def start_trackers(self, installed: list[str]) -> None:
-        """Says which configured trackers are missing, then starts the installed ones."""
+    def start_trackers(self, installed: list[str], *, run_dir: Path, fresh: bool) -> None:
+        """Says which configured trackers are missing, then starts the installed ones
+        (:func:`atzoo.engine.trackers.start_trackers`; ``fresh``: not a resumed run)."""
         missing = sorted(set(self.cfg.run.trackers) - set(installed))
         if missing:
             self.event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if installed:
-            self.acc.init_trackers("tensorboard", config=tracker_config(self.cfg))
+            from atzoo.engine.trackers import start_trackers
 
-    def finish_trackers(self) -> None:
-        """Closes every tracker (at the end of the run)."""
+            project = start_trackers(self.acc, self.cfg, run_dir, fresh=fresh)
+            named = f" (project '{project}')" if set(installed) - {"tensorboard"} else ""
+            self.event("trackers", f"logging to {', '.join(installed)}{named}")
+
+    def finish_trackers(self, final_eval: dict[str, Any]) -> None:
+        """The final evaluation's numbers to the trackers, then closes every tracker (end of the run)."""
+        from atzoo.engine.trackers import log_final
+
+        log_final(self.acc, self.cfg, final_eval, self.position.global_step)
         for tracker in self.acc.trackers:
             tracker.finish()
 

@@ -179,7 +179,7 @@ class OverfitWatch:
         self.bundle = train_bundle
         self.acc = accelerator
         self.use_validation = use_validation
-        self.threat = ThreatModel.resolve(cfg.eval, cfg.attack)
+        self.threat = ThreatModel.resolve(cfg.eval, cfg.attack, cfg.data.name)
         self.steps = pgd_steps_of(parse_attacks([cfg.eval.val_attack]))[0]
         # The probe's PGD must reach the eps-ball's boundary whatever eps is (2/255 x 10 steps does not
         # at eps 0.3): at least Madry et al.'s 2.5 * eps / steps.

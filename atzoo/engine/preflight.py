@@ -55,10 +55,11 @@ def check_evaluation(cfg: RunConfig, bundle: Any | None, aa_attacks: list[str] |
     """The evaluation's attacks, threat model and AutoAttack settings (and, with the
     data, AutoAttack's class requirements)."""
     from atzoo.attacks.autoattack import check_autoattack_args, check_autoattack_classes
-    from atzoo.eval.evaluator import ThreatModel, parse_attacks
+    from atzoo.eval.evaluator import ThreatModel, parse_attacks, parse_threat_models
 
     attacks = parse_attacks(cfg.eval.attacks)
-    threat = ThreatModel.resolve(cfg.eval, cfg.attack)
+    threat = ThreatModel.resolve(cfg.eval, cfg.attack, bundle if bundle is not None else cfg.data.name)
+    parse_threat_models(cfg.eval.threat_models, threat)  # a bad entry fails before training
     if "aa" not in attacks:
         return
     check_autoattack_args(threat.norm, threat.eps, cfg.eval.aa_version, aa_attacks)

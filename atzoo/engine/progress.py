@@ -33,8 +33,10 @@ class Reporter:
         console: where to print (stderr by default).
     """
 
-    def __init__(self, *, enabled: bool, total_steps: int, console: Console | None = None) -> None:
+    def __init__(self, *, enabled: bool, total_steps: int, epochs: int | None = None,
+                 console: Console | None = None) -> None:
         self.enabled = enabled
+        self.epochs = epochs
         self.console = console or Console(stderr=True)
         self.total_steps = total_steps
         self._progress: Progress | None = None
@@ -48,6 +50,7 @@ class Reporter:
             self._progress = Progress(
                 TextColumn("[bold]epoch {task.fields[epoch]}"),
                 BarColumn(),
+                TextColumn("step"),
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
                            "lr {task.fields[lr]:.4g}  {task.fields[ips]:.0f} img/s"),
@@ -57,7 +60,7 @@ class Reporter:
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "train", total=self.total_steps, epoch=0, loss=float("nan"), acc=float("nan"), lr=0.0, ips=0.0
+                "train", total=self.total_steps, epoch=self.epoch_label(0), loss=float("nan"), acc=float("nan"), lr=0.0, ips=0.0
             )
         return self
 
@@ -76,12 +79,18 @@ class Reporter:
         done = step - first
         return (now - began) / done * max(self.total_steps - step, 0) if done > 0 else None
 
-    def advance_to(self, step: int, **fields: float) -> None:
-        """Moves the bar to ``step`` optimizer steps and updates the shown fields."""
+    def epoch_label(self, epoch: int) -> str:
+        """``k/N`` for the 0-based ``epoch``: the numbering of the epoch lines (``epoch 7/60``)."""
+        return f"{epoch + 1}/{self.epochs}" if self.epochs else str(epoch + 1)
+
+    def advance_to(self, step: int, *, epoch: int | None = None, **fields: float) -> None:
+        """Moves the bar to ``step`` optimizer steps (of the whole run) and updates the shown
+        fields; ``epoch`` is 0-based and shown as the epoch lines number it (``7/60``)."""
         if self._started is None:
             self._started = (self._entered, step - 1)
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=step, **fields)
+            shown = {"epoch": self.epoch_label(epoch)} if epoch is not None else {}
+            self._progress.update(self._task, completed=step, **shown, **fields)
 
     def message(self, text: str) -> None:
         """Prints one line (main process only), above the bar if one is shown."""

@@ -195,7 +195,7 @@ class CheckpointKeeper:
                                     f"{self.precision_summary()} -> {self.run_dir}")
             # Independent attack noise per process from here on (rank 0 keeps run.seed).
             set_seed(self.cfg.run.seed, device_specific=True)
-        self.log.start_trackers(trackers)
+        self.log.start_trackers(trackers, run_dir=self.run_dir, fresh=point is None)
 
     def confirm_started(self) -> None:
         """The first optimizer step succeeded: a ``--force``-replaced old run is deleted only now."""

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from atzoo.config import OptimConfig
+from atzoo.config.schema import WARMUP_MIN_STEPS
 from atzoo.errors import ConfigError
 
 #: one-cycle constants, the defaults of :class:`torch.optim.lr_scheduler.OneCycleLR`.
@@ -37,8 +38,7 @@ def piecewise_factor(optim: OptimConfig, steps_per_epoch: int) -> Callable[[int]
     epochs 75 and 90) and, with ``warmup_lr: null``, Madry et al.'s step schedule.
     """
     warmup = optim.warmup_lr / optim.lr if optim.warmup_lr is not None else None
-    # Warm-up in optimizer steps: a rescaled schedule may warm up for a fraction of an epoch.
-    warmup_steps = round(optim.warmup_epochs * steps_per_epoch)
+    warmup_steps = warmup_length(optim.warmup_epochs, steps_per_epoch)
     milestones = sorted(optim.milestones)
 
     def factor(step: int) -> float:
@@ -48,6 +48,19 @@ def piecewise_factor(optim: OptimConfig, steps_per_epoch: int) -> Callable[[int]
         return optim.lr_decay ** sum(epoch >= m for m in milestones)
 
     return factor
+
+
+def warmup_length(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """Warm-up in optimizer steps: ``warmup_epochs`` of them, but at least
+    ``min(WARMUP_MIN_STEPS, one epoch)`` when there is a warm-up at all.
+
+    A rescaled schedule (``--epochs 1`` on a 100-epoch recipe) keeps the warm-up as a
+    fraction of the run, 0.01 epoch; rounded to steps that is none, and the first steps at
+    the full learning rate are what the warm-up was there to prevent.
+    """
+    if warmup_epochs <= 0:
+        return 0
+    return max(round(warmup_epochs * steps_per_epoch), min(WARMUP_MIN_STEPS, steps_per_epoch))
 
 
 def cosine_factor(total_steps: int) -> Callable[[int], float]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from atzoo.engine.resume import CheckpointKeeper, check_resume_config, config_di
 from atzoo.engine.rundir import MetricsLog, RunDirClaim, check_run_dir, resolve_run_dir
 from atzoo.engine.schedules import build_scheduler
 from atzoo.engine.step import StepOutput, StepRunner, train_step
+from atzoo.engine.stop import GracefulStop, StopSignal
 from atzoo.engine.validation import Validator, carve_validation, epoch_line, val_size
 from atzoo.errors import AtzooError, ConfigError, DataError, InterruptedRun, NonFiniteLossError
 from atzoo.methods.base import EpochContext, Method, create_method
@@ -113,7 +115,7 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
     # first optimizer step undoes all of it (docs/reliability.md).
     claim = RunDirClaim(run_dir, force=force, resume=resume, enabled=trainer.is_main)
     try:
-        with claim:
+        with trainer.stop, claim:  # SIGTERM: checkpoint at the next step boundary (engine/stop.py)
             trainer.open_run_dir(force=force, resume=resume, trackers=trackers, claim=claim)
             extra_data = []
             if getattr(trainer.loader, "extra_count", None):
@@ -123,11 +125,22 @@ def train(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False,
             trainer.log_config_notes([*(notes or []), *extra_data])
             trainer.fit()
             trainer.finish()
-    except KeyboardInterrupt:
-        kept = resume or claim.is_started
-        raise InterruptedRun(f"interrupted; {'the run is in' if kept else 'nothing was changed in'} {run_dir}",
-                             run_dir=run_dir, resumable=kept) from None
+    except (KeyboardInterrupt, StopSignal) as exc:
+        raise interruption(exc, run_dir, kept=resume or claim.is_started,
+                           step=trainer.position.global_step) from None
     return run_dir
+
+
+def interruption(exc: BaseException, run_dir: Path, *, kept: bool, step: int) -> InterruptedRun:
+    """The :class:`InterruptedRun` for a run stopped by Ctrl-C or by SIGTERM."""
+    if isinstance(exc, StopSignal):
+        where = f"after step {step} (checkpoint written)" if exc.checkpointed else "before a step boundary"
+        return InterruptedRun(f"stopped by {signal.Signals(exc.signum).name} {where}; "
+                              f"{'the run is in' if kept else 'nothing was changed in'} {run_dir}",
+                              run_dir=run_dir, resumable=kept, signal_name=signal.Signals(exc.signum).name,
+                              exit_code=exc.exit_code, checkpoint_step=step if exc.checkpointed else None)
+    return InterruptedRun(f"interrupted; {'the run is in' if kept else 'nothing was changed in'} {run_dir}",
+                          run_dir=run_dir, resumable=kept)
 
 
 def check_seed(seed: int) -> None:
@@ -219,7 +232,8 @@ class Trainer:
         self.cost = CostMeter(hardware_profile(accelerator.device, accelerator.num_processes,
                                                    precision.profile(cfg.run.precision, cfg.attack.precision)))
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
-        self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps())
+        self.reporter = Reporter(enabled=self.is_main, total_steps=self.total_steps(), epochs=cfg.optim.epochs)
+        self.stop = GracefulStop()  # train() installs it; fit() arms it
         self.log = RunLog(cfg, accelerator, metrics=self.metrics, reporter=self.reporter, position=self.position,
                           cost=self.cost, average=self.average, core=self.core, method=method, loader=self.loader)
         self.checkpoints = CheckpointKeeper(
@@ -229,8 +243,8 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch)
         self.finisher = Finisher(
             cfg, run_dir, accelerator, bundle=self.bundle, core=self.core, method=method, average=self.average,
-            validator=self.validator, co_watch=self.co_watch, checkpoints=self.checkpoints, log=self.log, metrics=self.metrics,
-            position=self.position, reporter=self.reporter, attack_precision=self.runner.attack_precision,
+            validator=self.validator, co_watch=self.co_watch, checkpoints=self.checkpoints, log=self.log,
+            metrics=self.metrics, position=self.position, reporter=self.reporter, attack_precision=self.runner.attack_precision,
             new_loader=lambda: self._train_loader(augment=cfg.data.augment))
 
     # ------------------------------------------------------------------ the run, as train() drives it
@@ -306,8 +320,10 @@ class Trainer:
         """Runs epochs until ``optim.epochs`` or ``run.max_steps``."""
         self.log.start_clock(time.perf_counter())  # throughput counts training only, not the set-up
         with self.reporter:
-            while not self.done():
-                self.run_epoch(self.position.epoch)
+            with self.stop.armed_for_steps():  # SIGTERM now waits for the step boundary
+                while not self.done():
+                    self.run_epoch(self.position.epoch)
+                self.stop_if_requested()  # received during the last step: stop before the export
 
     def done(self) -> bool:
         return self.position.epoch >= self.cfg.optim.epochs or self.max_steps_reached() or self.stopped is not None
@@ -408,7 +424,21 @@ class Trainer:
             return True
         if self._step_checkpoint_due() and not end_of_epoch:
             self.checkpoints.save()  # at the end of an epoch, end_epoch() writes it after the summary
+        if not end_of_epoch:
+            self.stop_if_requested()  # at the end of an epoch: after its summary, in end_epoch()
         return False
+
+    def stop_if_requested(self) -> None:
+        """SIGTERM received (on any process): checkpoint this step boundary and stop."""
+        reduce_sum = None
+        if self.acc.num_processes > 1:
+            def reduce_sum(value: float) -> float:
+                return float(self.acc.reduce(torch.tensor([value], device=self.acc.device), "sum").item())
+        signum = self.stop.requested(reduce_sum)
+        if signum is None:
+            return
+        self.checkpoints.save_unless_saved()
+        raise StopSignal(signum, checkpointed=True)
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.run.checkpoint_every_steps
@@ -423,6 +453,7 @@ class Trainer:
         every = self.cfg.run.checkpoint_every
         if (every > 0 and self.position.epoch % every == 0) or self._step_checkpoint_due():
             self.checkpoints.save()
+        self.stop_if_requested()
 
     def validate(self, epoch: int) -> None:
         """``eval.val_every``: held-out clean/PGD accuracy to metrics.jsonl, the trackers and

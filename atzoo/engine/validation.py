@@ -120,7 +120,7 @@ class Validator:
         self.cfg = cfg
         self.bundle = bundle
         self.acc = accelerator
-        self.threat = ThreatModel.resolve(cfg.eval, cfg.attack)
+        self.threat = ThreatModel.resolve(cfg.eval, cfg.attack, cfg.data.name)
         steps = pgd_steps_of(parse_attacks([cfg.eval.val_attack]))
         if len(steps) != 1:
             raise ConfigError(f"eval.val_attack must be one PGD attack such as pgd10, got {cfg.eval.val_attack!r}")

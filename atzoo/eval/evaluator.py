@@ -8,12 +8,18 @@ numbers always describe the same images. (The first N, not a class-balanced samp
 CIFAR test files are not sorted by class, so their first 1000 images hold ~100 per
 class; the per-class accuracies show any imbalance.)
 
-Headline accuracies are per-example worst cases over what was run on the set: an
-example counts under PGD-N only if it is also classified correctly clean, and under
-AutoAttack only if it also survives every PGD run on it (as RobustBench reports the worst
-case over an ensemble). Hence ``autoattack_acc <= pgd20_acc <= clean_acc`` always holds;
-the accuracy of each attack alone is kept in ``accuracy_alone`` and the per-example outcomes in
-``examples`` (packed bits), from which later evaluations of the same set are merged.
+Headline accuracies (see :mod:`atzoo.eval.results`): ``clean_acc``; ``pgd20_acc`` (each
+attack alone, an example counting only if it is also classified correctly clean);
+``autoattack_acc``, standard AutoAttack alone, the number RobustBench's ``benchmark()``
+and the papers report; and ``worst_case_acc``, correct under every attack run on the set.
+The per-example outcomes are kept in ``examples`` (packed bits), from which later
+evaluations of the same weights on the same set are merged. Every payload names the
+weights it measured (``weights_fingerprint``).
+
+Threat model: the dataset's **benchmark** threat model by default (declared where the
+dataset is registered, :func:`atzoo.data.bundle.benchmark_threat`: CIFAR L-inf 8/255 and
+L2 0.5, digits 32/255), whatever eps the method trained with, so that every method on one
+dataset is measured alike; ``eval.eps`` overrides it and ``eval.threat_models`` adds more.
 
 * ``clean``: accuracy on the set (and per class).
 * ``pgd20`` (any ``pgd<N>``): PGD-N on the cross-entropy from a uniform random start,
@@ -55,9 +61,14 @@ from torch import Tensor, nn
 
 from atzoo import __version__
 from atzoo.attacks import BatchAttack, build_attack, pgd, run_autoattack, unwrap_model
-from atzoo.attacks.autoattack import DEFAULT_CHUNK_SIZE, check_autoattack_args, check_autoattack_classes
+from atzoo.attacks.autoattack import (
+    DEFAULT_CHUNK_SIZE,
+    VERSION_ATTACKS,
+    check_autoattack_args,
+    check_autoattack_classes,
+)
 from atzoo.attacks.mode import attack_mode
-from atzoo.config.threat import DEFAULT_EPS, ThreatModel  # noqa: F401  (the one threat-model type; re-exported)
+from atzoo.config.threat import DEFAULT_EPS, ThreatModel, benchmark_eps  # noqa: F401  (the one threat-model type; re-exported)
 from atzoo.attacks.sharding import ChunkResult, ProcessGroup, ShardedRun
 from atzoo.files.common import compare_state_dicts
 from atzoo.config import AttackConfig, EvalConfig
@@ -67,6 +78,7 @@ from atzoo.eval.results import (
     EVAL_FILE,
     encode_flags,
     headline_accuracies,
+    weights_fingerprint,
     masking_flags,
     read_eval_json,
     write_eval_json,
@@ -132,6 +144,29 @@ def parse_attacks(names: Sequence[str]) -> list[str]:
 def pgd_steps_of(attacks: Sequence[str]) -> list[int]:
     """The step counts of the ``pgd<N>`` names in ``attacks``."""
     return [int(m.group(1)) for n in attacks if (m := _PGD_NAME.match(n))]
+
+
+def parse_threat_models(items: Sequence[str], base: ThreatModel) -> list[ThreatModel]:
+    """``eval.threat_models`` entries (``linf:0.031``, ``l2:0.5``, ``linf:8/255``) as threat
+    models other than ``base`` (PGD step as :meth:`ThreatModel.resolve` sets it)."""
+    from atzoo.config import coerce
+
+    extra: list[ThreatModel] = []
+    for item in items:
+        norm, sep, value = str(item).partition(":")
+        if not sep or norm.strip() not in ("linf", "l2"):
+            raise ConfigError(f"eval.threat_models entries are NORM:EPS with NORM linf or l2 (e.g. linf:0.031), "
+                              f"got {item!r}")
+        try:
+            eps = coerce(value.strip(), float, "eval.threat_models")
+        except ConfigError:
+            raise ConfigError(f"eval.threat_models: {value!r} is not a radius (e.g. 0.031 or 8/255)") from None
+        threat = ThreatModel.resolve(EvalConfig(norm=norm.strip(), eps=eps), AttackConfig())
+        threat = ThreatModel(threat.norm, threat.eps, threat.step_size, "eval.threat_models")
+        same = threat.norm == base.norm and math.isclose(threat.eps, base.eps, abs_tol=1e-9)
+        if not same and all(t.label != threat.label for t in extra):
+            extra.append(threat)
+    return extra
 
 
 # --------------------------------------------------------------------------- process helpers
@@ -201,6 +236,14 @@ class _Progress:
     def set_total(self, task: Any, total: int) -> None:
         if self._progress is not None and task is not None:
             self._progress.update(task, total=total)
+
+    def set_completed(self, task: Any, completed: int) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, completed=completed)
+
+    def describe(self, task: Any, description: str) -> None:
+        if self._progress is not None and task is not None:
+            self._progress.update(task, description=description)
 
 
 # --------------------------------------------------------------------------- the passes
@@ -342,12 +385,47 @@ def _autoattack(
     net: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, threat: ThreatModel, *, group: ProcessGroup,
     progress: _Progress, seed: int, out: Path | None, aa_attacks: Sequence[str] | None, chunk_size: int,
 ) -> Any:
-    task = progress.task(f"AutoAttack ({cfg.aa_version})", 0)
+    title = f"AutoAttack ({cfg.aa_version})"
+    task = progress.task(title, 0)
+    order = list(aa_attacks or []) if cfg.aa_version == "custom" else list(VERSION_ATTACKS.get(cfg.aa_version, ()))
+    watch = AutoAttackWatch(title, order, progress, task)
     return run_autoattack(
         net, x, y, eps=threat.eps, norm=threat.norm, version=cfg.aa_version, attacks=aa_attacks, seed=seed,
         chunk_size=chunk_size, state_path=(out / AA_STATE_FILE) if out is not None else None, group=group,
-        on_plan=lambda mine: progress.set_total(task, len(mine)), on_chunk_done=lambda i, r: progress.advance(task),
+        on_plan=watch.plan, on_chunk_done=watch.chunk_done, on_attack=watch.attack_done,
     )
+
+
+class AutoAttackWatch:
+    """AutoAttack's progress inside the ensemble: one bar unit per attack per chunk, and in
+    the description the attack just finished, how many of the images attacked so far are
+    still robust, and the attack now running (``AutoAttack (standard) apgd-ce: 20/32 robust,
+    running apgd-t``). An attack the package skips (no robust example left) is counted when
+    its chunk finishes."""
+
+    def __init__(self, title: str, order: list[str], progress: _Progress, task: Any) -> None:
+        self.title, self.order, self.progress, self.task = title, order, progress, task
+        self.attacks = max(len(order), 1)
+        self.chunks_done = self.images_done = self.robust_done = 0
+
+    def plan(self, mine: list[int]) -> None:
+        self.progress.set_total(self.task, len(mine) * self.attacks)
+
+    def attack_done(self, index: int, attack: str, robust: int, examples: int) -> None:
+        self.progress.advance(self.task)
+        position = self.order.index(attack) if attack in self.order else len(self.order)
+        running = f", running {self.order[position + 1]}" if position + 1 < len(self.order) and robust else ""
+        self._describe(f"{attack}: {self.robust_done + robust}/{self.images_done + examples} robust{running}")
+
+    def chunk_done(self, index: int, flags: ChunkResult) -> None:
+        self.chunks_done += 1
+        self.images_done += len(flags["robust"])
+        self.robust_done += sum(bool(r) for r in flags["robust"])
+        self.progress.set_completed(self.task, self.chunks_done * self.attacks)
+        self._describe(f"{self.robust_done}/{self.images_done} robust")
+
+    def _describe(self, text: str) -> None:
+        self.progress.describe(self.task, f"{self.title} {text}")
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -392,7 +470,8 @@ def evaluate(
         The payload (merged with the existing ``eval.json`` when ``out`` is given).
     """
     attacks = parse_attacks(cfg.attacks)
-    threat = ThreatModel.resolve(cfg, attack_cfg)
+    threat = ThreatModel.resolve(cfg, attack_cfg, bundle)
+    extra_threats = parse_threat_models(cfg.threat_models, threat)
     check_finite_model(model, "the model")
     if "aa" in attacks:
         check_autoattack_args(threat.norm, threat.eps, cfg.aa_version, aa_attacks)
@@ -434,12 +513,34 @@ def evaluate(
             flags["aa"] = aa.robust_flags
     results["examples"] = {"n": n_sub, "flags": {k: encode_flags(v) for k, v in flags.items()}}
     results.update(headline_accuracies(results["examples"]))
+    results["weights_fingerprint"] = weights_fingerprint(unwrap_model(model))
     payload = _payload(results, bundle, threat, meta or {}, n_sub, cfg.precision)
+    if extra_threats:
+        payload["other_threat_models"] = {
+            t.label: _other_threat_model(model, bundle, cfg, t, attack_cfg=attack_cfg, accelerator=accelerator,
+                                         progress=progress, meta=meta, seed=seed, aa_attacks=aa_attacks,
+                                         aa_chunk_size=aa_chunk_size)
+            for t in extra_threats}
     if out_path is not None:
         if group.is_main:
             payload = write_eval_json(out_path, payload, attacks)
         payload = group.broadcast(payload)  # every process returns the merged payload
     return payload
+
+
+#: Keys of an evaluation under an extra threat model kept in ``other_threat_models``.
+_OTHER_KEYS = ("norm", "eps", "threat_model_source", "n_examples", "clean_acc", "pgd20_acc", "autoattack_acc",
+               "worst_case_acc", "aa_n_examples", "eval_set", "attacks", "flags")
+
+
+def _other_threat_model(model: nn.Module, bundle: Any, cfg: EvalConfig, threat: ThreatModel, **kwargs: Any
+                        ) -> dict[str, Any]:
+    """The headline numbers under one of ``eval.threat_models`` (same attacks, same images)."""
+    import dataclasses
+
+    other = dataclasses.replace(cfg, norm=threat.norm, eps=threat.eps, threat_models=[])
+    payload = evaluate(model, bundle, other, out=None, **kwargs)
+    return {k: payload.get(k) for k in _OTHER_KEYS} | {"threat_model_source": threat.source}
 
 
 def _pass_results(totals: _PassTotals, bundle: Any, steps_list: list[int], cfg: EvalConfig,
@@ -481,10 +582,12 @@ def _payload(results: dict[str, Any], bundle: Any, threat: ThreatModel, meta: di
         "dataset": bundle.name,
         "norm": threat.norm,
         "eps": threat.eps,
+        "threat_model_source": threat.source,
         "n_examples": n_examples,
         "clean_acc": None,
         "pgd20_acc": None,
         "autoattack_acc": None,
+        "worst_case_acc": None,
         "per_class": None,
         "invariance_cos": None,
         "precision": precision,

@@ -46,6 +46,26 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
+def page_figures(board: Leaderboard) -> dict[str, bytes]:
+    """The page's figures, one trade-off plot and one set of training curves per group
+    (each readable at its natural size in an 800 px window; tradeoff.png has them all)."""
+    from dataclasses import replace
+
+    from atzoo.report.plot import curves_figure, png_bytes, tradeoff_figure
+
+    figures: dict[str, bytes] = {}
+    several = len(board.groups) > 1
+    for group in board.groups or [None]:
+        one = replace(board, groups=[group]) if group is not None else board
+        suffix = f": {group.title}" if several and group is not None else ""
+        figures[f"Robustness-accuracy trade-off{suffix}"] = png_bytes(tradeoff_figure(one))
+    for group in board.groups:
+        curves = curves_figure(replace(board, groups=[group]))
+        if curves is not None:
+            figures[f"Training curves{': ' + group.title if several else ''}"] = png_bytes(curves)
+    return figures
+
+
 def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
     """Writes :data:`OUTPUT_FILES` into ``out`` (overwriting only those files).
 
@@ -53,13 +73,10 @@ def write_outputs(board: Leaderboard, out: str | Path) -> dict[str, Path]:
     training curves (as PNG data, so the page stays one self-contained file).
     """
     folder = prepare_out_dir(out)
-    from atzoo.report.plot import curves_figure, png_bytes, tradeoff_figure  # matplotlib: only when plotting
+    from atzoo.report.plot import png_bytes, tradeoff_figure  # matplotlib: only when plotting
 
     tradeoff = png_bytes(tradeoff_figure(board))
-    curves = curves_figure(board)
-    figures = {"Robustness-accuracy trade-off": tradeoff}
-    if curves is not None:
-        figures["Training curves"] = png_bytes(curves)
+    figures = page_figures(board)
     texts = {
         "leaderboard.md": to_markdown(board), "leaderboard.csv": to_csv(board),
         "leaderboard.json": to_json(board), "leaderboard.html": to_html(board, figures=figures, out_dir=folder),

@@ -31,6 +31,7 @@ from typing import Any
 from atzoo.files.common import atomic_write_json
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
+from atzoo.precision import precision_label
 from atzoo.files.safe_read import read_json_file
 
 REFERENCE = "at"
@@ -131,5 +132,5 @@ def lookup_ratio(profile: dict[str, Any], method: str, folder: Path | None = Non
         return None  # a damaged record (negative, zero or NaN time) is no record
     assert isinstance(entry, dict)
     source = (f"atzoo bench step-cost ({entry.get('basis', '?')}, {entry.get('model', '?')} batch "
-              f"{entry.get('batch_size', '?')}) on {profile['device_name']}, precision {profile['precision']}")
+              f"{entry.get('batch_size', '?')}) on {profile['device_name']}, precision {precision_label(profile['precision'])}")
     return float(entry["ratio"]), source

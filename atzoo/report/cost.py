@@ -1,35 +1,35 @@
-"""The leaderboard's cost column: a ratio to AT only where it means what it says.
+"""The leaderboard's *measured* cost ratio: shown only where load cannot move it.
 
-Rules (documented for users in ``docs/cli.md``):
+The default cost column is the pass-count ratio (:mod:`atzoo.bench.run_passes`). A measured
+time ratio is added beside it only when:
 
-1. **Measured, same hardware.** When an entry's runs and the AT entry's runs all
-   recorded one hardware profile (:data:`atzoo.engine.cost.PROFILE_KEYS`: device type
-   and name, processes, threads, precision), the ratio divides their step times per
-   epoch: process **CPU time** on the CPU (it does not count time spent waiting for a
-   core, so other jobs on the machine do not change it) and **wall time** on GPUs.
-2. **Recorded benchmark.** Otherwise the ratio ``atzoo bench step-cost`` recorded for
-   the method on the hardware the entry ran on (:mod:`atzoo.bench.records`), marked as
-   such, with the reason the runs' own times were not divided.
-3. **Nothing**, with the reason, when neither exists. Never a division of times from
-   different hardware or settings.
+1. **Same device kind.** Every run of the entry and of the AT entry recorded one hardware
+   profile (:data:`atzoo.engine.cost.PROFILE_KEYS`: device type and name, processes,
+   threads, precision); the host may differ.
+2. **A load-robust measure.** On GPUs, the wall time of the training steps (the work is
+   on the device; the step ends with a host copy of the loss). On the CPU, the main
+   thread's CPU time (``thread_s``) of runs with **one** intra-op thread: per-thread
+   compute time, which neither waiting for a core nor other jobs change. Process CPU time
+   with several threads counts OpenMP's spin-waiting, which grows with the load on the
+   other cores (issue 25: an identical epoch read 1.14 s quiet, 17.54 s loaded), so such
+   runs get no measured ratio. Nor do epochs whose steps had a core less than
+   :data:`MIN_CORE_SHARE` of their wall time (``thread_s / wall_s``): on a contended machine
+   even one thread's CPU time moves (shared caches and SMT siblings;
+   ``benchmarks/cost_under_load.py`` measured AR-AT's thread time 11.5 % higher beside
+   three busy loops on 2 cores).
 
-Runs made before atzoo recorded CPU time and hardware keep the old ratio of wall-clock
-seconds per epoch, but only between such runs, and the source says what it is.
+Otherwise there is no measured ratio, and the reason is kept. Never a division of times
+from different hardware or settings, or of wall-clock seconds on a shared CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from atzoo.provenance import PROFILE_KEYS
 from atzoo.report.runs import RunRecord
-
-#: ``cost_source`` of ratios between older runs that recorded wall-clock seconds only.
-LEGACY_SOURCE = ("wall-clock seconds per epoch of runs that recorded no hardware profile "
-                 "(made before atzoo recorded CPU time); machine load can distort it")
-
+from atzoo.precision import precision_label  # noqa: F401  (re-exported)
 
 def profile_key(profile: dict[str, Any]) -> tuple[Any, ...]:
     """The fields that must match for step times to be divided (the host may differ)."""
@@ -37,15 +37,36 @@ def profile_key(profile: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def describe(profile: dict[str, Any]) -> str:
-    """``cpu (AMD EPYC 7B13), 1 process, 2 threads, precision no``."""
+    """``cpu (AMD EPYC 7B13), 1 process, 2 threads, precision fp32``."""
     processes = profile.get("processes")
     return (f"{profile.get('device')} ({profile.get('device_name')}), {processes} process"
-            f"{'es' if processes != 1 else ''}, {profile.get('threads')} threads, precision {profile.get('precision')}")
+            f"{'es' if processes != 1 else ''}, {profile.get('threads')} threads, precision {precision_label(profile.get('precision'))}")
 
 
 def basis(profile: dict[str, Any]) -> tuple[str, str]:
-    """(cost-row key, description): CPU time on the CPU, wall time on any accelerator."""
-    return ("cpu_s", "process CPU time") if profile.get("device") == "cpu" else ("wall_s", "wall time")
+    """(cost-row key, description): thread CPU time on the CPU, wall time on any accelerator."""
+    return ("thread_s", "thread CPU time") if profile.get("device") == "cpu" else ("wall_s", "wall time")
+
+
+#: Least share of an epoch's step wall time its one thread must have had a core for its
+#: thread CPU time to count as load-robust.
+MIN_CORE_SHARE = 0.9
+
+
+def load_robust(profile: dict[str, Any]) -> str | None:
+    """Why an epoch's times are not load-robust (None: they are; see the module docstring)."""
+    if profile.get("device") != "cpu":
+        return None
+    if "thread_s" not in profile or not profile.get("thread_s"):
+        return "it recorded no thread CPU time (made before atzoo did)"
+    if profile.get("threads") != 1:
+        return (f"it ran {profile.get('threads')} intra-op threads on the CPU, whose CPU time counts OpenMP "
+                "spin-waiting that load inflates (set OMP_NUM_THREADS=1 for a measured figure)")
+    share = float(profile["thread_s"]) / float(profile.get("wall_s") or float("inf"))
+    if share < MIN_CORE_SHARE:
+        return (f"its steps had a core {100 * share:.0f}% of their wall time (the machine was busy; below "
+                f"{100 * MIN_CORE_SHARE:.0f}% even one thread's CPU time moves with the load)")
+    return None
 
 
 def timed_epochs(run: RunRecord) -> list[dict[str, Any]]:
@@ -66,6 +87,9 @@ def run_profile(run: RunRecord) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"{run.path} was resumed on other hardware or settings within each of its epochs"
     if len({profile_key(c) for c in epochs}) > 1:
         return None, f"{run.path} ran its epochs on different hardware or settings"
+    unstable = next((load_robust(c) for c in epochs if load_robust(c)), None)
+    if unstable:
+        return None, f"{run.path}: {unstable}"
     return epochs[0], None
 
 
@@ -73,7 +97,7 @@ def run_seconds(run: RunRecord, profile: dict[str, Any]) -> float:
     """Mean step seconds per epoch on the profile's basis (CPU or wall time)."""
     key, _ = basis(profile)
     epochs = timed_epochs(run)
-    return sum(float(c[key]) for c in epochs) / len(epochs)
+    return sum(float(c.get(key) or 0.0) for c in epochs) / len(epochs)
 
 
 def entry_profile(runs: Sequence[RunRecord]) -> tuple[dict[str, Any] | None, str | None]:
@@ -111,32 +135,14 @@ def measured_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[Run
     mine, my_reason = entry_profile(entry_runs)
     ref, ref_reason = entry_profile(reference_runs)
     if mine is None or ref is None:
-        legacy = all(not r.epoch_costs for r in [*entry_runs, *reference_runs])
-        if legacy:
-            return _legacy_ratio(entry_runs, reference_runs)
         return None, None, my_reason or f"AT: {ref_reason}"
     if profile_key(mine) != profile_key(ref):
         return None, None, f"it ran with {differences(mine, ref)}"
     ratio = _mean(step_seconds(entry_runs)[0]) / _mean(step_seconds(reference_runs)[0])
-    return ratio, f"{basis(mine)[1]} per epoch of training steps, same hardware: {describe(mine)}", None
-
-
-def _legacy_ratio(entry_runs: Sequence[RunRecord], reference_runs: Sequence[RunRecord]
-                  ) -> tuple[float | None, str | None, str | None]:
-    mine = [r.seconds_per_epoch for r in entry_runs if r.seconds_per_epoch is not None]
-    ref = [r.seconds_per_epoch for r in reference_runs if r.seconds_per_epoch is not None]
-    if not mine or not ref:
-        return None, None, "no complete epoch timed"
-    return _mean(mine) / _mean(ref), LEGACY_SOURCE, None
+    machine = next((r.provenance.get("machine") for r in [*entry_runs, *reference_runs] if r.provenance.get("machine")),
+                   None) or mine.get("device_name")
+    return ratio, f"{basis(mine)[1]} per epoch of training steps on {machine} ({describe(mine)})", None
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
-
-
-def bench_ratio(method: str, runs: Sequence[RunRecord], folder: Path | None = None) -> tuple[float, str] | None:
-    """The ``atzoo bench step-cost`` ratio recorded for the hardware the runs ran on."""
-    from atzoo.report.bench_records import lookup_ratio
-
-    profile, _ = entry_profile(runs)
-    return lookup_ratio(profile, method, folder) if profile is not None else None

@@ -83,11 +83,33 @@ from {name} import get_model
 model = get_model()
 model.load_state_dict(torch.load("{checkpoint}", weights_only=True)["state_dict"])
 model.eval()
+{evaluation}```
+'''
 
+#: The datasets RobustBench's ``benchmark`` evaluates on (``robustbench.model_zoo.enums.BenchmarkDataset``).
+ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
+
+_BENCHMARK = '''
 from robustbench.eval import benchmark
 clean, robust = benchmark(model, dataset="{dataset}", threat_model="{threat}", eps={eps})
-```
 '''
+
+_NO_BENCHMARK = '''```
+
+RobustBench's `benchmark` evaluates CIFAR-10, CIFAR-100 and ImageNet only, not `{dataset}`;
+evaluate this model with atzoo instead:
+
+```bash
+atzoo eval {run} --attacks clean,pgd20,aa
+'''
+
+
+def readme_evaluation(dataset: str, threat: str, eps: str, run: str) -> str:
+    """The README's evaluation lines: RobustBench's ``benchmark`` where it can run on the
+    dataset, otherwise the ``atzoo eval`` command (never a call RobustBench would refuse)."""
+    if dataset in ROBUSTBENCH_DATASETS:
+        return _BENCHMARK.format(dataset=dataset, threat=threat, eps=eps)
+    return _NO_BENCHMARK.format(dataset=dataset, run=run)
 
 
 def _threat_model(run_dir: Path) -> ThreatModel:
@@ -199,7 +221,8 @@ def export_robustbench(run: str | Path, out: str | Path, name: str | None = None
     atomic_write_text(files["readme"], _README.format(
         name=name, version=__version__, run=run_dir.as_posix(), method=meta.get("method"), model=model_name,
         dataset=dataset, threat=threat, eps=f"{eps:.6g}",
-        checkpoint=files["checkpoint"].relative_to(out).as_posix()))
+        checkpoint=files["checkpoint"].relative_to(out).as_posix(),
+        evaluation=readme_evaluation(dataset, threat, f"{eps:.6g}", run_dir.as_posix())))
     return files
 
 

@@ -20,16 +20,24 @@ import os
 from pathlib import Path
 
 from atzoo.report.leaderboard import Entry, Group, Leaderboard
-from atzoo.report.render import COLUMNS, cells, sort_values
+from atzoo.report.render import UNRANKED_MARK, cells, columns, sort_values
 
-_NUMERIC = {"rank", "seeds", "clean", "pgd20", "autoattack", "score", "seconds_per_epoch", "cost_vs_at", "pareto"}
+_NUMERIC = {"rank", "seeds", "clean", "pgd20", "autoattack", "worst_case", "score", "seconds_per_epoch", "cost_vs_at",
+            "measured_vs_at", "pareto"}
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 80rem;
        padding: 0 1rem; color: #1d232a; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.table-scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; width: 100%; margin: .5rem 0; }
 th, td { padding: .35rem .6rem; border-bottom: 1px solid #d8dee4; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; min-width: 3.5rem; }
+td.label { white-space: normal; min-width: 11rem; }
+@media (max-width: 900px) {
+  body { font-size: 13px; margin: 1rem auto; padding: 0 .5rem; }
+  th, td { padding: .3rem .35rem; }
+}
 th { background: #f3f5f7; cursor: pointer; user-select: none; position: relative; }
 th:focus { outline: 2px solid #4a90d9; }
 th[data-type="text"], td[data-type="text"] { text-align: left; }
@@ -97,6 +105,15 @@ _JS = """
   if (window.location.hash === "#selftest" && tables.length > 0) {
     var table = tables[0];
     var result = { tables: tables.length, rows: table.tBodies[0].rows.length, initial: labels(table) };
+    // Layout: the page never runs past the window; each table's box reaches its last column.
+    result.layout = { viewport: document.documentElement.clientWidth,
+      page: document.documentElement.scrollWidth,
+      tables: Array.prototype.map.call(tables, function (t) {
+        var box = t.parentNode, last = t.tHead.rows[0].cells[t.tHead.rows[0].cells.length - 1];
+        return { box_right: box.getBoundingClientRect().right, box_scroll: box.scrollWidth,
+                 table_width: t.getBoundingClientRect().width, scrolls: box.scrollWidth > box.clientWidth,
+                 overflow_x: window.getComputedStyle(box).overflowX,
+                 last_right: last.getBoundingClientRect().right - box.getBoundingClientRect().left }; }) };
     headerFor(table, "clean").click();
     result.clean_first_click = labels(table);
     result.clean_first_sort = headerFor(table, "clean").getAttribute("aria-sort");
@@ -135,13 +152,14 @@ def _config_links(entry: Entry, out_dir: Path | None) -> str:
     return f' <span class="runs">({", ".join(links)})</span>' if links else ""
 
 
-def _row(entry: Entry, out_dir: Path | None = None) -> str:
+def _row(entry: Entry, out_dir: Path | None = None, shown: tuple[tuple[str, str], ...] = ()) -> str:
     text = cells(entry)
     values = sort_values(entry)
     classes = " ".join(c for c in (entry.kind, "pareto" if entry.pareto else "") if c)
     tds = []
-    hover = {"cost_vs_at": entry.cost_note or entry.cost_source}
-    for key, _ in COLUMNS:
+    hover = {"cost_vs_at": entry.cost_note or entry.cost_source, "measured_vs_at": entry.measured_source,
+             "rank": f"not ranked: {entry.unranked_reason}" if entry.unranked_reason else None}
+    for key, _ in shown:
         kind = "number" if key in _NUMERIC else "text"
         tip = f' title="{_attr(hover[key])}"' if hover.get(key) else ""
         links = _config_links(entry, out_dir) if key == "label" else ""
@@ -154,15 +172,18 @@ def _row(entry: Entry, out_dir: Path | None = None) -> str:
 
 
 def _table(group: Group, out_dir: Path | None = None) -> str:
+    shown = columns(group)
     heads = "".join(
         f'<th scope="col" data-key="{key}" data-type="{"number" if key in _NUMERIC else "text"}">'
         f"{html.escape(header)}</th>"
-        for key, header in COLUMNS
+        for key, header in shown
     )
-    rows = "\n".join(_row(e, out_dir) for e in group.entries)
+    rows = "\n".join(_row(e, out_dir, shown) for e in group.entries)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in group.notes)
-    return (f"<h2>{html.escape(group.title)}</h2>\n<table class=\"leaderboard\">"
-            f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>\n{notes}")
+    # The scroll box: a table wider than the window scrolls sideways inside the page
+    # instead of running past its right edge, where the last columns were cut off.
+    return (f"<h2>{html.escape(group.title)}</h2>\n<div class=\"table-scroll\"><table class=\"leaderboard\">"
+            f"<thead><tr>{heads}</tr></thead>\n<tbody>\n{rows}\n</tbody></table></div>\n{notes}")
 
 
 def _figures(figures: dict[str, bytes]) -> str:
@@ -201,8 +222,10 @@ def to_html(board: Leaderboard, *, figures: dict[str, bytes] | None = None, out_
 </head>
 <body>
 <h1>atzoo leaderboard</h1>
-<p class="note">Mean ± sample std over seeds. Ranked by clean + robust accuracy; robust is AutoAttack (AA),
-or PGD-20 where AutoAttack was not run (marked *). Click a column header to sort. Generated by atzoo {html.escape(__version__)}.</p>
+<p class="note">Mean ± sample std over seeds. AA is standard AutoAttack alone and PGD-20 is PGD-20 alone, on the
+same images. Ranked by clean + AA; entries without AutoAttack are listed after the ranked ones, marked {UNRANKED_MARK}.
+x AT (passes) is the pass-count ratio of a training step to AT. Hover a row for its provenance (weights, training
+data, commit, host). Click a column header to sort. Generated by atzoo {html.escape(__version__)}.</p>
 {separation}
 {tables}
 <pre id="selftest-result" hidden></pre>

@@ -43,7 +43,11 @@ class RunRecord:
         path: the run directory.
         method, model, dataset: from eval.json.
         norm, eps: the threat model the run was *evaluated* under.
-        clean, pgd20, autoattack: accuracies in percent (``None`` when not run).
+        clean, pgd20, autoattack: accuracies in percent (``None`` when not run); each attack
+            alone (``autoattack``: standard AutoAttack alone, as the papers report it).
+        worst_case: correct under every attack run on the images (``None`` with one attack).
+        weights: fingerprint of the evaluated weights (``None`` for older eval.json files).
+        test_digest: content digest of the test split evaluated on (``None``: older files).
         n_examples: test examples of the clean and PGD evaluation.
         aa_n_examples: test examples AutoAttack ran on (``eval.n_ex``), if it ran.
         seed: ``run.seed`` from config.yaml (``None`` without it).
@@ -68,6 +72,10 @@ class RunRecord:
     clean: float | None
     pgd20: float | None
     autoattack: float | None
+    worst_case: float | None = None
+    weights: str | None = None
+    test_digest: str | None = None
+    threat_source: str | None = None
     n_examples: int | None = None
     aa_n_examples: int | None = None
     seed: int | None = None
@@ -85,6 +93,11 @@ class RunRecord:
     def dataset_key(self) -> str:
         """What identifies the data: its content fingerprint, else (older runs) its name."""
         return f"sha:{self.dataset_fingerprint}" if self.dataset_fingerprint else f"name:{self.dataset}"
+
+    @property
+    def test_key(self) -> str:
+        """What identifies the test data measured on: its content digest, else the dataset key."""
+        return f"test:{self.test_digest}" if self.test_digest else self.dataset_key
 
     @property
     def seconds_per_epoch(self) -> float | None:
@@ -229,11 +242,17 @@ def load_run(path: str | Path) -> RunRecord:
     rows = read_epoch_rows(path / "metrics.jsonl")
     identity = payload.get("dataset_identity")
     identity = identity if isinstance(identity, dict) and isinstance(identity.get("fingerprint"), str) else {}
+    test = identity.get("test") if isinstance(identity.get("test"), dict) else {}
+    weights = payload.get("weights_fingerprint")
     return RunRecord(
         path=path, method=str(payload["method"]), model=str(payload["model"]), dataset=str(payload["dataset"]),
         norm=str(payload["norm"]), eps=float(payload["eps"]),
         clean=_accuracy(payload, "clean_acc", eval_path), pgd20=_accuracy(payload, "pgd20_acc", eval_path),
-        autoattack=_accuracy(payload, "autoattack_acc", eval_path),
+        autoattack=_autoattack_alone(payload, eval_path),
+        worst_case=_worst_case(payload, eval_path),
+        weights=weights if isinstance(weights, str) else None,
+        test_digest=test.get("digest") if isinstance(test.get("digest"), str) else None,
+        threat_source=str(payload["threat_model_source"]) if payload.get("threat_model_source") else None,
         n_examples=n_examples,
         aa_n_examples=_int_or_none(payload.get("aa_n_examples")),
         seed=seed, config=config,
@@ -245,8 +264,26 @@ def load_run(path: str | Path) -> RunRecord:
     )
 
 
+def _autoattack_alone(payload: dict[str, Any], where: Path) -> float | None:
+    """AutoAttack alone. Files written before atzoo kept it apart held the worst case over
+    every attack in ``autoattack_acc`` and AutoAttack alone in ``accuracy_alone.aa``."""
+    older = payload.get("accuracy_alone")
+    if "worst_case_acc" not in payload and isinstance(older, dict) and older.get("aa") is not None:
+        return _accuracy(older, "aa", where)
+    return _accuracy(payload, "autoattack_acc", where)
+
+
+def _worst_case(payload: dict[str, Any], where: Path) -> float | None:
+    """The per-example worst case over every attack run (older files: their ``autoattack_acc``)."""
+    if "worst_case_acc" in payload:
+        return _accuracy(payload, "worst_case_acc", where)
+    older = payload.get("accuracy_alone")
+    return _accuracy(payload, "autoattack_acc", where) if isinstance(older, dict) and "aa" in older else None
+
+
 #: The provenance fields of a leaderboard row, in order.
-PROVENANCE_KEYS: tuple[str, ...] = ("atzoo_version", "git_commit", "seed", "config_hash", "host", "machine")
+PROVENANCE_KEYS: tuple[str, ...] = ("atzoo_version", "git_commit", "seed", "config_hash", "weights", "train_data",
+                                     "host", "machine")
 
 
 def run_provenance(payload: dict[str, Any], config: dict[str, Any], seed: int | None,
@@ -261,11 +298,17 @@ def run_provenance(payload: dict[str, Any], config: dict[str, Any], seed: int | 
     recorded = recorded if isinstance(recorded, dict) else {}
     machine = recorded.get("machine") if isinstance(recorded.get("machine"), dict) else {}
     gpu = machine.get("gpu")
+    identity = payload.get("dataset_identity") if isinstance(payload.get("dataset_identity"), dict) else {}
+    train = identity.get("train") if isinstance(identity.get("train"), dict) else {}
     return {
         "atzoo_version": recorded.get("atzoo_version") or payload.get("atzoo_version"),
         "git_commit": recorded.get("git_commit"),
         "seed": recorded.get("seed") if isinstance(recorded.get("seed"), int) else seed,
         "config_hash": recorded.get("config_hash") or (config_hash(config, fingerprint) if config else None),
+        "weights": payload.get("weights_fingerprint"),
+        # The training data (validation split carved out included) is provenance, not what
+        # the numbers were measured on: two runs on one test set rank together.
+        "train_data": train.get("digest") if isinstance(train.get("digest"), str) else None,
         "host": machine.get("host"),
         "machine": (f"{machine.get('cpu')}" + (f" + {gpu}" if gpu else "")) if machine.get("cpu") else None,
     }
