@@ -15,11 +15,12 @@ from typing import Any
 
 from torch import Tensor
 
-from atzoo.config import RunConfig, config_to_dict
+from atzoo.config import RunConfig
 from atzoo.engine.averaging import WeightAverage
 from atzoo.engine.cost import CostMeter
 from atzoo.engine.progress import Reporter
 from atzoo.engine.rundir import MetricsLog
+from atzoo.engine.trackers import log_final, start_trackers
 from atzoo.files.common import flatten
 
 
@@ -266,16 +267,12 @@ class RunLog:
         if missing:
             self.event("trackers", f"tracker(s) {', '.join(missing)} not installed; logging to metrics.jsonl")
         if installed:
-            from atzoo.engine.trackers import start_trackers
-
             project = start_trackers(self.acc, self.cfg, run_dir, fresh=fresh)
             named = f" (project '{project}')" if set(installed) - {"tensorboard"} else ""
             self.event("trackers", f"logging to {', '.join(installed)}{named}")
 
     def finish_trackers(self, final_eval: dict[str, Any]) -> None:
         """The final evaluation's numbers to the trackers, then closes every tracker (end of the run)."""
-        from atzoo.engine.trackers import log_final
-
         log_final(self.acc, self.cfg, final_eval, self.position.global_step)
         for tracker in self.acc.trackers:
             tracker.finish()
@@ -285,8 +282,3 @@ def flatten_numbers(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a nested row as ``a/b`` keys (what trackers accept)."""
     return {k: float(v) for k, v in flatten(row, prefix, sep="/").items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def tracker_config(cfg: RunConfig) -> dict[str, Any]:
-    """The config as ``section.key`` scalars (TensorBoard's hparams take no lists)."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config_to_dict(cfg)).items()}

@@ -25,8 +25,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
-from atzoo.config import RunConfig
-from atzoo.engine.logs import tracker_config
+from atzoo.config import RunConfig, config_to_dict
+from atzoo.files.common import flatten
 
 #: The folder of the TensorBoard event files inside the run directory.
 TENSORBOARD_DIR = "tensorboard"
@@ -110,3 +110,8 @@ def log_final(acc: Accelerator, cfg: RunConfig, final_eval: dict[str, Any], step
             tracker.log_final(tracker_config(cfg), metrics, step)
         else:
             tracker.log(others, step=step)
+
+
+def tracker_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as ``section.key`` scalars (TensorBoard's hparams take no lists)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config_to_dict(cfg)).items()}
