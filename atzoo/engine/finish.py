@@ -118,7 +118,8 @@ class Finisher:
         averaged = self.average.module()
         if self.average.kind == "swa":
             batches = self.recalibrate_bn(averaged)
-            self.log.event("swa_bn", f"recomputed the BN statistics of the SWA average on {batches} adversarial batches")
+            self.log.event("swa_bn",
+                           f"recomputed the BN statistics of the SWA average on {batches} adversarial batches")
         return self.method.export(averaged).eval(), str(self.average.kind)
 
     def recalibrate_bn(self, model: nn.Module) -> int:

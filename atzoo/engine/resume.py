@@ -189,7 +189,8 @@ class CheckpointKeeper:
         else:
             if resume:
                 self.metrics.truncate(0)
-                self.log.event("resume", f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
+                self.log.event("resume",
+                               f"no checkpoint in {self.run_dir / 'checkpoints'}; starting from the beginning")
             self.log.event("start", f"training {self.cfg.method.name} on {self.acc.num_processes} process(es) "
                                     f"({self.acc.device}), {self.steps_per_epoch} steps per epoch, precision "
                                     f"{self.precision_summary()} -> {self.run_dir}")

@@ -244,7 +244,8 @@ class Trainer:
         self.finisher = Finisher(
             cfg, run_dir, accelerator, bundle=self.bundle, core=self.core, method=method, average=self.average,
             validator=self.validator, co_watch=self.co_watch, checkpoints=self.checkpoints, log=self.log,
-            metrics=self.metrics, position=self.position, reporter=self.reporter, attack_precision=self.runner.attack_precision,
+            metrics=self.metrics, position=self.position, reporter=self.reporter,
+            attack_precision=self.runner.attack_precision,
             new_loader=lambda: self._train_loader(augment=cfg.data.augment))
 
     # ------------------------------------------------------------------ the run, as train() drives it
