@@ -1,8 +1,9 @@
 """Catastrophic-overfitting (CO) detection (atzoo/engine/overfit.py): the flag on recorded
 histories shaped like the published collapses, and the engine's reporting and actions
 (epoch line, metrics.jsonl, eval.json, curves, eval.on_co=stop/rollback) on a run whose
-probe replays a recorded collapse. Real CO at CPU scale is measured in
-benchmarks/fast_at_cpu.py (docs/results.md), not here: it takes minutes."""
+probe replays a recorded collapse. Real CO at CPU scale is looked for in
+benchmarks/fast_at_cpu.py and in thirteen fgsm_rs runs up to 3 eps (docs/results.md, "Looking
+for catastrophic overfitting at CPU scale"): none collapsed, so no real run here can produce one."""
 
 from __future__ import annotations
 

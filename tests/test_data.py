@@ -427,3 +427,24 @@ def test_loader_throughput_reports_both_loaders(digits: DatasetBundle) -> None:
     results = loader_throughput(digits, 64, num_workers=(0,), max_batches=2, warmup=1)
     assert set(results) == {"device_loader", "torchvision_workers_0", "speedup_workers_0"}
     assert all(v > 0 for v in results.values())
+
+
+# --------------------------------------------------------------------------- NAME=npz:PATH
+
+
+def test_an_npz_file_stands_in_for_a_registered_dataset(tmp_path: Path) -> None:
+    """``cifar10=npz:PATH``: the file's images under the stand-in's name and benchmark threat
+    model (CIFAR-10's L-inf 8/255), whatever radius plain ``npz:`` data would get."""
+    from atzoo.config import AttackConfig, EvalConfig
+    from atzoo.config.threat import ThreatModel
+    from atzoo.errors import RegistryError
+
+    source = write_npz(tmp_path, **full())
+    bundle = create_dataset(f"digits={source}")
+    assert bundle.name == f"digits={source}" and bundle.train.x.shape[0] == 6
+    assert bundle.benchmark_eps["linf"] == pytest.approx(32 / 255)  # digits' declared benchmark
+    trained_wide = AttackConfig(eps=0.3)
+    assert ThreatModel.resolve(EvalConfig(), trained_wide, f"digits={source}").eps == pytest.approx(32 / 255)
+    assert ThreatModel.resolve(EvalConfig(), trained_wide, f"cifar10={source}").eps == pytest.approx(8 / 255)
+    with pytest.raises(RegistryError, match="unknown dataset 'cifar1'"):
+        create_dataset(f"cifar1={source}")

@@ -326,8 +326,10 @@ def _payload(attack: str) -> dict:
     from atzoo.eval.results import encode_flags
 
     flags = {"clean": encode_flags([True] * 8), attack: encode_flags([True, False] * 4)}
+    # one set of weights, data, threat model and images: results that may merge
     return {"method": "at", "model": "small_cnn", "dataset": "digits", "norm": "linf", "eps": 8 / 255,
-            "eval_set": {"n": 8}, "examples": {"n": 8, "flags": flags}, f"{attack}_acc": 50.0}
+            "weights_fingerprint": "0123456789abcdef", "eval_set": {"n": 8}, "examples": {"n": 8, "flags": flags},
+            f"{attack}_acc": 50.0}
 
 
 def _merge_one(run_dir: str, attack: str) -> None:

@@ -260,9 +260,10 @@ def summary_title(payload: dict[str, Any]) -> str:
 def _print_summary(payload: dict[str, Any], run_dir: Path) -> None:
     """The current weights' numbers only (``previous`` holds other weights' and is never shown)."""
     console = Console()
+    weights = payload.get("weights_fingerprint")
     console.print(f"[bold]{summary_title(payload)}[/] "
-                  f"({payload['norm']}, eps {payload['eps']:.4g}: {payload.get('threat_model_source') or 'recorded'}; "
-                  f"weights {payload.get('weights_fingerprint') or '?'})", highlight=False)
+                  f"({payload['norm']}, eps {payload['eps']:.4g}: {payload.get('threat_model_source') or 'recorded'}"
+                  + (f"; weights {weights})" if weights else ")"), highlight=False)
     table = Table()
     table.add_column("metric", style="bold cyan")
     table.add_column("value", justify="right")

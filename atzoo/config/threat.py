@@ -127,7 +127,9 @@ def benchmark_eps(dataset: Any, norm: str) -> tuple[float, str]:
     if isinstance(dataset, str) or dataset is None:
         if dataset:
             load_builtins()
-        name, declared = dataset, dict(DATASETS.fact(dataset, "benchmark_eps") or {}) if dataset else {}
+        # NAME=npz:PATH: a file standing in for NAME is measured at NAME's benchmark
+        registered = dataset.partition("=")[0] if dataset and "=" in dataset.split(":", 1)[0] else dataset
+        name, declared = dataset, dict(DATASETS.fact(registered, "benchmark_eps") or {}) if registered else {}
     else:
         name, declared = getattr(dataset, "name", "?"), dict(getattr(dataset, "benchmark_eps", None) or {})
     if norm in declared:
