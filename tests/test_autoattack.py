@@ -223,7 +223,7 @@ def _worker(rank: int, world: int, port: int, state_dict: dict, x: Tensor, y: Te
         plans: list[list[int]] = []
         result = run_autoattack(model, x, y, eps=EPS, version="custom", attacks=CUSTOM, chunk_size=CHUNK, seed=0,
                                 state_path=Path(out) / "autoattack_state.json", on_plan=plans.append)
-        cfg = EvalConfig(attacks=["clean", "aa"], n_ex=N_EX, aa_version="custom", batch_size=16)
+        cfg = EvalConfig(attacks=["clean", "aa"], n_ex=N_EX, aa_version="custom", batch_size=16, eps=EPS)
         # Same model, data and settings: the evaluator's AutoAttack resumes from the state just
         # written (nothing left to attack) and must report the same accuracy.
         payload = evaluate(model, bundle, cfg, attack_cfg=AttackConfig(eps=EPS), progress=False, out=out,
@@ -256,7 +256,7 @@ def test_two_processes_equal_one(trained, reference, tmp_path: Path) -> None:
     assert state["finished"] == [0, 1, 2, 3]
     assert not list(tmp_path.glob("autoattack_state.rank*.json"))  # part files merged and removed
     # The evaluator's clean accuracy (summed over the two shards) equals one process's.
-    single = evaluate(model, bundle, EvalConfig(attacks=["clean"], n_ex=N_EX, batch_size=16),
+    single = evaluate(model, bundle, EvalConfig(attacks=["clean"], n_ex=N_EX, batch_size=16, eps=EPS),
                       attack_cfg=AttackConfig(eps=EPS), progress=False)
     assert records[0]["n_examples"] == single["n_examples"] == N_EX  # every attack on the same first N_EX
     assert records[0]["clean_acc"] == records[1]["clean_acc"] == pytest.approx(single["clean_acc"], abs=1e-9)

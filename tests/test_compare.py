@@ -267,6 +267,43 @@ def test_writes_all_outputs_and_they_agree(tmp_path: Path) -> None:
     assert (out / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_html_has_each_methods_settings_ledger_with_sources(tmp_path: Path) -> None:
+    """Every method of the page gets a collapsed settings section with the rows of
+    ``atzoo docs METHOD --settings`` (same function), escaped, linked from its rows; a run
+    whose config.yaml differs from the recipe says where."""
+    import html as html_lib
+    import re
+
+    from atzoo.ledger import check_recipe, settings_recipe, settings_rows
+
+    runs = standard_set(tmp_path / "runs") + [
+        make_run(tmp_path / "runs", "trades-beta3", "trades", overrides=["method.beta=3.0"])]
+    out = tmp_path / "lb"
+    compare(runs, out=out, paper=True)
+    page = (out / "leaderboard.html").read_text()
+    sections = dict(re.findall(r'<details class="settings" id="([^"]+)">(.*?)</details>', page, re.S))
+    assert sorted(sections) == ["settings-arat-arat_cifar10_resnet18", "settings-at-at_cifar10_resnet18",
+                                "settings-mart-mart_cifar10_resnet18", "settings-trades-trades_cifar10_resnet18"]
+    for anchor in sections:  # each section is reachable from its method's rows
+        assert f'href="#{anchor}"' in page
+    for method in ("at", "trades", "mart", "arat"):
+        body = sections[f"settings-{method}-{method}_cifar10_resnet18"]
+        assert f"<summary>Settings of {method} (recipe {method}_cifar10_resnet18)</summary>" in body
+        rows = settings_rows(check_recipe(settings_recipe(method)))
+        cells = re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1], re.S)
+        assert len(cells) == len(rows) and any(row["source"] for row in rows)
+        for row, html_row in zip(rows, cells):
+            assert html_row == "".join(f"<td>{html_lib.escape(row[k])}</td>"
+                                       for k in ("setting", "atzoo", "official", "source", "note"))
+    at_eps = next(r for r in settings_rows(check_recipe(settings_recipe("at"))) if r["setting"] == "attack.eps")
+    assert at_eps["atzoo"] == "8/255" and at_eps["source"]
+    assert (f"<tr><td>attack.eps</td><td>8/255</td><td>{html_lib.escape(at_eps['official'])}</td>"
+            f"<td>{html_lib.escape(at_eps['source'])}</td>") in sections["settings-at-at_cifar10_resnet18"]
+    trades = sections["settings-trades-trades_cifar10_resnet18"]
+    assert "method.beta=3 (run trades-beta3)" in html_lib.unescape(trades)  # the override run differs from the recipe
+    assert "Rows: TRADES (paper)" in trades
+
+
 def test_out_dir_keeps_other_files_and_overwrites_its_own(tmp_path: Path) -> None:
     out = tmp_path / "lb"
     out.mkdir()

@@ -19,6 +19,7 @@ DEFAULT_TAP_CHANNELS = {
     "preact_resnet18": [256, 512, 512, 512],
     "wrn34_10": [320] + [640] * 9 + [640],
     "wrn28_10": [320] + [640] * 7 + [640],
+    "wrn28_10_silu": [320] + [640] * 7 + [640],
     "small_cnn": [128],
     "timm:resnet18": [512],
 }
@@ -28,8 +29,12 @@ def _hooks_left(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) for m in model.modules())
 
 
+#: Registered models too large to build in a test; their taps follow a smaller sibling's pattern.
+TOO_LARGE_TO_BUILD = {"wrn70_16_silu": "267M parameters; the same layout as wrn28_10_silu, which is built"}
+
+
 def test_every_registered_model_has_a_default_tap_expectation() -> None:
-    assert set(MODELS.names()) <= set(DEFAULT_TAP_CHANNELS)
+    assert set(MODELS.names()) <= set(DEFAULT_TAP_CHANNELS) | set(TOO_LARGE_TO_BUILD)
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_TAP_CHANNELS))
@@ -42,10 +47,12 @@ def test_default_tap_sets_have_the_right_shapes(name: str) -> None:
         logits = model(x)
     assert logits.shape == (2, 10)
     assert [f.shape for f in taps.as_list()] == [(2, c) for c in DEFAULT_TAP_CHANNELS[name]]
-    assert all(torch.isfinite(f).all() and (f >= 0).all() for f in taps.as_list())
-    if "pool" in taps.names:  # the pooled output tap is the penultimate feature vector
-        with torch.no_grad():
-            torch.testing.assert_close(taps.features["pool"], model.forward_features(x))
+    assert all(torch.isfinite(f).all() for f in taps.as_list())
+    if not name.endswith("_silu"):  # ReLU outputs; a SiLU network's activations dip below 0
+        assert all((f >= 0).all() for f in taps.as_list())
+    if "pool" in taps.names:  # the pooled output tap is the penultimate feature vector, through
+        with torch.no_grad():  # the tap's ReLU (a no-op after a ReLU network's last activation)
+            torch.testing.assert_close(taps.features["pool"], torch.relu(model.forward_features(x)))
     assert _hooks_left(model) == 0
 
 

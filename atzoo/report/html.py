@@ -5,8 +5,13 @@ columns sort best-first on the first click (descending), text columns A-Z; a sec
 click reverses; missing values stay last. Each numeric cell carries its machine value
 in ``data-sort`` so ``83.77 ± 0.12`` sorts as 83.77.
 
+Below the tables, a collapsed "Settings of METHOD" section per method of the page shows
+its ledger (``atzoo docs METHOD --settings``, same rows: :func:`atzoo.ledger.settings_rows`);
+each row's label links to its section.
+
 Self-test hook: opened as ``leaderboard.html#selftest``, the page clicks headers of
-its first table itself and writes the resulting row orders as JSON into
+its first table itself (after opening every settings section, so that the layout
+check measures their tables too) and writes the resulting row orders as JSON into
 ``<pre id="selftest-result">``; ``tests/test_html_browser.py`` reads it from a headless
 Chromium's ``--dump-dom``.
 """
@@ -17,8 +22,10 @@ import base64
 import html
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
+from atzoo.errors import AtzooError
 from atzoo.report.leaderboard import Entry, Group, Leaderboard
 from atzoo.report.render import UNRANKED_MARK, cells, columns, sort_values
 
@@ -47,6 +54,13 @@ tr.pareto td.label { font-weight: 600; }
 img.figure { max-width: 100%; height: auto; border: 1px solid #d8dee4; }
 span.runs { font-size: .85em; } span.runs a { color: #2f6fb3; }
 .note { color: #5b6570; margin: .2rem 0; } .separation { background: #fff6d6; padding: .6rem .8rem; }
+details.settings { margin: .4rem 0; } details.settings summary { cursor: pointer; font-weight: 600; }
+/* The ledger's sources and notes are long prose: the columns share the width and wrap. */
+table.settings { table-layout: fixed; font-size: .9em; }
+table.settings th, table.settings td { white-space: normal; overflow-wrap: anywhere; text-align: left; cursor: auto;
+  vertical-align: top; min-width: 0; }
+table.settings col.setting { width: 16%; } table.settings col.value { width: 10%; }
+table.settings col.source { width: 36%; } table.settings col.note { width: 28%; }
 """
 
 _JS = """
@@ -102,13 +116,22 @@ _JS = """
       });
     });
   });
+  // A link to a settings section opens it (the sections are collapsed).
+  function openTarget() {
+    var target = window.location.hash.length > 1 ? document.getElementById(window.location.hash.slice(1)) : null;
+    if (target && target.tagName === "DETAILS") { target.open = true; }
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
   if (window.location.hash === "#selftest" && tables.length > 0) {
+    // Open every settings section first, so that the layout check covers their tables too.
+    Array.prototype.forEach.call(document.querySelectorAll("details.settings"), function (d) { d.open = true; });
     var table = tables[0];
     var result = { tables: tables.length, rows: table.tBodies[0].rows.length, initial: labels(table) };
     // Layout: the page never runs past the window; each table's box reaches its last column.
     result.layout = { viewport: document.documentElement.clientWidth,
       page: document.documentElement.scrollWidth,
-      tables: Array.prototype.map.call(tables, function (t) {
+      tables: Array.prototype.map.call(document.querySelectorAll("table.leaderboard, table.settings"), function (t) {
         var box = t.parentNode, last = t.tHead.rows[0].cells[t.tHead.rows[0].cells.length - 1];
         return { box_right: box.getBoundingClientRect().right, box_scroll: box.scrollWidth,
                  table_width: t.getBoundingClientRect().width, scrolls: box.scrollWidth > box.clientWidth,
@@ -152,7 +175,13 @@ def _config_links(entry: Entry, out_dir: Path | None) -> str:
     return f' <span class="runs">({", ".join(links)})</span>' if links else ""
 
 
-def _row(entry: Entry, out_dir: Path | None = None, shown: tuple[tuple[str, str], ...] = ()) -> str:
+def _settings_link(anchor: str | None) -> str:
+    """A link from a row's label to its method's settings section (``#settings-...``)."""
+    return f' <span class="runs">(<a href="#{_attr(anchor)}">settings</a>)</span>' if anchor else ""
+
+
+def _row(entry: Entry, out_dir: Path | None = None, shown: tuple[tuple[str, str], ...] = (),
+         anchor: str | None = None) -> str:
     text = cells(entry)
     values = sort_values(entry)
     classes = " ".join(c for c in (entry.kind, "pareto" if entry.pareto else "") if c)
@@ -162,7 +191,7 @@ def _row(entry: Entry, out_dir: Path | None = None, shown: tuple[tuple[str, str]
     for key, _ in shown:
         kind = "number" if key in _NUMERIC else "text"
         tip = f' title="{_attr(hover[key])}"' if hover.get(key) else ""
-        links = _config_links(entry, out_dir) if key == "label" else ""
+        links = _config_links(entry, out_dir) + _settings_link(anchor) if key == "label" else ""
         tds.append(f'<td class="{key}" data-type="{kind}" data-sort="{_attr(_sort_attr(values[key]))}"{tip}>'
                    f"{html.escape(text[key])}{links}</td>")
     # Hovering a row shows where it came from: the paper, or the runs' provenance.
@@ -171,14 +200,14 @@ def _row(entry: Entry, out_dir: Path | None = None, shown: tuple[tuple[str, str]
     return f'<tr class="{classes}" data-label="{_attr(entry.label)}"{title}>' + "".join(tds) + "</tr>"
 
 
-def _table(group: Group, out_dir: Path | None = None) -> str:
+def _table(group: Group, out_dir: Path | None = None, anchors: dict[int, str] | None = None) -> str:
     shown = columns(group)
     heads = "".join(
         f'<th scope="col" data-key="{key}" data-type="{"number" if key in _NUMERIC else "text"}">'
         f"{html.escape(header)}</th>"
         for key, header in shown
     )
-    rows = "\n".join(_row(e, out_dir, shown) for e in group.entries)
+    rows = "\n".join(_row(e, out_dir, shown, (anchors or {}).get(id(e))) for e in group.entries)
     notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in group.notes)
     # The scroll box: a table wider than the window scrolls sideways inside the page
     # instead of running past its right edge, where the last columns were cut off.
@@ -195,6 +224,101 @@ def _figures(figures: dict[str, bytes]) -> str:
     )
 
 
+def _settings_anchor(method: str, recipe: str) -> str:
+    return "settings-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{method}-{recipe}")
+
+
+@lru_cache(maxsize=256)
+def _shipped_recipe(method: str, dataset: str, model: str) -> Path | None:
+    """The shipped recipe of a setting (cached: finding it reads every recipe file)."""
+    from atzoo.config.recipes import default_recipe
+
+    return default_recipe(method, dataset, model)
+
+
+def settings_recipes(board: Leaderboard) -> dict[tuple[str, str], tuple[Path, list[Entry]]]:
+    """``(method, recipe name) -> (recipe file, the page's entries it describes)``.
+
+    A run directory records its resolved config, not the recipe it started from, so a
+    measured entry is described by the shipped recipe of its runs' (method, dataset, model)
+    (the recipe ``atzoo train`` picks for that setting); a paper row, or a run whose
+    setting has no shipped recipe, by the method's default ledger (the recipe
+    ``atzoo docs METHOD --settings`` shows). Methods without a ledger are left out.
+    """
+    from atzoo.ledger import ledger_names, recipe_name, settings_recipe
+
+    found: dict[tuple[str, str], tuple[Path, list[Entry]]] = {}
+    with_ledger = set(ledger_names())
+    for group in board.groups:
+        for entry in group.entries:
+            if entry.method not in with_ledger:
+                continue
+            config = entry.runs[0].config if entry.runs else {}
+            path = None
+            if config.get("data.name") and config.get("model.name"):
+                path = _shipped_recipe(entry.method, str(config["data.name"]), str(config["model.name"]))
+            try:
+                path = path or settings_recipe(entry.method)
+            except AtzooError:  # no shipped recipe at all: nothing to trace
+                continue
+            found.setdefault((entry.method, recipe_name(path)), (path, []))[1].append(entry)
+    return found
+
+
+def _run_differences(report_rows: list[tuple[object, object]], entries: list[Entry]) -> list[str]:
+    """``key=value`` of the page's runs where their config.yaml differs from the recipe's value."""
+    from atzoo.ledger import BEHAVIOUR_PREFIX, format_value, values_equal
+
+    differ: dict[str, list[str]] = {}  # "key=value" -> the runs that hold it, in page order
+    for ledger_entry, value in report_rows:
+        key = ledger_entry.key  # type: ignore[attr-defined]
+        if key.startswith(BEHAVIOUR_PREFIX):
+            continue
+        for run in (r for e in entries for r in e.runs):
+            if key in run.config and not values_equal(run.config[key], value):
+                names = differ.setdefault(f"{key}={format_value(run.config[key])}", [])
+                if Path(run.path).name not in names:
+                    names.append(Path(run.path).name)
+    return [f"{text} (run{'s' if len(names) > 1 else ''} {', '.join(names)})" for text, names in differ.items()]
+
+
+def _settings_section(method: str, path: Path, entries: list[Entry]) -> str:
+    """One collapsed ``setting | atzoo | official | source | note`` table, the rows of
+    ``atzoo docs METHOD --settings --recipe NAME`` (:func:`atzoo.ledger.settings_rows`)."""
+    from atzoo.ledger import check_recipe, settings_rows
+
+    report = check_recipe(path)
+    labels = sorted({e.label for e in entries})
+    heads = "".join(f'<th scope="col">{name}</th>' for name in ("setting", "atzoo", "official", "source", "note"))
+    cols = ('<colgroup><col class="setting"><col class="value"><col class="value"><col class="source">'
+            '<col class="note"></colgroup>')
+    rows = "\n".join("<tr>" + "".join(f"<td>{html.escape(row[k])}</td>" for k in
+                                      ("setting", "atzoo", "official", "source", "note")) + "</tr>"
+                     for row in settings_rows(report))
+    notes = [f"Rows: {', '.join(labels)}. Ledger atzoo/ledger/{method}.yaml for recipe {report.recipe}; "
+             f"the same table as 'atzoo docs {method} --settings --recipe {report.recipe}'."]
+    differ = _run_differences(report.rows, entries)
+    if differ:
+        notes.append("The runs' config.yaml differs from this recipe at: " + "; ".join(differ) + ".")
+    if report.problems:
+        notes.append("Not fully traced: " + "; ".join(report.problems))
+    text = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return (f'<details class="settings" id="{_attr(_settings_anchor(method, report.recipe))}">'
+            f"<summary>Settings of {html.escape(method)} (recipe {html.escape(report.recipe)})</summary>\n{text}"
+            f'<div class="table-scroll"><table class="settings">{cols}<thead><tr>{heads}</tr></thead>\n'
+            f"<tbody>\n{rows}\n</tbody></table></div></details>")
+
+
+def _settings(recipes: dict[tuple[str, str], tuple[Path, list[Entry]]]) -> str:
+    """Every method of the page with its settings ledger, collapsed under one heading."""
+    sections = [_settings_section(method, path, entries) for (method, _), (path, entries) in sorted(recipes.items())]
+    if not sections:
+        return ""
+    return ('<h2 id="settings">Settings</h2>\n<p class="note">Where each setting of each method comes from: '
+            "atzoo's value, the official value, its source (paper or official code), and the reason for each "
+            "deviation.</p>\n" + "\n".join(sections))
+
+
 def to_html(board: Leaderboard, *, figures: dict[str, bytes] | None = None, out_dir: str | Path | None = None) -> str:
     """The standalone page (UTF-8, no external resources).
 
@@ -209,7 +333,11 @@ def to_html(board: Leaderboard, *, figures: dict[str, bytes] | None = None, out_
     separation = "".join(f'<p class="separation">{html.escape(note)}</p>'
                          for note in (board.separation_note, board.machines_note) if note)
     folder = Path(out_dir) if out_dir is not None else None
-    tables = "\n".join(_table(g, folder) for g in board.groups) + "\n" + _figures(figures or {})
+    recipes = settings_recipes(board)
+    anchors = {id(e): _settings_anchor(method, recipe) for (method, recipe), (_, entries) in recipes.items()
+               for e in entries}
+    tables = ("\n".join(_table(g, folder, anchors) for g in board.groups) + "\n" + _figures(figures or {}) + "\n"
+              + _settings(recipes))
     # Raw text inside <script>: only "</" could end the element early, so escape it.
     data = json.dumps(board.to_dict()).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
