@@ -184,7 +184,9 @@ def test_html_embeds_plots_and_links_each_run_config(tmp_path: Path) -> None:
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2  # the trade-off plot and the training curves
     assert base64.b64decode(images[0]) == (tmp_path / "lb" / "tradeoff.png").read_bytes()
-    links = re.findall(r'<a href="([^"]+)"', page)
+    all_links = re.findall(r'<a href="([^"]+)"', page)
+    links = [link for link in all_links if not link.startswith("#")]  # '#settings-...': the page's own sections
     assert sorted(links) == ["../runs/arat-ablation/config.yaml", "../runs/arat-main/config.yaml"]
+    assert all(link.startswith("#settings-arat") for link in all_links if link.startswith("#"))
     for link in links:
         assert yaml.safe_load((tmp_path / "lb" / link).read_text())["method"]["name"] == "arat"
