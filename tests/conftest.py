@@ -23,6 +23,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["ATZOO_CACHE"] = tempfile.mkdtemp(prefix="atzoo-test-cache-")
 
 
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread():
+    """Every test starts single-threaded: a command that sets torch's thread count for its own
+    measurement (``atzoo bench ... --threads``) must not leave later tests multi-threaded,
+    where idle OpenMP workers spin on the second core."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Folder with cifar10_subset.npz and cifar100_subset.npz (skips where absent)."""
