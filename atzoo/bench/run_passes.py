@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from atzoo.files.common import atomic_write_json
+from atzoo.files.cache import add_to_json_cache, read_json_cache
 from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
 from atzoo.report.runs import RunRecord
@@ -165,20 +165,8 @@ def _cache_file() -> Path:
 
 
 def _read_cache() -> dict[str, Any]:
-    if not _cache_file().is_file():
-        return {}
-    try:
-        values = read_json_file(_cache_file(), "pass-count cache")
-    except AtzooError:
-        return {}
-    return values if isinstance(values, dict) else {}
+    return read_json_cache(_cache_file(), "pass-count cache")
 
 
-def _write_cache(key: str, units: float) -> None:
-    values = _read_cache()
-    values[key] = units
-    try:
-        _cache_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(_cache_file(), values)
-    except OSError:
-        pass
+def _write_cache(key: str, value: float) -> None:
+    add_to_json_cache(_cache_file(), "pass-count cache", key, value)

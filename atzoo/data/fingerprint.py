@@ -31,11 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from atzoo.files.common import atomic_write_json
+from atzoo.files.cache import add_to_json_cache, read_json_cache
 from atzoo.data.bundle import DatasetBundle, ImageArrays, Split
-from atzoo.errors import AtzooError
 from atzoo.provenance import cache_dir
-from atzoo.files.safe_read import read_json_file
 
 #: Length of the hex digests kept (64 bits of SHA-256: collisions are not a concern here).
 DIGEST_CHARS = 16
@@ -151,22 +149,9 @@ def _cache_file() -> Path:
     return cache_dir() / "fingerprints.json"
 
 
-def _read_cache() -> dict[str, str]:
-    if not _cache_file().is_file():
-        return {}
-    try:
-        values = read_json_file(_cache_file(), "fingerprint cache")
-    except AtzooError:
-        return {}  # damaged: recompute (the cache is only a speed-up)
-    return values if isinstance(values, dict) else {}
+def _read_cache() -> dict[str, Any]:
+    return read_json_cache(_cache_file(), "fingerprint cache")
 
 
-def _write_cache(key: str, digest: str) -> None:
-    """Adds one entry (atomic replace; a read-only home just means no cache)."""
-    values = _read_cache()
-    values[key] = digest
-    try:
-        _cache_file().parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(_cache_file(), values)
-    except OSError:
-        pass
+def _write_cache(key: str, value: str) -> None:
+    add_to_json_cache(_cache_file(), "fingerprint cache", key, value)
